@@ -1,0 +1,97 @@
+"""Pick the compute device and its precision.
+
+``"auto"`` resolves to CUDA, then Apple MPS, then the CPU. Mixed precision is used only where
+the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 BF16 or AMX
+(other CPUs run fp32, which is faster there than emulated bf16).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A resolved device: the torch device, a human-readable name and the autocast dtype."""
+
+    device: torch.device
+    name: str
+    autocast_dtype: torch.dtype | None
+
+    @property
+    def type(self) -> str:
+        return self.device.type
+
+    def autocast(self):
+        """Context manager for mixed precision on this device (a no-op where it does not pay)."""
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(choice: str | torch.device = "auto", mixed_precision: bool = True) -> DeviceInfo:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` into a :class:`DeviceInfo`.
+
+    Raises ``ValueError`` when the name is unknown or the device is not available here.
+    """
+    name = str(choice).strip().lower()
+    base = name.split(":")[0]
+    if base not in DEVICE_CHOICES:
+        raise ValueError(f"Unknown device {choice!r}: choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N).")
+    if base == "auto":
+        if torch.cuda.is_available():
+            name, base = "cuda", "cuda"
+        elif mps_available():
+            name, base = "mps", "mps"
+        else:
+            name, base = "cpu", "cpu"
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA was asked for but no CUDA GPU is available here: choose 'auto' or 'cpu'.")
+        dev = torch.device(name if ":" in name else "cuda:0")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"There is no {dev}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+        label = f"{dev} {torch.cuda.get_device_name(dev)}"
+        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if mixed_precision else None
+        return DeviceInfo(dev, label, amp)
+    if base == "mps":
+        if not mps_available():
+            raise ValueError("Apple MPS was asked for but is not available here: choose 'auto' or 'cpu'.")
+        return DeviceInfo(torch.device("mps"), "mps (Apple GPU)", torch.float16 if mixed_precision else None)
+    threads = torch.get_num_threads()
+    amp = torch.bfloat16 if (mixed_precision and cpu_has_fast_bf16()) else None
+    label = f"cpu, {threads} thread{'s' if threads != 1 else ''}" + (", bf16" if amp else "")
+    return DeviceInfo(torch.device("cpu"), label, amp)
+
+
+def default_num_threads() -> int:
+    """Threads torch should use: every core the process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)

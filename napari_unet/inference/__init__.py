@@ -1,0 +1,1 @@
+"""Prediction: input checks, tiled inference, post-processing (torch, numpy; no Qt)."""

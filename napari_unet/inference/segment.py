@@ -1,0 +1,43 @@
+"""Prediction plus post-processing in one generator: the job behind the Segment widget and CLI."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .postprocess import probabilities_to_labels
+from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter
+
+
+@dataclass
+class Segmentation:
+    """Instance labels ``(*planes, *spatial)`` int32 and the prediction they came from."""
+
+    labels: np.ndarray
+    prediction: Prediction
+
+
+def segment_iter(model, image, *, threshold: float = 0.5, min_size: int = 16, split_touching: bool = True,
+                 stop: threading.Event | None = None, predictor: Predictor | None = None,
+                 **predict_kwargs) -> Iterator[Progress]:
+    """Yield :class:`Progress` while predicting and post-processing; return a :class:`Segmentation`.
+
+    ``predict_kwargs`` go to :func:`~napari_unet.inference.predictor.predict_iter`
+    (``channel_axis``, ``rgb``, ``device``, ``tile_size``, ``halo``...).
+    """
+    prediction: Prediction = yield from predict_iter(model, image, stop=stop, predictor=predictor, **predict_kwargs)
+    probs = prediction.probabilities
+    spatial_dims = len(prediction.tile_window)
+    planes = probs.shape[: probs.ndim - spatial_dims - 1]
+    flat = probs.reshape((-1,) + probs.shape[len(planes):])
+    labels = np.zeros((flat.shape[0],) + probs.shape[-spatial_dims:], np.int32)
+    for i in range(flat.shape[0]):
+        if stop is not None and stop.is_set():
+            raise PredictionCancelled()
+        labels[i] = probabilities_to_labels(flat[i], target=prediction.target, threshold=threshold,
+                                            min_size=min_size, split_touching=split_touching)
+        yield Progress(i + 1, flat.shape[0], "finding objects", i, flat.shape[0])
+    return Segmentation(labels.reshape(planes + labels.shape[1:]), prediction)

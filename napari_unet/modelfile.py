@@ -1,0 +1,279 @@
+"""Model files: safetensors weights with a JSON config in the file's metadata. Never pickle.
+
+One file holds everything needed to rebuild and use a network::
+
+    {"format": "napari-unet", "format_version": 1,
+     "architecture": "unet", "arguments": {...constructor arguments...},
+     "input": {"channels": 1, "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}},
+     "output": {"target": "binary", "classes": ["background", "foreground"]},
+     "provenance": {...}, "card": "markdown text"}
+
+The config is stored under the safetensors metadata key ``napari_unet`` (so weights and config
+can never drift apart) and is validated before any weight is read. Writes are atomic: a
+temporary file in the same folder, fsync, then rename, so a crash mid-write leaves the
+previous file intact. Pickled checkpoints (``torch.save``) are refused with a message that
+explains how to convert them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .models.base import SegmentationNet
+from .models.registry import build_model, get_spec
+
+FORMAT = "napari-unet"
+FORMAT_VERSION = 1
+METADATA_KEY = "napari_unet"
+SUFFIX = ".safetensors"
+BUNDLED_DIR = Path(__file__).parent / "weights"
+TARGETS = {"binary": ["background", "foreground"], "boundary": ["background", "interior", "boundary"]}
+DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, with a message saying why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to predict, with what its file says about inputs and outputs."""
+
+    net: SegmentationNet
+    config: dict
+    path: Path | None = None
+    name: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.config["output"]["target"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["output"]["classes"])
+
+    @property
+    def normalization(self) -> dict:
+        return dict(self.config["input"]["normalization"])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.config["input"]["channels"])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.net.spatial_dims
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.config.get("provenance", {}).get("trained", False))
+
+
+def make_config(net: SegmentationNet, architecture: str, target: str = "binary",
+                normalization: dict | None = None, provenance: dict | None = None, card: str = "") -> dict:
+    """The JSON config that describes ``net`` (see the module docstring)."""
+    if target not in TARGETS:
+        raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGETS)}.")
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "arguments": dict(net.config),
+        "input": {"channels": net.in_channels, "normalization": dict(normalization or DEFAULT_NORMALIZATION)},
+        "output": {"target": target, "classes": TARGETS[target]},
+        "provenance": dict(provenance or {}),
+        "card": card,
+    }
+    validate_config(config)
+    return config
+
+
+def validate_config(config: dict) -> dict:
+    """Check a config against the schema; ``ModelFileError`` names the first problem."""
+    def need(cond: bool, what: str):
+        if not cond:
+            raise ModelFileError(f"Invalid napari-unet model config: {what}.")
+
+    need(isinstance(config, dict), "it is not a JSON object")
+    need(config.get("format") == FORMAT, f"'format' must be {FORMAT!r}")
+    need(config.get("format_version") == FORMAT_VERSION,
+         f"'format_version' {config.get('format_version')!r} is not supported (this version reads {FORMAT_VERSION})")
+    need(isinstance(config.get("architecture"), str), "'architecture' must be a name")
+    try:
+        get_spec(config["architecture"])
+    except KeyError as exc:
+        raise ModelFileError(str(exc.args[0])) from None
+    need(isinstance(config.get("arguments"), dict), "'arguments' must be an object")
+    inp, out = config.get("input"), config.get("output")
+    need(isinstance(inp, dict) and isinstance(inp.get("channels"), int) and inp["channels"] >= 1,
+         "'input.channels' must be a positive integer")
+    norm = inp.get("normalization")
+    need(isinstance(norm, dict) and norm.get("kind") in ("percentile", "none"),
+         "'input.normalization.kind' must be 'percentile' or 'none'")
+    if norm["kind"] == "percentile":
+        need(all(isinstance(norm.get(k), (int, float)) for k in ("low", "high")) and 0 <= norm["low"] < norm["high"] <= 100,
+             "'input.normalization' needs 0 <= low < high <= 100")
+    need(isinstance(out, dict) and out.get("target") in TARGETS, f"'output.target' must be one of {list(TARGETS)}")
+    need(out.get("classes") == TARGETS[out["target"]], "'output.classes' does not match the target")
+    need(isinstance(config.get("provenance", {}), dict), "'provenance' must be an object")
+    return config
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then fsync and rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(path: str | os.PathLike, net: SegmentationNet, config: dict, half: bool = False) -> Path:
+    """Save ``net`` with ``config`` atomically to ``path`` (``.safetensors`` is appended if missing).
+
+    ``half=True`` stores floating-point weights as float16 (half the size; they are loaded
+    back as float32), which is how the bundled models ship.
+    """
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    config = validate_config(dict(config, arguments=dict(net.config)))
+    tensors = {}
+    for key, value in net.state_dict().items():
+        value = value.detach().to("cpu")
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    metadata = {METADATA_KEY: json.dumps(config)}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return path
+
+
+def _sniff(path: Path) -> None:
+    """Refuse files that are not safetensors before parsing them, saying what they look like."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise ModelFileError(f"Model file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path} is a folder: choose a {SUFFIX} model file inside it.") from None
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
+    convert = (" napari-unet never unpickles files, because unpickling can run arbitrary code. If you trust it, "
+               "convert it once in Python: build the network with napari_unet.build_model(...), load the state "
+               "dict with torch.load(path, weights_only=True), then napari_unet.save_model(...).")
+    if head[:2] == b"PK":
+        raise ModelFileError(f"{path.name} is a PyTorch checkpoint (torch.save zip archive), not a napari-unet model."
+                             + convert)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ModelFileError(f"{path.name} is a Python pickle, not a napari-unet model." + convert)
+    if head[:4] == b"\x89HDF":
+        raise ModelFileError(f"{path.name} is an HDF5 (e.g. Keras) model; napari-unet reads {SUFFIX} model files.")
+    if len(head) < 9:
+        raise ModelFileError(f"{path.name} is empty or truncated: it is not a napari-unet model file.")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len + 8 > size:
+        raise ModelFileError(f"{path.name} is not a safetensors file (or it is truncated): "
+                             f"napari-unet reads {SUFFIX} model files it wrote itself.")
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Read and validate the JSON config of a model file without loading its weights."""
+    path = Path(path)
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ModelFileError(f"{path.name} is a corrupt safetensors file: {exc}") from None
+    if METADATA_KEY not in meta:
+        raise ModelFileError(f"{path.name} is a safetensors file from another tool (it has no napari-unet config).")
+    try:
+        config = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path.name} has a corrupt config: {exc}.") from None
+    return validate_config(config)
+
+
+def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file, or a bundled model by name (see :func:`bundled_models`).
+
+    The network is returned in eval mode on ``device``.
+    """
+    path = resolve_model_path(path_or_name)
+    config = read_config(path)
+    try:
+        net = build_model(config["architecture"], **config["arguments"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path.name}: the config's arguments do not build a network: {exc}") from None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        net.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise ModelFileError(f"{path.name}: the weights do not match the architecture: {exc}") from None
+    net.eval().to(device)
+    return LoadedModel(net=net, config=config, path=path, name=path.stem)
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled trained models shipped in the package: name -> file."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"))}
+
+
+def user_model_dir() -> Path:
+    """Where fine-tuned models are kept (``NAPARI_UNET_MODEL_DIR`` overrides the platform default)."""
+    env = os.environ.get("NAPARI_UNET_MODEL_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def user_models() -> dict[str, Path]:
+    """The user's own model files in :func:`user_model_dir`: name -> file."""
+    folder = user_model_dir()
+    return {p.stem: p for p in sorted(folder.glob(f"*{SUFFIX}"))} if folder.is_dir() else {}
+
+
+def known_models() -> dict[str, Path]:
+    """Bundled models first, then the user's; a bundled name wins over a user file of the same name."""
+    bundled = bundled_models()
+    return {**bundled, **{k: v for k, v in user_models().items() if k not in bundled}}
+
+
+def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
+    """A bundled or user model's name, or a path to a model file, as a path."""
+    text = str(path_or_name)
+    bundled = known_models()
+    if text in bundled:
+        return bundled[text]
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or text.endswith(SUFFIX):
+        return path
+    names = ", ".join(bundled) or "none installed"
+    raise ModelFileError(f"{text!r} is neither a bundled model ({names}) nor an existing model file.")

@@ -1,0 +1,52 @@
+"""What every network of the family shares: its constructor metadata and its shape rules."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class SegmentationNet(nn.Module):
+    """Base class of the family.
+
+    Subclasses set ``spatial_dims``, ``in_channels``, ``out_channels``, ``config`` (the
+    constructor arguments, JSON-serialisable, enough to rebuild the network) and implement
+    :meth:`output_shape` and :meth:`forward`.
+
+    ``forward(x)`` takes ``(B, in_channels, *spatial)`` and returns logits
+    ``(B, out_channels, *spatial_out)``; ``forward(x, side_outputs=True)`` returns a list of
+    logits, highest resolution first, for networks with deep supervision.
+    """
+
+    spatial_dims: int
+    in_channels: int
+    out_channels: int
+    config: dict
+    #: Spatial sizes must be multiples of this (per axis) for "same" padding.
+    size_divisor: tuple[int, ...]
+    #: Pixels lost on each side of the input ("valid" padding); 0 for "same".
+    margin: int = 0
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def is_valid_input_shape(self, input_shape: Sequence[int]) -> bool:
+        try:
+            out = self.output_shape(input_shape)
+        except ValueError:
+            return False
+        return all(o > 0 for o in out)
+
+    def valid_input_shape(self, min_shape: Sequence[int]) -> tuple[int, ...]:
+        """The smallest accepted input shape whose size is at least ``min_shape`` per axis."""
+        raise NotImplementedError
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

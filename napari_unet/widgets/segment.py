@@ -1,0 +1,301 @@
+"""The Segment dock widget: run a U-Net on the current image layer.
+
+All torch work happens in a napari thread worker that drains
+:func:`napari_unet.inference.segment.segment_iter`; this module only reads widget values,
+shows progress and puts results into layers (on the Qt thread, in the worker's callbacks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import napari.viewer
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ._layers import KEY, layer_kind, put_layer, spatial_transform
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
+NO_CHANNELS = "none (grey)"
+
+
+class SegmentWidget(Container):
+    """Dock widget: image layer, model, device, tiles and post-processing, Run/Cancel."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._worker = None
+        self._stop: threading.Event | None = None
+        self._progress = None
+        self._predictors: dict = {}
+        self._extra_models: dict[str, None] = {}  # model files the user loaded, in order
+        self.last_result = None  # the last Segmentation, for scripts and tests
+
+        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True,
+                              tooltip="The image layer to segment (defaults to the selected layer).")
+        self.channels = ComboBox(label="Channel axis", choices=self._channel_choices,
+                                 tooltip="Which axis holds colour channels. RGB layers use their colour axis.")
+        self.model = ComboBox(label="Model", choices=self._model_choices,
+                              tooltip="A bundled model, one of your fine-tuned models, or a .safetensors file.")
+        self.load_button = PushButton(text="Load model file…")
+        self.model_info = Label(label="")
+        self.device = ComboBox(label="Device", choices=DEVICES, value="auto",
+                               tooltip="'auto' picks a CUDA GPU, then Apple MPS, then the CPU.")
+        self.device_info = Label(label="")
+        self.tile_size = ComboBox(label="Tile size", choices=TILE_SIZES, value="auto",
+                                  tooltip="Network input size per tile; 'auto' is fastest on this device.")
+        self.threshold = FloatSpinBox(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05,
+                                      tooltip="Foreground probability above which a pixel belongs to an object.")
+        self.min_size = SpinBox(label="Min size (px)", value=16, min=0, max=100000,
+                                tooltip="Objects with fewer pixels are removed.")
+        self.split = CheckBox(text="Split touching objects", value=True,
+                              tooltip="Seeded watershed on the distance transform of each object.")
+        self.add_probabilities = CheckBox(text="Also add probabilities", value=False)
+        self.run_button = PushButton(text="Run")
+        self.status = Label(label="")
+        self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.device, self.device_info,
+                     self.tile_size, self.threshold, self.min_size, self.split, self.add_probabilities,
+                     self.run_button, self.status])
+
+        self.run_button.changed.connect(self._on_run_clicked)
+        self.model.changed.connect(self._on_model_changed)
+        self.load_button.changed.connect(self._ask_for_model_file)
+        self.device.changed.connect(self._show_device)
+        self.image.changed.connect(lambda *_: self.channels.reset_choices())
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._refresh_layers)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._refresh_layers()
+        self._on_model_changed()
+        self._show_device()
+
+    # -- choices ------------------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        # the plugin's own outputs (probability maps) are not offered as inputs
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and KEY not in layer.metadata]
+
+    def _channel_choices(self, _widget=None):
+        layer = self.image.value
+        if layer is None or layer.rgb:
+            return [("rgb" if layer is not None else NO_CHANNELS, None)]
+        return [(NO_CHANNELS, None)] + [(f"axis {a} ({n})", a) for a, n in enumerate(layer.data.shape)]
+
+    def _model_choices(self, _widget=None):
+        from ..modelfile import known_models
+
+        return [(name, name) for name in known_models()] + [(Path(p).name, p) for p in self._extra_models]
+
+    def _refresh_layers(self, *_):
+        self.image.reset_choices()
+        self.channels.reset_choices()
+        self._on_active_layer()
+
+    def _on_active_layer(self, *_):
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Image) and KEY not in active.metadata and self.image.value is not active:
+            self.image.value = active
+        elif self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[-1]  # the top-most image
+
+    # -- model and device ---------------------------------------------------------------
+    def _on_model_changed(self, *_):
+        self.model_info.value = self._describe_model(self.model.value)
+
+    def _ask_for_model_file(self, *_):
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Load a napari-unet model", str(Path.home()),
+                                              "napari-unet models (*.safetensors);;All files (*)")
+        if path:
+            self.add_model_file(path)
+
+    def add_model_file(self, path: str):
+        """Offer a model file in the model list and select it (checked before it is listed)."""
+        from ..modelfile import ModelFileError, read_config
+
+        try:
+            read_config(path)
+        except ModelFileError as exc:
+            self._report_error(str(exc))
+            return
+        self._extra_models[path] = None
+        self.model.reset_choices()
+        self.model.value = path
+
+    def _describe_model(self, name) -> str:
+        if not name:
+            return "no model yet: load a model file"
+        from ..modelfile import ModelFileError, read_config, resolve_model_path
+        from ..models import get_spec
+
+        try:
+            config = read_config(resolve_model_path(name))
+        except ModelFileError as exc:
+            return f"unusable: {exc}"
+        spec = get_spec(config["architecture"])
+        trained = config.get("provenance", {}).get("data", "")
+        text = f"{spec.title}, {config['output']['target']} target"
+        return text + (f"\ntrained on {trained}" if trained else "")
+
+    def _show_device(self, *_):
+        from ..devices import resolve_device
+
+        try:
+            self.device_info.value = f"runs on: {resolve_device(self.device.value)}"
+        except ValueError as exc:
+            self.device_info.value = str(exc)
+
+    # -- running ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _on_run_clicked(self, *_):
+        if self.running:
+            self.cancel()
+        else:
+            self.run()
+
+    def _check_inputs(self):
+        layer = self.image.value
+        if layer is None:
+            active = self._viewer.layers.selection.active
+            if active is not None and not isinstance(active, Image):
+                raise ValueError(f"The selected layer '{active.name}' is a {layer_kind(active)} layer: "
+                                 "select an image layer to segment.")
+            raise ValueError("There is no image layer: open an image (or File > Open Sample > napari-unet) first.")
+        if layer.multiscale:
+            data = layer.data[0]
+        else:
+            data = layer.data
+        model = self.model.value
+        if not model:
+            raise ValueError("Choose a model first (or load a model file).")
+        return layer, data, model
+
+    def _predictor(self, model: str):
+        from ..inference.predictor import Predictor
+
+        key = (model, self.device.value, self.tile_size.value)
+        if key not in self._predictors:
+            self._predictors.clear()
+            tile = self.tile_size.value
+            self._predictors[key] = Predictor(model, device=self.device.value,
+                                              tile_size=tile if tile == "auto" else int(tile))
+        return self._predictors[key]
+
+    def run(self):
+        """Start segmenting the chosen layer in a thread worker (returns at once)."""
+        if self.running:
+            return
+        try:
+            layer, data, model = self._check_inputs()
+        except ValueError as exc:
+            self._report_error(str(exc))
+            return
+        from ..inference.predictor import PredictionCancelled
+        from ..inference.segment import segment_iter
+
+        channel_axis = None if layer.rgb else self.channels.value
+        self._stop = threading.Event()
+        settings = dict(threshold=float(self.threshold.value), min_size=int(self.min_size.value),
+                        split_touching=bool(self.split.value), channel_axis=channel_axis, rgb=bool(layer.rgb))
+        started = time.perf_counter()
+        stop = self._stop
+
+        def job():
+            predictor = self._predictor(model)
+            try:
+                return (yield from segment_iter(predictor.model, data, predictor=predictor, stop=stop, **settings))
+            except PredictionCancelled:
+                return None
+
+        # errors are shown by _on_error; without _ignore_errors they would also be re-raised in Qt
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result: self._on_result(result, layer, model, channel_axis, started))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.text = "Cancel"
+        self.status.value = "starting…"
+        self._progress = progress(total=0, desc=f"napari-unet: {layer.name}")
+        worker.start()
+
+    def cancel(self):
+        """Stop the running job at the next tile; no layer is changed."""
+        if self._worker is None:
+            return
+        self._stop.set()
+        self._worker.quit()
+        self.status.value = "cancelling…"
+
+    def _on_progress(self, event):
+        bar = self._progress
+        if bar is not None:
+            if bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            bar.set_description(f"napari-unet: {event.message}")
+        pct = 100 * event.done / max(event.total, 1)
+        self.status.value = f"{event.message}: {pct:.0f}%"
+
+    def _on_result(self, result, layer, model, channel_axis, started):
+        if result is None or (self._stop is not None and self._stop.is_set()):
+            return
+        if layer not in self._viewer.layers:
+            show_warning(f"'{layer.name}' was removed while it was being segmented; the result was discarded.")
+            return
+        self.last_result = result
+        model_name = Path(str(model)).stem
+        meta = {"source": layer.name, "model": str(model), "kind": "labels"}
+        transform = spatial_transform(layer, channel_axis)
+        labels = put_layer(self._viewer, f"{layer.name} [{model_name}] labels", result.labels, "labels",
+                           meta, **transform)
+        if self.add_probabilities.value:
+            put_layer(self._viewer, f"{layer.name} [{model_name}] probabilities", result.prediction.foreground,
+                      "image", {**meta, "kind": "probabilities"}, colormap="magma", blending="additive",
+                      contrast_limits=(0.0, 1.0), **transform)
+        for message in result.prediction.warnings:
+            show_warning(message)
+        n = int(result.labels.max())
+        seconds = time.perf_counter() - started
+        self.status.value = f"{n} objects in {seconds:.1f} s on {result.prediction.device}"
+        self._viewer.layers.selection.active = labels
+        show_info(f"napari-unet: {n} objects found in '{layer.name}'.")
+
+    def _on_error(self, exc):
+        if isinstance(exc, (ValueError, KeyError)):
+            message = str(exc.args[0]) if exc.args else str(exc)
+        else:
+            log.error("segmentation failed", exc_info=exc)
+            message = f"Segmentation failed ({type(exc).__name__}: {exc}). Nothing was changed."
+        self._report_error(message)
+
+    def _on_finished(self):
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        cancelled = self._stop is not None and self._stop.is_set()
+        self._worker = None
+        self.run_button.text = "Run"
+        if cancelled:
+            self.status.value = "cancelled: nothing was changed"
+
+    def _report_error(self, message: str):
+        self.status.value = message
+        show_error(message)
+
+

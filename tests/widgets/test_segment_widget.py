@@ -1,0 +1,135 @@
+"""The Segment widget in a real napari viewer: run, cancel, re-run, bad input."""
+
+import numpy as np
+import pytest
+
+from napari_unet.modelfile import bundled_models, user_model_dir
+
+
+
+@pytest.fixture
+def tiny_in_list(make_random_model):
+    """The tiny random model installed as a user model, so it shows in the model list."""
+    import shutil
+
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(make_random_model("tiny"), folder / "tiny.safetensors")
+    return "tiny"
+
+
+def layer_names(viewer):
+    return [layer.name for layer in viewer.layers]
+
+
+def test_bundled_unet_segments_the_nuclei_sample(segment_widget, run_and_wait):
+    viewer, widget = segment_widget
+    assert "unet" in bundled_models(), "the classic U-Net must ship with trained weights"
+    viewer.open_sample("napari-unet", "nuclei")
+    image, truth = viewer.layers
+    widget.reset_choices()
+    assert widget.image.value is image  # the image, not the selected ground-truth labels
+    assert widget.model.value == "unet"
+    assert widget.device_info.value.startswith("runs on: ")
+    widget.add_probabilities.value = True
+    run_and_wait(widget)
+    labels = viewer.layers["nuclei (synthetic) [unet] labels"]
+    probs = viewer.layers["nuclei (synthetic) [unet] probabilities"]
+    assert labels.data.shape == image.data.shape and labels.data.dtype == np.int32
+    assert probs.data.shape == image.data.shape
+    n_true = int(truth.data.max())
+    assert 0.7 * n_true <= labels.data.max() <= 1.3 * n_true
+    fg_true, fg_pred = truth.data > 0, labels.data > 0
+    assert 2 * (fg_true & fg_pred).sum() / (fg_true.sum() + fg_pred.sum()) > 0.8
+    assert "objects in" in widget.status.value
+    assert viewer.layers.selection.active is labels
+
+
+def test_rerun_updates_its_own_layer_but_never_the_users_edits(tiny_in_list, segment_widget, run_and_wait):
+    viewer, widget = segment_widget
+    viewer.add_image(np.random.default_rng(0).random((96, 128)).astype(np.float32), name="img")
+    widget.model.value = tiny_in_list
+    widget.threshold.value = 0.3
+    run_and_wait(widget)
+    assert layer_names(viewer) == ["img", "img [tiny] labels"]
+    first = viewer.layers["img [tiny] labels"]
+    widget.threshold.value = 0.6
+    widget.image.value = viewer.layers["img"]
+    run_and_wait(widget)
+    assert layer_names(viewer) == ["img", "img [tiny] labels"]  # updated in place
+    first.data[0:5, 0:5] = 99  # the user paints a correction
+    edited = first.data.copy()
+    widget.image.value = viewer.layers["img"]
+    run_and_wait(widget)
+    assert layer_names(viewer) == ["img", "img [tiny] labels", "img [tiny] labels (2)"]
+    assert np.array_equal(first.data, edited)
+
+
+def test_cancel_mid_run_changes_no_layer(tiny_in_list, segment_widget, qtbot, click, run_and_wait):
+    viewer, widget = segment_widget
+    viewer.add_image(np.random.default_rng(1).random((1500, 1500)).astype(np.float32), name="big")
+    widget.model.value = tiny_in_list
+    widget.tile_size.value = "256"
+    before = layer_names(viewer)
+    click(widget.run_button)
+    assert widget.run_button.text == "Cancel"
+    qtbot.waitUntil(lambda: "%" in widget.status.value, timeout=30_000)
+    click(widget.run_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert layer_names(viewer) == before
+    assert widget.run_button.text == "Run" and "cancelled" in widget.status.value
+    # and the next run works
+    widget.tile_size.value = "auto"
+    run_and_wait(widget)
+    assert "big [tiny] labels" in layer_names(viewer)
+
+
+def test_stacks_are_predicted_plane_by_plane_with_scale(tiny_in_list, segment_widget, run_and_wait):
+    viewer, widget = segment_widget
+    viewer.add_image(np.random.default_rng(2).random((3, 64, 80)).astype(np.float32), name="stack",
+                     scale=(2.0, 0.5, 0.5))
+    widget.model.value = tiny_in_list
+    run_and_wait(widget)
+    labels = viewer.layers["stack [tiny] labels"]
+    assert labels.data.shape == (3, 64, 80)
+    assert tuple(labels.scale) == (2.0, 0.5, 0.5)
+
+
+def test_rgb_image_is_converted_and_reported(tiny_in_list, segment_widget, run_and_wait):
+    viewer, widget = segment_widget
+    viewer.add_image(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8), name="rgb")
+    widget.model.value = tiny_in_list
+    assert widget.channels.value is None  # colour axis handled, not a plane axis
+    run_and_wait(widget)
+    assert viewer.layers["rgb [tiny] labels"].data.shape == (64, 64)
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda v: None, "no image layer"),
+    (lambda v: v.add_labels(np.zeros((10, 10), int), name="mask"), "'mask' is a labels layer"),
+    (lambda v: v.add_points([[1, 1]], name="pts"), "'pts' is a points layer"),
+    (lambda v: v.add_image(np.zeros((2, 3, 16, 16)), name="4d"), "Slice the data"),
+])
+def test_bad_input_gives_a_message_and_changes_nothing(tiny_in_list, segment_widget, run_and_wait, setup, message):
+    viewer, widget = segment_widget
+    setup(viewer)
+    widget.model.value = tiny_in_list
+    before = layer_names(viewer)
+    run_and_wait(widget)
+    assert message.lower() in widget.status.value.lower()
+    assert layer_names(viewer) == before
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x80\x04garbage", "pickle"),
+    (b"PK\x03\x04garbage", "PyTorch checkpoint"),
+    (b"not a model", "not a safetensors"),
+])
+def test_unusable_model_files_are_refused(segment_widget, tmp_path, content, message):
+    viewer, widget = segment_widget
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    choices_before = widget.model.choices
+    widget.add_model_file(str(path))
+    assert message in widget.status.value
+    assert widget.model.choices == choices_before
