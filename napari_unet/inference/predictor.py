@@ -124,6 +124,7 @@ class Predictor:
             net = fuse_batchnorm(net).to(memory_format=torch.channels_last if net.spatial_dims == 2
                                          else torch.channels_last_3d)
         self.net = net.to(self.device.device)
+        self._cpu_fallback_net = None
         self.spatial_dims = self.model.net.spatial_dims
         if tile_size == "auto":
             tile_size = _auto_tile(self.model.net, self.device)
@@ -140,6 +141,24 @@ class Predictor:
             self.context = halo - self.blend
         self.batch_size = (1 if self.device.type == "cpu" else 4) if batch_size == "auto" else int(batch_size)
         self.warnings: list[str] = []
+
+    def recover_from_oom(self) -> str:
+        """After running out of accelerator memory: halve the tiles, or move to the CPU.
+
+        Returns what was done, for the user. Raises ``MemoryError`` when already on the CPU.
+        """
+        if self.device.type == "cpu":
+            raise MemoryError("Out of memory on the CPU: choose a smaller tile size, or close other programs.")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.tile_size > 128:
+            self.tile_size = max(128, self.tile_size // 2)
+            return f"Out of {self.device.type.upper()} memory: retrying with {self.tile_size} px tiles."
+        self.device = resolve_device("cpu")
+        self.net = fuse_batchnorm(self.model.net).to("cpu", memory_format=torch.channels_last
+                                                      if self.spatial_dims == 2 else torch.channels_last_3d)
+        self.batch_size = 1
+        return "Out of GPU memory even with small tiles: continuing on the CPU (slower)."
 
     # -- geometry -------------------------------------------------------------------------
     def plan(self, spatial_shape) -> TilePlan:
@@ -216,16 +235,24 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
     warnings = list(prepared.warnings)
     n_out = max(1, lm.net.out_channels - 1)
     result = np.zeros(prepared.plane_shape + (n_out,) + prepared.spatial_shape, np.float32)
+    n_planes = prepared.n_planes
     plan = predictor.plan(prepared.spatial_shape)
-    total = plan.n_tiles * prepared.n_planes
-    done = 0
-    yield Progress(0, total, f"predicting on {predictor.device}", 0, prepared.n_planes)
-    for p in range(prepared.n_planes):
+    total, done = plan.n_tiles * n_planes, 0
+    yield Progress(0, total, f"predicting on {predictor.device}", 0, n_planes)
+    for p in range(n_planes):
         out = result.reshape((-1, n_out) + prepared.spatial_shape)[p]
-        for n in predictor.predict_plane(prepared.plane(p), lm.normalization, warnings, stop, out):
-            done += n
-            yield Progress(done, total, f"plane {p + 1}/{prepared.n_planes}" if prepared.n_planes > 1 else "tiles",
-                           p, prepared.n_planes)
+        done_before = done
+        while True:
+            try:
+                for n in predictor.predict_plane(prepared.plane(p), lm.normalization, warnings, stop, out):
+                    done += n
+                    yield Progress(done, total, f"plane {p + 1}/{n_planes}" if n_planes > 1 else "tiles", p, n_planes)
+                break
+            except torch.OutOfMemoryError:
+                warnings.append(predictor.recover_from_oom())
+                plan = predictor.plan(prepared.spatial_shape)
+                done = done_before
+                total = done + plan.n_tiles * (n_planes - p)
     return Prediction(result, lm.target, str(predictor.device), warnings, time.perf_counter() - start, plan.window)
 
 

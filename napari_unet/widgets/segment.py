@@ -272,7 +272,8 @@ class SegmentWidget(Container):
             show_warning(message)
         n = int(result.labels.max())
         seconds = time.perf_counter() - started
-        self.status.value = f"{n} objects in {seconds:.1f} s on {result.prediction.device}"
+        self.status.value = f"{n} objects in {seconds:.1f} s on {result.prediction.device}" + "".join(
+            f"\n{message}" for message in result.prediction.warnings)
         self._viewer.layers.selection.active = labels
         show_info(f"napari-unet: {n} objects found in '{layer.name}'.")
 

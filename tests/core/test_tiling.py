@@ -138,3 +138,33 @@ def test_stop_event_cancels_between_tiles(tiny_model):
     with pytest.raises(PredictionCancelled):
         for _ in gen:
             pass
+
+
+def test_out_of_gpu_memory_shrinks_tiles_then_falls_back_to_cpu(tiny_model, monkeypatch):
+    """Simulated: a 'cuda' predictor whose forward pass runs out of memory on large tiles."""
+    import torch
+
+    from napari_unet.devices import DeviceInfo
+
+    predictor = Predictor(tiny_model, device="cpu", tile_size=512)
+    predictor.device = DeviceInfo(torch.device("cpu"), "cuda:0 (simulated)", None)
+    monkeypatch.setattr(type(predictor.device), "type", property(lambda self: "cuda" if "simulated" in self.name
+                                                                  else self.device.type))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    real_forward = predictor._forward
+    calls = []
+
+    def forward(batch):
+        calls.append(batch.shape[-1])
+        if predictor.device.type == "cuda":
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(batch)
+
+    monkeypatch.setattr(predictor, "_forward", forward)
+    image = np.random.default_rng(6).random((300, 300), dtype=np.float32)
+    out = predict(tiny_model, image, predictor=predictor)
+    assert any("retrying with 256 px tiles" in w for w in out.warnings)
+    assert any("continuing on the CPU" in w for w in out.warnings)
+    assert out.device.startswith("cpu")
+    expected = predict(tiny_model, image, device="cpu", tile_size=128)
+    assert np.allclose(out.probabilities, expected.probabilities, atol=1e-5)

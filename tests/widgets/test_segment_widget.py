@@ -104,6 +104,19 @@ def test_rgb_image_is_converted_and_reported(tiny_in_list, segment_widget, run_a
     assert viewer.layers["rgb [tiny] labels"].data.shape == (64, 64)
 
 
+@pytest.mark.parametrize("data,message", [
+    (np.full((40, 40), 7, np.uint16), "constant"),
+    (np.where(np.eye(40, dtype=bool), np.nan, 1.0), "NaN"),
+])
+def test_odd_images_are_segmented_with_a_warning(tiny_in_list, segment_widget, run_and_wait, data, message):
+    viewer, widget = segment_widget
+    viewer.add_image(data, name="odd")
+    widget.model.value = tiny_in_list
+    run_and_wait(widget)
+    assert "odd [tiny] labels" in layer_names(viewer)
+    assert message in widget.status.value
+
+
 @pytest.mark.parametrize("setup,message", [
     (lambda v: None, "no image layer"),
     (lambda v: v.add_labels(np.zeros((10, 10), int), name="mask"), "'mask' is a labels layer"),
