@@ -102,8 +102,14 @@ def cmd_predict(args) -> int:
     for path in inputs:
         image = _read_image(path)
         try:
-            seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, threshold=args.threshold,
-                                          min_size=args.min_size, channel_axis=args.channel_axis),
+            post = predictor.model.postprocess
+            for key in ("threshold", "min_size"):
+                if getattr(args, key) is not None:
+                    post[key] = getattr(args, key)
+            if args.no_split:
+                post["split_touching"] = False
+            seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
+                                          **post),
                              _progress_printer(path.name))
         except ValueError as exc:
             raise UsageError(f"{path}: {exc}") from None
@@ -147,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--tile-size", default="auto")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--min-size", type=int, default=16)
+    p.add_argument("--threshold", type=float, default=None, help="foreground probability (default: the model's)")
+    p.add_argument("--min-size", type=int, default=None, help="smallest object in pixels (default: the model's)")
+    p.add_argument("--no-split", action="store_true", help="do not split touching objects by watershed")
     p.add_argument("--channel-axis", type=int, default=None)
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.set_defaults(func=cmd_predict)

@@ -74,8 +74,19 @@ class LoadedModel:
         return self.net.spatial_dims
 
     @property
+    def postprocess(self) -> dict:
+        return postprocess_defaults(self.config)
+
+    @property
     def trained(self) -> bool:
         return bool(self.config.get("provenance", {}).get("trained", False))
+
+
+def postprocess_defaults(config: dict) -> dict:
+    """Post-processing settings tuned for a model (threshold, min_size, split_touching)."""
+    defaults = {"threshold": 0.5, "min_size": 16, "split_touching": True}
+    tuned = config.get("provenance", {}).get("postprocess", {})
+    return {**defaults, **{k: v for k, v in tuned.items() if k in defaults}}
 
 
 def make_config(net: SegmentationNet, architecture: str, target: str = "binary",
@@ -128,6 +139,12 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through ``write(tmp_path)`` then fsync and rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +152,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -119,10 +119,13 @@ class Predictor:
                  blend: int = DEFAULT_BLEND, batch_size: int | str = "auto"):
         self.device = resolve_device(device)
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        net = self.model.net.eval()
+        # a copy: the caller's network (maybe one being trained) keeps its mode and device
+        net = self.model.net
         if self.device.type == "cpu":
             net = fuse_batchnorm(net).to(memory_format=torch.channels_last if net.spatial_dims == 2
                                          else torch.channels_last_3d)
+        else:
+            net = copy.deepcopy(net).eval()
         self.net = net.to(self.device.device)
         self._cpu_fallback_net = None
         self.spatial_dims = self.model.net.spatial_dims

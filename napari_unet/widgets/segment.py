@@ -37,6 +37,7 @@ class SegmentWidget(Container):
         self._worker = None
         self._stop: threading.Event | None = None
         self._progress = None
+        self._job_done = False
         self._predictors: dict = {}
         self._extra_models: dict[str, None] = {}  # model files the user loaded, in order
         self.last_result = None  # the last Segmentation, for scripts and tests
@@ -111,7 +112,26 @@ class SegmentWidget(Container):
 
     # -- model and device ---------------------------------------------------------------
     def _on_model_changed(self, *_):
-        self.model_info.value = self._describe_model(self.model.value)
+        """Describe the chosen model and apply the post-processing it was tuned with."""
+        from ..modelfile import ModelFileError, postprocess_defaults, read_config, resolve_model_path
+        from ..models import get_spec
+
+        name = self.model.value
+        if not name:
+            self.model_info.value = "no model yet: load a model file"
+            return
+        try:
+            config = read_config(resolve_model_path(name))
+        except ModelFileError as exc:
+            self.model_info.value = f"unusable: {exc}"
+            return
+        text = f"{get_spec(config['architecture']).title}, {config['output']['target']} target"
+        trained = config.get("provenance", {}).get("data", "")
+        self.model_info.value = text + (f"\ntrained on {trained}" if trained else "")
+        defaults = postprocess_defaults(config)
+        self.threshold.value = defaults["threshold"]
+        self.min_size.value = defaults["min_size"]
+        self.split.value = defaults["split_touching"]
 
     def _ask_for_model_file(self, *_):
         from qtpy.QtWidgets import QFileDialog
@@ -133,21 +153,6 @@ class SegmentWidget(Container):
         self._extra_models[path] = None
         self.model.reset_choices()
         self.model.value = path
-
-    def _describe_model(self, name) -> str:
-        if not name:
-            return "no model yet: load a model file"
-        from ..modelfile import ModelFileError, read_config, resolve_model_path
-        from ..models import get_spec
-
-        try:
-            config = read_config(resolve_model_path(name))
-        except ModelFileError as exc:
-            return f"unusable: {exc}"
-        spec = get_spec(config["architecture"])
-        trained = config.get("provenance", {}).get("data", "")
-        text = f"{spec.title}, {config['output']['target']} target"
-        return text + (f"\ntrained on {trained}" if trained else "")
 
     def _show_device(self, *_):
         from ..devices import resolve_device
@@ -229,6 +234,7 @@ class SegmentWidget(Container):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._job_done = False
         self.run_button.text = "Cancel"
         self.status.value = "starting…"
         self._progress = progress(total=0, desc=f"napari-unet: {layer.name}")
@@ -243,16 +249,20 @@ class SegmentWidget(Container):
         self.status.value = "cancelling…"
 
     def _on_progress(self, event):
+        if self._job_done:  # a late progress event must not hide the result line
+            return
+        pct = 100 * event.done / max(event.total, 1)
+        self.status.value = f"{event.message}: {pct:.0f}%"
+        # last: updating napari's progress bar may process Qt events (and so later signals)
         bar = self._progress
         if bar is not None:
             if bar.total != event.total:
                 bar.total = event.total
             bar.n = event.done
             bar.set_description(f"napari-unet: {event.message}")
-        pct = 100 * event.done / max(event.total, 1)
-        self.status.value = f"{event.message}: {pct:.0f}%"
 
     def _on_result(self, result, layer, model, channel_axis, started):
+        self._job_done = True
         if result is None or (self._stop is not None and self._stop.is_set()):
             return
         if layer not in self._viewer.layers:

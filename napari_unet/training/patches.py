@@ -1,0 +1,183 @@
+"""Training samples: targets from instance labels, random patches and their augmentation.
+
+Images are normalised once, whole, with the same :func:`~napari_unet.inference.inputs.fit_normalizer`
+the predictor uses, so a network sees the same intensities in training and in prediction. A
+:class:`PatchSampler` then cuts square patches ``(C, P, P)`` with a seeded
+``numpy.random.Generator``: most patches are centred near a random object pixel (so sparse
+images still teach objects), the rest anywhere. Images smaller than a patch are reflect-padded
+and the padding is marked -1 (ignored) in the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from ..inference.inputs import fit_normalizer
+from .losses import IGNORE
+
+
+def touching_boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels on an object's inner boundary that touch a *different* object (4-connected).
+
+    Both objects lose their side of the contact line, which leaves a 2-pixel background gap.
+    """
+    labels = np.asarray(labels)
+    inner = find_boundaries(labels, connectivity=1, mode="inner")
+    cross = ndi.generate_binary_structure(labels.ndim, 1)
+    biggest = ndi.maximum_filter(labels, footprint=cross, mode="nearest")
+    background_high = np.where(labels > 0, labels, np.iinfo(np.int64).max).astype(np.int64)
+    smallest = ndi.minimum_filter(background_high, footprint=cross, mode="nearest")
+    other = ((biggest > 0) & (biggest != labels)) | ((smallest < np.iinfo(np.int64).max) & (smallest != labels))
+    return inner & other & (labels > 0)
+
+
+def binary_target(labels: np.ndarray) -> np.ndarray:
+    """Binary target (int8: 0 background, 1 foreground) from instance labels ``(H, W)``.
+
+    Foreground is ``labels > 0``, except pixels on the boundary between two different objects
+    (:func:`touching_boundaries`), which are background: the thin gap teaches the network to
+    separate touching nuclei, so connected components (and the watershed split in
+    post-processing) see them apart.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise ValueError(f"Labels must be integers (0 = background), got {labels.dtype}.")
+    target = (labels > 0).astype(np.int8)
+    target[touching_boundaries(labels.astype(np.int64))] = 0
+    return target
+
+
+@dataclass
+class TrainingImage:
+    """One normalised image ready for patch sampling.
+
+    ``image`` ``(C, H, W)`` float32; ``target`` ``(H, W)`` int8 (-1 = ignore); ``weights``
+    ``(H, W)`` float32 per-pixel loss weights or None; ``labels`` the instance labels.
+    """
+
+    image: np.ndarray
+    target: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        self.foreground = np.flatnonzero(self.target.ravel() > 0)
+
+
+def as_chw(image: np.ndarray) -> np.ndarray:
+    """A 2D image ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[None]
+    if image.ndim == 3:
+        return image
+    raise ValueError(f"Training images must be (H, W) or (C, H, W), got shape {image.shape}.")
+
+
+def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, min_size: int = 0,
+                  name: str = "", gap_weight: float = 1.0) -> TrainingImage:
+    """Normalise ``image``, build the binary target and reflect-pad both to at least ``min_size``.
+
+    ``gap_weight`` > 1 gives the gap pixels between touching objects that loss weight (others 1),
+    a simple stand-in for the U-Net paper's weight map; 1 means no weights.
+    """
+    if gap_weight <= 0:
+        raise ValueError(f"gap_weight must be positive, got {gap_weight}.")
+    chw = as_chw(image)
+    labels = np.asarray(labels)
+    if labels.shape != chw.shape[1:]:
+        raise ValueError(f"Labels {labels.shape} do not match the image {chw.shape[1:]}{' (' + name + ')' if name else ''}.")
+    x = fit_normalizer(chw, normalization)(chw)
+    target = binary_target(labels)
+    weights = None
+    if gap_weight != 1.0:
+        weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
+    pad = [(0, max(0, min_size - n)) for n in labels.shape]
+    if any(p[1] for p in pad):
+        x = np.pad(x, [(0, 0)] + pad, mode="reflect")
+        target = np.pad(target, pad, constant_values=IGNORE)
+        labels = np.pad(labels, pad)
+        weights = None if weights is None else np.pad(weights, pad, constant_values=1.0)
+    return TrainingImage(np.ascontiguousarray(x, np.float32), target, labels, weights, name)
+
+
+def random_flip_rot(rng: np.random.Generator, *arrays: np.ndarray | None):
+    """The same random rot90 (0-3 quarter turns) and flip of the last two axes of every array."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+
+    def apply(a):
+        if a is None:
+            return None
+        a = np.rot90(a, k, axes=(-2, -1))
+        return np.ascontiguousarray(a[..., ::-1] if flip else a)
+
+    return tuple(apply(a) for a in arrays)
+
+
+def random_intensity(rng: np.random.Generator, image: np.ndarray, scale=(0.75, 1.25), shift=(-0.1, 0.1)) -> np.ndarray:
+    """``image * s + o`` with ``s``, ``o`` drawn per channel (image already normalised to ~0..1)."""
+    c = image.shape[0]
+    s = rng.uniform(*scale, size=(c, 1, 1)).astype(np.float32)
+    o = rng.uniform(*shift, size=(c, 1, 1)).astype(np.float32)
+    return image * s + o
+
+
+class PatchSampler:
+    """Random square patches from a list of :class:`TrainingImage`.
+
+    Args:
+        images: the training images (each at least ``patch_size`` per side: see
+            :func:`prepare_image`).
+        patch_size: side ``P`` in pixels.
+        rng: the generator that drives everything (fixed seed = same patches).
+        foreground_bias: probability that a patch is placed to contain a random object pixel.
+        augment: random flips / quarter turns and intensity scale / shift.
+        image_weights: relative probability of drawing each image (default: equal).
+    """
+
+    def __init__(self, images: list[TrainingImage], patch_size: int, rng: np.random.Generator,
+                 foreground_bias: float = 0.8, augment: bool = True, image_weights=None):
+        if not images:
+            raise ValueError("There are no training images.")
+        for im in images:
+            if min(im.target.shape) < patch_size:
+                raise ValueError(f"Image {im.name or ''} {im.target.shape} is smaller than the patch {patch_size}.")
+        self.images, self.patch_size, self.rng = images, int(patch_size), rng
+        self.foreground_bias, self.augment = float(foreground_bias), augment
+        w = np.ones(len(images)) if image_weights is None else np.asarray(image_weights, np.float64)
+        if w.shape != (len(images),) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("image_weights needs one non-negative weight per image, not all zero.")
+        self.p = w / w.sum()
+
+    def _corner(self, im: TrainingImage) -> tuple[int, int]:
+        h, w = im.target.shape
+        P = self.patch_size
+        if im.foreground.size and self.rng.uniform() < self.foreground_bias:
+            y, x = np.unravel_index(im.foreground[self.rng.integers(im.foreground.size)], (h, w))
+            y0, x0 = y - self.rng.integers(P), x - self.rng.integers(P)
+            return int(np.clip(y0, 0, h - P)), int(np.clip(x0, 0, w - P))
+        return int(self.rng.integers(h - P + 1)), int(self.rng.integers(w - P + 1))
+
+    def sample(self):
+        """One ``(image (C, P, P) float32, target (P, P) int64, weights (P, P) float32 or None)``."""
+        im = self.images[self.rng.choice(len(self.images), p=self.p)]
+        y0, x0 = self._corner(im)
+        win = (slice(y0, y0 + self.patch_size), slice(x0, x0 + self.patch_size))
+        image, target = im.image[(slice(None),) + win], im.target[win]
+        weights = None if im.weights is None else im.weights[win]
+        if self.augment:
+            image, target, weights = random_flip_rot(self.rng, image, target, weights)
+            image = random_intensity(self.rng, image)
+        return (np.ascontiguousarray(image, np.float32), target.astype(np.int64),
+                None if weights is None else weights.astype(np.float32))
+
+    def batch(self, n: int):
+        """``n`` samples stacked: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights or None."""
+        samples = [self.sample() for _ in range(n)]
+        weights = None if any(s[2] is None for s in samples) else np.stack([s[2] for s in samples])
+        return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]), weights

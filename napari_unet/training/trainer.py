@@ -1,0 +1,213 @@
+"""The training loop as a generator of progress events.
+
+:func:`train_iter` samples augmented patches (:mod:`.patches`), optimises a
+:class:`~napari_unet.training.losses.SegmentationLoss` with AdamW under a linear warm-up and
+cosine learning-rate schedule, and after every "epoch" (``steps_per_epoch`` steps: patches are
+random, so an epoch is a fixed number of steps, not a pass over the data) predicts the whole
+held-out images with the real predictor and post-processing and scores them with
+:func:`napari_unet.metrics.evaluate`. The best network by validation AP@0.5 wins. Widgets run
+it in a thread worker; scripts and tests drain it with
+:func:`napari_unet.inference.predictor.run_to_end`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..inference.postprocess import probabilities_to_labels
+from ..inference.predictor import Predictor, predict
+from ..metrics import evaluate, mean_metrics
+from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
+from .losses import SegmentationLoss
+from .patches import PatchSampler, prepare_image
+
+DEFAULT = DEFAULT_NORMALIZATION
+
+
+@dataclass
+class TrainingEvent:
+    """One step of training.
+
+    ``loss`` is this step's loss (``nan`` on a pure validation event); ``val_ap`` the latest
+    validation AP@0.5 (None before the first validation); ``seconds_left`` an estimate (None
+    until one exists); ``validated`` is True on the step where validation just ran, with its
+    ``val_metrics``.
+    """
+
+    step: int
+    epoch: int
+    loss: float
+    val_ap: float | None
+    lr: float
+    seconds_left: float | None
+    total_steps: int | None = None
+    validated: bool = False
+    val_metrics: dict | None = None
+    parts: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_iter` returns: the best state (also loaded into the network)."""
+
+    state: dict
+    metrics: dict
+    best_step: int
+    steps: int
+    seconds: float
+    stopped: str  # "finished", "time budget", "stopped by user", or why the loss broke
+    history: list = field(default_factory=list)  # (step, val metrics) per validation
+
+
+def as_loaded_model(net: torch.nn.Module, normalization: dict = DEFAULT, target: str = "binary") -> LoadedModel:
+    """A copy of ``net`` in eval mode wrapped for the predictor (the training net is untouched)."""
+    frozen = copy.deepcopy(net).eval()
+    return LoadedModel(net=frozen, config=make_config(frozen, "unet", target, normalization), name="training")
+
+
+def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
+             postprocess: dict | None = None) -> dict:
+    """Mean :func:`~napari_unet.metrics.evaluate` of whole images ``(image, labels)``, predicted
+    by the tiled predictor and turned into labels by ``probabilities_to_labels(**postprocess)``."""
+    predictor = Predictor(as_loaded_model(net, normalization), device=device)
+    scores = []
+    for image, labels in pairs:
+        probs = predict(predictor.model, image, predictor=predictor).probabilities
+        scores.append(evaluate(labels, probabilities_to_labels(probs, **(postprocess or {}))))
+    return mean_metrics(scores)
+
+
+def _lr_factor(step: int, progress: float, warmup_steps: int, floor: float = 0.01) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``floor`` as ``progress`` -> 1."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    cosine = floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warm * cosine
+
+
+def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_size: int = 256, batch_size: int = 4,
+               lr: float = 1e-3, epochs: int | None = None, minutes: float | None = None,
+               steps_per_epoch: int = 50, seed: int = 0, normalization: dict = DEFAULT,
+               stop: threading.Event | None = None, device: str = "auto", loss: SegmentationLoss | None = None,
+               weight_decay: float = 1e-4, warmup_steps: int = 50, max_grad_norm: float = 10.0,
+               foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
+               gap_weight: float = 1.0) -> Iterator[TrainingEvent]:
+    """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
+
+    Args:
+        train_pairs: ``(image (H, W) or (C, H, W), labels (H, W))``; targets are binary (see
+            :func:`~napari_unet.training.patches.binary_target`: boundaries between touching
+            objects are background).
+        val_pairs: whole held-out images and their labels, scored by AP@0.5 after each epoch.
+        patch_size: side of the square training patches (a multiple of ``net.size_divisor``).
+        epochs / minutes: stop after ``epochs * steps_per_epoch`` steps and/or after ``minutes``
+            of wall time (validation included), whichever comes first; give at least one.
+            The cosine schedule follows whichever is further along.
+        stop: a ``threading.Event``; when set the loop ends before the next step.
+        postprocess: keyword arguments of ``probabilities_to_labels`` for validation.
+        gap_weight: cross-entropy weight of the gap pixels between touching objects (1 = none).
+
+    Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
+    validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
+    non-finite loss or gradient stops training and keeps the best state so far.
+    """
+    if epochs is None and minutes is None:
+        raise ValueError("Give epochs or minutes (or both) to say how long to train.")
+    if (epochs is not None and epochs < 1) or (minutes is not None and minutes <= 0) or steps_per_epoch < 1:
+        raise ValueError("epochs, minutes and steps_per_epoch must be positive.")
+    divisor = max(net.size_divisor)
+    if patch_size % divisor or patch_size < divisor:
+        raise ValueError(f"patch_size must be a multiple of {divisor} for this network, got {patch_size}.")
+    if getattr(net, "margin", 0):
+        raise ValueError("This trainer handles 'same'-padding networks only (the output must match the patch).")
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    images = [prepare_image(im, lab, normalization, patch_size, name=str(i), gap_weight=gap_weight)
+              for i, (im, lab) in enumerate(train_pairs)]
+    sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
+    loss_fn = loss or SegmentationLoss()
+    net.to(dev.device).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    total_steps = epochs * steps_per_epoch if epochs is not None else None
+    budget = minutes * 60.0 if minutes is not None else None
+
+    def snapshot():
+        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    best = {"state": None, "metrics": {}, "step": 0, "ap": -1.0}
+    history, val_ap, stopped, step = [], None, "finished", 0
+
+    def run_validation():
+        nonlocal val_ap
+        metrics = validate(net, val_pairs, normalization, device, postprocess)
+        net.train()
+        history.append((step, metrics))
+        val_ap = metrics["ap50"]
+        if val_ap > best["ap"]:
+            best.update(state=snapshot(), metrics=metrics, step=step, ap=val_ap)
+        return metrics
+
+    while True:
+        elapsed = time.perf_counter() - start
+        progress = max(step / total_steps if total_steps else 0.0, elapsed / budget if budget else 0.0)
+        if progress >= 1.0:
+            stopped = "finished" if total_steps and step >= total_steps else "time budget"
+            break
+        if stop is not None and stop.is_set():
+            stopped = "stopped by user"
+            break
+        factor = _lr_factor(step, progress, warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        x, y, w = sampler.batch(batch_size)
+        x, y = torch.from_numpy(x).to(dev.device), torch.from_numpy(y).to(dev.device)
+        w = None if w is None else torch.from_numpy(w).to(dev.device)
+        # batch-norm statistics change in the forward pass: keep them to undo a broken step
+        buffers = [b.detach().clone() for b in net.buffers()]
+        with dev.autocast():
+            logits = net(x)
+        value, parts = loss_fn(logits.float(), y, w)
+        broken = None if torch.isfinite(value) else "loss"
+        if broken is None:
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+            broken = None if torch.isfinite(grad_norm) else "gradient"
+        if broken:
+            with torch.no_grad():
+                for b, saved in zip(net.buffers(), buffers):
+                    b.copy_(saved)
+            stopped = f"non-finite {broken} at step {step + 1}"
+            break
+        optimizer.step()
+        step += 1
+        metrics = None
+        if step % steps_per_epoch == 0 and val_pairs:
+            metrics = run_validation()
+        elapsed = time.perf_counter() - start
+        rate = elapsed / step
+        left = [budget - elapsed] if budget else []
+        if total_steps:
+            left.append((total_steps - step) * rate)
+        yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float(value.detach()), val_ap, lr * factor,
+                            max(0.0, min(left)), total_steps, metrics is not None, metrics, parts)
+
+    if stopped in ("finished", "time budget") and val_pairs and (not history or history[-1][0] != step) and step:
+        metrics = run_validation()
+        yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0, total_steps,
+                            True, metrics)
+    if best["state"] is None:  # no validation: keep the last finite state
+        best.update(state=snapshot(), step=step)
+    net.load_state_dict(best["state"])
+    return TrainingResult(best["state"], best["metrics"], best["step"], step, time.perf_counter() - start,
+                          stopped, history)

@@ -1,0 +1,193 @@
+"""Losses, patches and a short real training run (no Qt; CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.inference.predictor import run_to_end
+from napari_unet.models import build_model
+from napari_unet.synthetic import fluorescent_nuclei
+from napari_unet.training import (IGNORE, PatchSampler, SegmentationLoss, binary_target, cross_entropy,
+                                  prepare_image, soft_dice, train_iter)
+from napari_unet.modelfile import DEFAULT_NORMALIZATION
+
+LOG2 = math.log(2.0)
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+def test_cross_entropy_hand_values():
+    logits = torch.zeros(1, 2, 1, 2)
+    logits[0, 1, 0, 1] = 2.0  # pixel 2: p(foreground) = e^2 / (1 + e^2)
+    ce2 = math.log(1 + math.exp(-2.0))
+    target = torch.tensor([[[0, 1]]])
+    assert cross_entropy(logits, target).item() == pytest.approx((LOG2 + ce2) / 2, rel=1e-6)
+    # ignored pixels do not count
+    assert cross_entropy(logits, torch.tensor([[[IGNORE, 1]]])).item() == pytest.approx(ce2, rel=1e-6)
+    # weights: sum(w * ce) / sum(w)
+    w = torch.tensor([[[1.0, 3.0]]])
+    assert cross_entropy(logits, target, w).item() == pytest.approx((LOG2 + 3 * ce2) / 4, rel=1e-6)
+    # nothing counted: zero, finite, and still differentiable
+    logits.requires_grad_(True)
+    none = cross_entropy(logits, torch.full((1, 1, 2), IGNORE))
+    none.backward()
+    assert none.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_sigmoid_single_channel_cross_entropy():
+    logits = torch.zeros(2, 1, 3, 3)
+    assert cross_entropy(logits, torch.randint(0, 2, (2, 3, 3))).item() == pytest.approx(LOG2, rel=1e-6)
+
+
+def test_soft_dice_hand_values():
+    logits = torch.zeros(1, 2, 2, 2)  # p(foreground) = 0.5 everywhere
+    target = torch.tensor([[[1, 1], [0, 0]]])
+    # 1 - (2 * 1 + 1) / (2 + 2 + 1)
+    assert soft_dice(logits, target).item() == pytest.approx(0.4, rel=1e-6)
+    ignored = torch.tensor([[[IGNORE, 1], [0, 0]]])  # sum(p)=1.5, sum(t)=1, sum(pt)=0.5
+    assert soft_dice(logits, ignored).item() == pytest.approx(1 - 2.0 / 3.5, rel=1e-6)
+    perfect = torch.zeros(1, 2, 2, 2)
+    perfect[:, 1] = 20.0 * (2 * target - 1)
+    assert soft_dice(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_segmentation_loss_is_the_weighted_sum():
+    logits, target = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    total, parts = SegmentationLoss(ce_weight=1.0, dice_weight=0.5)(logits, target)
+    assert total.item() == pytest.approx(parts["ce"] + 0.5 * parts["dice"], rel=1e-6)
+    with pytest.raises(ValueError):
+        SegmentationLoss(0, 0)
+    with pytest.raises(ValueError, match="target"):
+        cross_entropy(logits, target[:, :4])
+
+
+# -- targets and patches ---------------------------------------------------------------------
+
+def test_binary_target_separates_touching_objects():
+    labels = np.zeros((12, 20), np.int32)
+    labels[2:10, 1:6] = 1
+    labels[2:10, 6:11] = 2  # touches 1 along a vertical line
+    labels[2:10, 14:19] = 3  # alone
+    target = binary_target(labels)
+    assert target.dtype == np.int8
+    assert (target[2:10, 5] == 0).all() and (target[2:10, 6] == 0).all()  # a 2-pixel gap
+    assert (target[2:10, 1:5] == 1).all() and (target[2:10, 7:11] == 1).all()
+    assert (target[labels == 3] == 1).all()  # isolated objects keep their rim
+    assert (target[labels == 0] == 0).all()
+    weighted = prepare_image(labels.astype(np.float32), labels, DEFAULT_NORMALIZATION, gap_weight=5.0)
+    assert (weighted.weights[2:10, 5:7] == 5.0).all() and weighted.weights.sum() == labels.size + 4 * 16
+
+
+@pytest.fixture(scope="module")
+def nuclei_pairs():
+    return [fluorescent_nuclei((128, 128), 14, seed=s) for s in range(4)]
+
+
+def _sampler(pairs, seed, patch=64, **kw):
+    images = [prepare_image(im, lab, DEFAULT_NORMALIZATION, patch) for im, lab in pairs]
+    return PatchSampler(images, patch, np.random.default_rng(seed), **kw)
+
+
+def test_patches_shapes_dtypes_and_determinism(nuclei_pairs):
+    x, y, w = _sampler(nuclei_pairs, 1).batch(3)
+    assert x.shape == (3, 1, 64, 64) and x.dtype == np.float32
+    assert y.shape == (3, 64, 64) and y.dtype == np.int64 and set(np.unique(y)) <= {0, 1}
+    assert w is None
+    x2, y2, _ = _sampler(nuclei_pairs, 1).batch(3)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    x3, _, _ = _sampler(nuclei_pairs, 2).batch(3)
+    assert not np.array_equal(x, x3)
+
+
+def test_gap_weights_follow_the_patches(nuclei_pairs):
+    images = [prepare_image(im, lab, DEFAULT_NORMALIZATION, 64, gap_weight=4.0) for im, lab in nuclei_pairs]
+    _, y, w = PatchSampler(images, 64, np.random.default_rng(0)).batch(4)
+    assert w.shape == y.shape and w.dtype == np.float32 and set(np.unique(w)) <= {1.0, 4.0}
+    assert (y[w == 4.0] == 0).all()  # weighted pixels are the background gaps
+
+
+def test_foreground_bias_puts_objects_in_patches(nuclei_pairs):
+    _, y, _ = _sampler(nuclei_pairs, 0, patch=32, foreground_bias=1.0).batch(16)
+    assert all((t == 1).any() for t in y)
+
+
+def test_small_images_are_padded_and_padding_ignored():
+    image, labels = fluorescent_nuclei((40, 50), 3, seed=3)
+    prepared = prepare_image(image, labels, DEFAULT_NORMALIZATION, 64)
+    assert prepared.image.shape == (1, 64, 64) and prepared.target.shape == (64, 64)
+    assert (prepared.target[40:] == IGNORE).all() and (prepared.target[:, 50:] == IGNORE).all()
+    assert (prepared.target[:40, :50] >= 0).all()
+    x, y, _ = PatchSampler([prepared], 64, np.random.default_rng(0)).batch(2)
+    assert x.shape == (2, 1, 64, 64) and (y == IGNORE).any()
+    with pytest.raises(ValueError, match="smaller"):
+        PatchSampler([prepare_image(image, labels, DEFAULT_NORMALIZATION)], 64, np.random.default_rng(0))
+
+
+# -- a real training run ---------------------------------------------------------------------
+
+def test_gradients_are_finite_and_reach_every_parameter(nuclei_pairs):
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16, 32)).train()
+    x, y, _ = _sampler(nuclei_pairs, 0).batch(2)
+    total, _ = SegmentationLoss()(net(torch.from_numpy(x)), torch.from_numpy(y))
+    total.backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_short_training_run_lowers_the_loss(nuclei_pairs):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16, 32))
+    gen = train_iter(net, nuclei_pairs[:3], nuclei_pairs[3:], patch_size=64, batch_size=4, lr=3e-3, epochs=4,
+                     steps_per_epoch=10, seed=0, device="cpu", warmup_steps=5)
+    events = []
+    result = run_to_end(gen, events.append)
+    losses = [e.loss for e in events if not math.isnan(e.loss)]
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+    assert [e.step for e in events if e.validated] == [10, 20, 30, 40]
+    assert all(e.lr > 0 for e in events) and events[-1].seconds_left == 0.0
+    assert result.steps == 40 and result.stopped == "finished"
+    assert result.metrics["ap50"] == max(m["ap50"] for _, m in result.history)
+    # the best state is loaded into the network
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, result.state[key])
+
+
+def test_stop_event_and_nan_guard(nuclei_pairs):
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16))
+    stop = threading.Event()
+    gen = train_iter(net, nuclei_pairs[:1], patch_size=32, batch_size=1, epochs=100, seed=0, device="cpu", stop=stop)
+    next(gen)
+    stop.set()
+    result = run_to_end(gen)
+    assert result.stopped == "stopped by user" and result.steps == 1
+
+    def broken(logits, target, weights=None):
+        return logits.sum() * float("nan"), {}
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = run_to_end(train_iter(net, nuclei_pairs[:1], patch_size=32, batch_size=1, epochs=1, seed=0,
+                                   device="cpu", loss=broken))
+    assert result.stopped.startswith("non-finite loss") and result.steps == 0
+    for key, value in net.state_dict().items():
+        assert torch.isfinite(value.float()).all()
+        torch.testing.assert_close(value, before[key])
+
+
+def test_bad_arguments_are_refused(nuclei_pairs):
+    net = build_model("unet", features=(8, 16, 32))
+    with pytest.raises(ValueError, match="epochs or minutes"):
+        next(train_iter(net, nuclei_pairs))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        next(train_iter(net, nuclei_pairs, patch_size=66, epochs=1))
