@@ -27,7 +27,7 @@ from napari_unet.inference.predictor import Predictor, predict  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     from monai.inferers import sliding_window_inference
 
@@ -55,26 +55,37 @@ def main():
 
     ours_auto = Predictor(model, device="cpu")
     ours_512 = Predictor(model, device="cpu", tile_size=512)
-    rows = {}
-    rows["untiled forward"] = best_of(untiled, args.repeats)
-    rows["MONAI sliding window (256, 0.25, gaussian)"] = best_of(monai, args.repeats)
-    rows["napari-unet, auto tiles"] = best_of(lambda: predict(model, image, predictor=ours_auto).foreground,
-                                              args.repeats)
-    rows["napari-unet, tiles 512"] = best_of(lambda: predict(model, image, predictor=ours_512).foreground,
-                                             args.repeats)
-    ref_mask = rows["untiled forward"][1] > 0.5
-    t_untiled = rows["untiled forward"][0]
-    t_monai = rows["MONAI sliding window (256, 0.25, gaussian)"][0]
-    print(f"\n{'method':45s} {'seconds':>8s} {'/untiled':>9s} {'/MONAI':>7s} {'mask Dice':>10s}")
-    for name, (seconds, prob) in rows.items():
-        print(f"{name:45s} {seconds:8.2f} {seconds / t_untiled:9.2f} {seconds / t_monai:7.2f} "
-              f"{dice(prob > 0.5, ref_mask):10.4f}")
+    methods = {
+        "untiled forward": untiled,
+        "MONAI sliding window (256, 0.25, gaussian)": monai,
+        "napari-unet, auto tiles": lambda: predict(model, image, predictor=ours_auto).foreground,
+        "napari-unet, tiles 512": lambda: predict(model, image, predictor=ours_512).foreground,
+    }
+    # Interleaved rounds: this VM's speed drifts, so each round times every method once and
+    # ratios are taken within a round (median over rounds).
+    times = {name: [] for name in methods}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            seconds, outputs[name] = best_of(fn, 1)
+            times[name].append(seconds)
+    ref_mask = outputs["untiled forward"] > 0.5
+
+    def ratio(a, b):
+        return float(np.median([x / y for x, y in zip(times[a], times[b])]))
+
+    untiled_name, monai_name = "untiled forward", "MONAI sliding window (256, 0.25, gaussian)"
+    print(f"\n{'method':45s} {'best s':>7s} {'/untiled':>9s} {'/MONAI':>7s} {'mask Dice':>10s}   (ratios: median "
+          f"over {args.repeats} interleaved rounds)")
+    for name in methods:
+        print(f"{name:45s} {min(times[name]):7.2f} {ratio(name, untiled_name):9.2f} {ratio(name, monai_name):7.2f} "
+              f"{dice(outputs[name] > 0.5, ref_mask):10.4f}")
     plan = ours_auto.plan(image.shape)
     print(f"\nauto tiles: window {plan.window}, {plan.n_tiles} tiles, {plan.compute_ratio:.2f} pixels computed per "
           f"image pixel; tiles 512: {ours_512.plan(image.shape).n_tiles} tiles")
-    print(f"targets: ours/MONAI <= 0.5 -> {rows['napari-unet, auto tiles'][0] / t_monai:.2f}; "
-          f"auto/untiled <= 1.15 -> {rows['napari-unet, auto tiles'][0] / t_untiled:.2f}; "
-          f"512/untiled <= 1.3 -> {rows['napari-unet, tiles 512'][0] / t_untiled:.2f}")
+    print(f"targets: ours/MONAI <= 0.5 -> {ratio('napari-unet, auto tiles', monai_name):.2f}; "
+          f"auto/untiled <= 1.15 -> {ratio('napari-unet, auto tiles', untiled_name):.2f}; "
+          f"512/untiled <= 1.3 -> {ratio('napari-unet, tiles 512', untiled_name):.2f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ while widget.running:
     app.processEvents()
     time.sleep(0.02)
 viewer.layers[-1].contour = 2
+viewer.reset_view()
 for _ in range(50):
     app.processEvents()
     time.sleep(0.02)

@@ -50,24 +50,33 @@ def spatial_transform(image_layer, channel_axis: int | None) -> dict:
     return {"scale": scale, "translate": translate}
 
 
-def put_layer(viewer, name: str, data, layer_type: str, metadata: dict, **kwargs):
-    """Update the plugin's untouched layer ``name`` (or ``name (2)``...), else add a new one.
+def build_layer(data, layer_type: str, name: str, metadata: dict, data_checksum: str | None = None, **kwargs):
+    """Make a napari layer object; safe in a worker thread, so its cost stays off the Qt thread."""
+    import napari.layers
 
-    Returns the layer. Layers the user made or edited are never written to.
+    meta = {KEY: {**metadata, "checksum": data_checksum if data_checksum is not None else checksum(data)}}
+    cls = {"labels": napari.layers.Labels, "image": napari.layers.Image}[layer_type]
+    return cls(data, name=name, metadata=meta, **kwargs)
+
+
+def put_layer(viewer, layer):
+    """Put a :func:`build_layer` layer into the viewer (Qt thread); returns the layer shown.
+
+    An untouched plugin layer of the same name (or ``name (2)``...) and shape is updated in
+    place; otherwise ``layer`` is added under a free name. Layers the user made or edited are
+    never written to.
     """
-    meta = {**metadata, "checksum": checksum(data)}
+    name, kind = layer.name, layer_kind(layer)
     candidates = [name] + [f"{name} ({i})" for i in range(2, len(viewer.layers) + 2)]
     for candidate in candidates:
         if candidate not in viewer.layers:
             continue
-        layer = viewer.layers[candidate]
-        if layer_kind(layer) == layer_type and is_untouched_plugin_layer(layer) \
-                and layer.data.shape == np.shape(data):
-            layer.data = data
-            layer.metadata[KEY] = meta
-            for key in ("scale", "translate"):
-                if key in kwargs:
-                    setattr(layer, key, kwargs[key])
-            return layer
-    free = next(c for c in candidates if c not in viewer.layers)
-    return getattr(viewer, f"add_{layer_type}")(data, name=free, metadata={KEY: meta}, **kwargs)
+        target = viewer.layers[candidate]
+        if layer_kind(target) == kind and is_untouched_plugin_layer(target) and target.data.shape == layer.data.shape:
+            target.data = layer.data
+            target.metadata[KEY] = layer.metadata[KEY]
+            target.scale, target.translate = layer.scale, layer.translate
+            return target
+    layer.name = next(c for c in candidates if c not in viewer.layers)
+    viewer.layers.append(layer)
+    return layer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import napari.viewer
@@ -18,14 +19,25 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 
-from ._layers import KEY, layer_kind, put_layer, spatial_transform
+from ._layers import KEY, build_layer, layer_kind, put_layer, spatial_transform
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
+
+
+@dataclass
+class _Ready:
+    """A finished job, with its layers already built in the worker thread."""
+
+    segmentation: object
+    n_objects: int
+    labels: object
+    probabilities: object
 
 
 class SegmentWidget(Container):
@@ -38,6 +50,7 @@ class SegmentWidget(Container):
         self._stop: threading.Event | None = None
         self._progress = None
         self._job_done = False
+        self._pending_ui = False
         self._predictors: dict = {}
         self._extra_models: dict[str, None] = {}  # model files the user loaded, in order
         self.last_result = None  # the last Segmentation, for scripts and tests
@@ -68,6 +81,8 @@ class SegmentWidget(Container):
                      self.tile_size, self.threshold, self.min_size, self.split, self.add_probabilities,
                      self.run_button, self.status])
 
+        for label in (self.model_info, self.device_info, self.status):
+            label.native.setWordWrap(True)  # long model cards and messages wrap instead of widening the dock
         self.run_button.changed.connect(self._on_run_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._ask_for_model_file)
@@ -165,7 +180,8 @@ class SegmentWidget(Container):
     # -- running ------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        """True while a job runs or its results are still being put into layers."""
+        return self._worker is not None or self._pending_ui
 
     def _on_run_clicked(self, *_):
         if self.running:
@@ -220,17 +236,30 @@ class SegmentWidget(Container):
         started = time.perf_counter()
         stop = self._stop
 
+        want_probabilities = bool(self.add_probabilities.value)
+        transform = spatial_transform(layer, channel_axis)
+
         def job():
             predictor = self._predictor(model)
             try:
-                return (yield from segment_iter(predictor.model, data, predictor=predictor, stop=stop, **settings))
+                seg = yield from segment_iter(predictor.model, data, predictor=predictor, stop=stop, **settings)
             except PredictionCancelled:
                 return None
+            # layers are built here: their array work stays off the Qt thread
+            meta = {"source": layer.name, "model": str(model), "kind": "labels"}
+            base = f"{layer.name} [{Path(str(model)).stem}]"
+            labels = build_layer(seg.labels, "labels", f"{base} labels", meta, **transform)
+            probabilities = None
+            if want_probabilities:
+                probabilities = build_layer(seg.prediction.foreground, "image", f"{base} probabilities",
+                                            {**meta, "kind": "probabilities"}, colormap="magma",
+                                            blending="additive", contrast_limits=(0.0, 1.0), **transform)
+            return _Ready(seg, int(seg.labels.max()), labels, probabilities)
 
         # errors are shown by _on_error; without _ignore_errors they would also be re-raised in Qt
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_result(result, layer, model, channel_axis, started))
+        worker.returned.connect(lambda result: self._on_result(result, layer, started))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -261,31 +290,33 @@ class SegmentWidget(Container):
             bar.n = event.done
             bar.set_description(f"napari-unet: {event.message}")
 
-    def _on_result(self, result, layer, model, channel_axis, started):
+    def _on_result(self, ready, layer, started):
         self._job_done = True
-        if result is None or (self._stop is not None and self._stop.is_set()):
+        if ready is None or (self._stop is not None and self._stop.is_set()):
             return
         if layer not in self._viewer.layers:
             show_warning(f"'{layer.name}' was removed while it was being segmented; the result was discarded.")
             return
+        result = ready.segmentation
         self.last_result = result
-        model_name = Path(str(model)).stem
-        meta = {"source": layer.name, "model": str(model), "kind": "labels"}
-        transform = spatial_transform(layer, channel_axis)
-        labels = put_layer(self._viewer, f"{layer.name} [{model_name}] labels", result.labels, "labels",
-                           meta, **transform)
-        if self.add_probabilities.value:
-            put_layer(self._viewer, f"{layer.name} [{model_name}] probabilities", result.prediction.foreground,
-                      "image", {**meta, "kind": "probabilities"}, colormap="magma", blending="additive",
-                      contrast_limits=(0.0, 1.0), **transform)
-        for message in result.prediction.warnings:
-            show_warning(message)
-        n = int(result.labels.max())
-        seconds = time.perf_counter() - started
-        self.status.value = f"{n} objects in {seconds:.1f} s on {result.prediction.device}" + "".join(
-            f"\n{message}" for message in result.prediction.warnings)
+        labels = put_layer(self._viewer, ready.labels)
         self._viewer.layers.selection.active = labels
-        show_info(f"napari-unet: {n} objects found in '{layer.name}'.")
+        warnings = result.prediction.warnings
+        self.status.value = f"{ready.n_objects} objects in {time.perf_counter() - started:.1f} s on " \
+                            f"{result.prediction.device}" + "".join(f"\n{message}" for message in warnings)
+        for message in warnings:
+            show_warning(message)
+        show_info(f"napari-unet: {ready.n_objects} objects found in '{layer.name}'.")
+        if ready.probabilities is not None:
+            # a second large layer in a later turn of the event loop: two short stalls, not one long
+            self._pending_ui = True
+
+            def add_probabilities():
+                self._pending_ui = False
+                put_layer(self._viewer, ready.probabilities)
+                self._viewer.layers.selection.active = labels
+
+            QTimer.singleShot(0, add_probabilities)
 
     def _on_error(self, exc):
         if isinstance(exc, (ValueError, KeyError)):
