@@ -102,14 +102,9 @@ def cmd_predict(args) -> int:
     for path in inputs:
         image = _read_image(path)
         try:
-            post = predictor.model.postprocess
-            for key in ("threshold", "min_size"):
-                if getattr(args, key) is not None:
-                    post[key] = getattr(args, key)
-            if args.no_split:
-                post["split_touching"] = False
             seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
-                                          **post),
+                                          threshold=args.threshold, min_size=args.min_size,
+                                          split_touching=False if args.no_split else None),
                              _progress_printer(path.name))
         except ValueError as exc:
             raise UsageError(f"{path}: {exc}") from None

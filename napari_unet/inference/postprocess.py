@@ -81,13 +81,3 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", t
         raise ValueError(f"Unknown target {target!r}: choose 'binary' or 'boundary'.")
     labels = _remove_small(labels, min_size)
     return relabel_sequential(labels)[0].astype(np.int32)
-
-
-def labels_for_prediction(probabilities: np.ndarray, spatial_dims: int, **kwargs) -> np.ndarray:
-    """Labels for a ``(*planes, K, *spatial)`` prediction, plane by plane; ``(*planes, *spatial)``."""
-    planes = probabilities.shape[: probabilities.ndim - spatial_dims - 1]
-    flat = probabilities.reshape((-1,) + probabilities.shape[len(planes):])
-    out = np.zeros((flat.shape[0],) + probabilities.shape[-spatial_dims:], np.int32)
-    for i in range(flat.shape[0]):
-        out[i] = probabilities_to_labels(flat[i], **kwargs)
-    return out.reshape(planes + out.shape[1:])

@@ -20,14 +20,23 @@ class Segmentation:
     prediction: Prediction
 
 
-def segment_iter(model, image, *, threshold: float = 0.5, min_size: int = 16, split_touching: bool = True,
-                 stop: threading.Event | None = None, predictor: Predictor | None = None,
-                 **predict_kwargs) -> Iterator[Progress]:
+def segment_iter(model, image, *, threshold: float | None = None, min_size: int | None = None,
+                 split_touching: bool | None = None, stop: threading.Event | None = None,
+                 predictor: Predictor | None = None, **predict_kwargs) -> Iterator[Progress]:
     """Yield :class:`Progress` while predicting and post-processing; return a :class:`Segmentation`.
 
-    ``predict_kwargs`` go to :func:`~napari_unet.inference.predictor.predict_iter`
-    (``channel_axis``, ``rgb``, ``device``, ``tile_size``, ``halo``...).
+    Post-processing settings left as ``None`` take the values the model was tuned with
+    (``LoadedModel.postprocess``). ``predict_kwargs`` go to
+    :func:`~napari_unet.inference.predictor.predict_iter` (``channel_axis``, ``rgb``, ``device``,
+    ``tile_size``, ``halo``...).
     """
+    if predictor is None:
+        predictor = Predictor(model, **{k: predict_kwargs.pop(k) for k in
+                                        ("device", "tile_size", "halo", "blend", "batch_size") if k in predict_kwargs})
+    tuned = predictor.model.postprocess
+    threshold = tuned["threshold"] if threshold is None else threshold
+    min_size = tuned["min_size"] if min_size is None else min_size
+    split_touching = tuned["split_touching"] if split_touching is None else split_touching
     prediction: Prediction = yield from predict_iter(model, image, stop=stop, predictor=predictor, **predict_kwargs)
     probs = prediction.probabilities
     spatial_dims = len(prediction.tile_window)

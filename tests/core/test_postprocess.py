@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.inference.postprocess import labels_for_prediction, probabilities_to_labels
+from napari_unet.inference.postprocess import probabilities_to_labels
 
 
 def discs(shape, centres, radius):
@@ -53,6 +53,19 @@ def test_boundary_target_separates_touching_objects():
 def test_3d_and_stacks():
     vol = discs((30, 40, 50), [(15, 20, 15), (15, 20, 31)], 9)[None].astype(np.float32)
     assert probabilities_to_labels(vol).max() == 2
-    stack = np.stack([vol[:, 15], vol[:, 14], np.zeros_like(vol[:, 0])])  # (3, 1, 40, 50)
-    labels = labels_for_prediction(stack, spatial_dims=2)
-    assert labels.shape == (3, 40, 50) and labels[0].max() == 2 and labels[2].max() == 0
+    planes = [probabilities_to_labels(p) for p in (vol[:, 15], vol[:, 14], np.zeros_like(vol[:, 0]))]
+    assert [p.max() for p in planes] == [2, 2, 0]
+
+
+def test_segment_iter_labels_a_stack_plane_by_plane(tiny_model):
+    from napari_unet.inference.predictor import run_to_end
+    from napari_unet.inference.segment import segment_iter
+
+    stack = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
+    events = []
+    seg = run_to_end(segment_iter(tiny_model, stack, threshold=0.3), events.append)
+    assert seg.labels.shape == (3, 40, 50) and seg.labels.dtype == np.int32
+    for i in range(3):
+        expected = probabilities_to_labels(seg.prediction.probabilities[i], threshold=0.3)
+        assert np.array_equal(seg.labels[i], expected)
+    assert [e.message for e in events[-3:]] == ["finding objects"] * 3
