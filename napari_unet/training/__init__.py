@@ -7,7 +7,8 @@
 from .losses import IGNORE, SegmentationLoss, cross_entropy, soft_dice
 from .patches import PatchSampler, TrainingImage, binary_target, prepare_image, touching_boundaries
 from .trainer import TrainingEvent, TrainingResult, train_iter, validate
+from .weightmap import weight_map
 
 __all__ = ["IGNORE", "SegmentationLoss", "cross_entropy", "soft_dice", "PatchSampler", "TrainingImage",
            "binary_target", "prepare_image", "touching_boundaries", "TrainingEvent", "TrainingResult",
-           "train_iter", "validate"]
+           "train_iter", "validate", "weight_map"]

@@ -80,14 +80,21 @@ def as_chw(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, min_size: int = 0,
-                  name: str = "", gap_weight: float = 1.0) -> TrainingImage:
+                  name: str = "", gap_weight: float = 1.0, weight_map: dict | None = None) -> TrainingImage:
     """Normalise ``image``, build the binary target and reflect-pad both to at least ``min_size``.
 
-    ``gap_weight`` > 1 gives the gap pixels between touching objects that loss weight (others 1),
-    a simple stand-in for the U-Net paper's weight map; 1 means no weights.
+    Per-pixel loss weights, at most one of:
+
+    - ``weight_map={"w0": 10, "sigma": 5, "spacing": ...}``: the U-Net paper's weight map
+      (:func:`~napari_unet.training.weightmap.weight_map`), computed on the target's objects,
+      i.e. after the gap between touching objects is cut, so that the gap pixels (d1 = d2 = 1)
+      get the largest weights, as between the paper's touching cells;
+    - ``gap_weight`` > 1: only the gap pixels get that weight (others 1), a cheaper stand-in.
     """
     if gap_weight <= 0:
         raise ValueError(f"gap_weight must be positive, got {gap_weight}.")
+    if weight_map is not None and gap_weight != 1.0:
+        raise ValueError("Choose the paper's weight map or gap_weight, not both.")
     chw = as_chw(image)
     labels = np.asarray(labels)
     if labels.shape != chw.shape[1:]:
@@ -95,7 +102,12 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
     x = fit_normalizer(chw, normalization)(chw)
     target = binary_target(labels)
     weights = None
-    if gap_weight != 1.0:
+    if weight_map is not None:
+        from .weightmap import weight_map as paper_weight_map
+
+        gapped = np.where(target == 1, labels, 0).astype(np.int64)
+        weights = paper_weight_map(gapped, **weight_map)
+    elif gap_weight != 1.0:
         weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
     pad = [(0, max(0, min_size - n)) for n in labels.shape]
     if any(p[1] for p in pad):

@@ -99,7 +99,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
                stop: threading.Event | None = None, device: str = "auto", loss: SegmentationLoss | None = None,
                weight_decay: float = 1e-4, warmup_steps: int = 50, max_grad_norm: float = 10.0,
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
-               gap_weight: float = 1.0) -> Iterator[TrainingEvent]:
+               gap_weight: float = 1.0, weight_map: dict | None = None) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -114,6 +114,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
         stop: a ``threading.Event``; when set the loop ends before the next step.
         postprocess: keyword arguments of ``probabilities_to_labels`` for validation.
         gap_weight: cross-entropy weight of the gap pixels between touching objects (1 = none).
+        weight_map: the U-Net paper's weight map for the cross-entropy, e.g. ``{"w0": 10, "sigma": 5}``
+            (see :func:`~napari_unet.training.patches.prepare_image`).
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -132,7 +134,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     dev = resolve_device(device)
-    images = [prepare_image(im, lab, normalization, patch_size, name=str(i), gap_weight=gap_weight)
+    images = [prepare_image(im, lab, normalization, patch_size, name=str(i), gap_weight=gap_weight,
+                            weight_map=weight_map)
               for i, (im, lab) in enumerate(train_pairs)]
     sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()

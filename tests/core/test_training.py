@@ -13,7 +13,7 @@ from napari_unet.inference.predictor import run_to_end
 from napari_unet.models import build_model
 from napari_unet.synthetic import fluorescent_nuclei
 from napari_unet.training import (IGNORE, PatchSampler, SegmentationLoss, binary_target, cross_entropy,
-                                  prepare_image, soft_dice, train_iter)
+                                  prepare_image, soft_dice, touching_boundaries, train_iter)
 from napari_unet.modelfile import DEFAULT_NORMALIZATION
 
 LOG2 = math.log(2.0)
@@ -112,6 +112,23 @@ def test_gap_weights_follow_the_patches(nuclei_pairs):
     assert (y[w == 4.0] == 0).all()  # weighted pixels are the background gaps
 
 
+def test_paper_weight_map_emphasises_the_gaps_between_touching_objects(nuclei_pairs):
+    image, labels = nuclei_pairs[0]
+    prepared = prepare_image(image, labels, DEFAULT_NORMALIZATION, 64, weight_map={"w0": 10.0, "sigma": 5.0})
+    w, t = prepared.weights, prepared.target
+    gaps = touching_boundaries(labels.astype(np.int64))
+    assert gaps.any() and w.dtype == np.float32 and w.shape == t.shape
+    # the cut gap is about 2 px wide: a gap pixel is 1 px from one object and 1 to 3 px from the
+    # other (diagonal contacts), so w = w_c(bg) + 10 * exp(-(1 + d2)^2 / 50) with 1 <= d2 <= 3
+    assert w[gaps].min() >= 1.0 + 10.0 * np.exp(-16 / 50) - 1e-4
+    assert w[gaps].max() <= 1.0 + 10.0 * np.exp(-4 / 50) + 1e-4
+    assert w[t == 0].max() <= 1.0 + 10.0 * np.exp(-4 / 50) + 1e-4  # d1, d2 >= 1 px everywhere
+    assert np.median(w[gaps]) > 5 * np.median(w[(t == 0) & ~gaps])
+    assert w[t == 1].min() > 1.0 and np.isclose(w[(t == 0) & ~gaps].min(), 1.0)  # rarer foreground weighted up
+    with pytest.raises(ValueError, match="not both"):
+        prepare_image(image, labels, DEFAULT_NORMALIZATION, weight_map={}, gap_weight=3.0)
+
+
 def test_foreground_bias_puts_objects_in_patches(nuclei_pairs):
     _, y, _ = _sampler(nuclei_pairs, 0, patch=32, foreground_bias=1.0).batch(16)
     assert all((t == 1).any() for t in y)
@@ -143,12 +160,20 @@ def test_gradients_are_finite_and_reach_every_parameter(nuclei_pairs):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_short_training_run_lowers_the_loss(nuclei_pairs):
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("weighting", [{}, {"weight_map": {"w0": 10.0, "sigma": 5.0}}], ids=["plain", "weight-map"])
+def test_short_training_run_lowers_the_loss(nuclei_pairs, one_thread, weighting):
     torch.manual_seed(0)
     net = build_model("unet", features=(8, 16, 32))
     gen = train_iter(net, nuclei_pairs[:3], nuclei_pairs[3:], patch_size=64, batch_size=4, lr=3e-3, epochs=4,
-                     steps_per_epoch=10, seed=0, device="cpu", warmup_steps=5)
+                     steps_per_epoch=10, seed=0, device="cpu", warmup_steps=5, **weighting)
     events = []
     result = run_to_end(gen, events.append)
     losses = [e.loss for e in events if not math.isnan(e.loss)]
