@@ -2,6 +2,8 @@
 
     napari-unet models
     napari-unet predict [MODEL] INPUT... -o OUTDIR [--device auto] [--probabilities]
+    napari-unet train MODEL --images DIR --masks DIR -o OUT [--minutes M | --epochs E] [--w0 10 --sigma 5]
+    napari-unet evaluate --pred DIR --gt DIR
 
 Errors in what the user gave (missing files, bad images, unusable model files) print one line
 and exit with code 2; Ctrl-C exits with 130 and leaves no half-written file.
@@ -10,6 +12,7 @@ and exit with code 2; Ctrl-C exits with 130 and leaves no half-written file.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,13 +24,14 @@ class UsageError(Exception):
 
 
 def _progress_printer(label: str):
+    """``show(done, total, message)`` draws a one-line progress bar on a terminal (nothing in logs)."""
     last = [-1]
 
-    def show(event):
-        pct = int(100 * event.done / max(event.total, 1))
+    def show(done: int, total: int, message: str = ""):
+        pct = int(100 * done / max(total, 1))
         if pct != last[0] and sys.stderr.isatty():
             bar = "#" * (pct // 4)
-            print(f"\r{label}: [{bar:<25s}] {pct:3d}% {event.message}", end="", file=sys.stderr, flush=True)
+            print(f"\r{label}: [{bar:<25s}] {pct:3d}% {message}", end="", file=sys.stderr, flush=True)
         last[0] = pct
 
     return show
@@ -105,7 +109,7 @@ def cmd_predict(args) -> int:
             seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
                                           threshold=args.threshold, min_size=args.min_size,
                                           split_touching=False if args.no_split else None),
-                             _progress_printer(path.name))
+                             lambda e, show=_progress_printer(path.name): show(e.done, e.total, e.message))
         except ValueError as exc:
             raise UsageError(f"{path}: {exc}") from None
         if sys.stderr.isatty():
@@ -137,6 +141,122 @@ def _write_tif(path: Path, data) -> None:
         raise
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+
+
+def _pairs(images_dir: Path, masks_dir: Path, masks_label: str = "masks") -> list[tuple[Path, Path]]:
+    """Files of ``images_dir`` matched by name with ``masks_dir``; UsageError on any mismatch."""
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UsageError(f"{images_dir}: no images (.tif, .png, .npy) in this folder")
+    missing = [p.name for p in images if not (masks_dir / p.name).is_file()]
+    if missing:
+        raise UsageError(f"no {masks_label} with the name of {len(missing)} image(s) in {masks_dir}: "
+                         f"{', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+    return [(p, masks_dir / p.name) for p in images]
+
+
+def _read_labels(path: Path, shape=None):
+    import numpy as np
+
+    labels = _read_image(path)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if not np.all(np.mod(labels, 1) == 0):
+            raise UsageError(f"{path}: masks must be integer instance labels (0 = background), not {labels.dtype}")
+    if labels.min() < 0:
+        raise UsageError(f"{path}: masks must not hold negative labels")
+    if shape is not None and labels.shape != shape:
+        raise UsageError(f"{path}: mask shape {labels.shape} differs from its image's {shape}")
+    return labels.astype(np.int32)
+
+
+def cmd_train(args) -> int:
+    import signal
+    import threading
+
+    from .inference.predictor import run_to_end
+    from .modelfile import ModelFileError, load_model, make_config, save_model
+    from .training import SegmentationLoss, train_iter
+
+    if args.minutes is None and args.epochs is None:
+        args.minutes = 5.0
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    if not out.parent.exists() or not os.access(out.parent, os.W_OK):
+        raise UsageError(f"cannot write the model to {out.parent}: the folder is missing or not writable")
+    pairs = []
+    for image_path, mask_path in _pairs(Path(args.images), Path(args.masks)):
+        image = _read_image(image_path)
+        pairs.append((image, _read_labels(mask_path, image.shape[:2] if image.ndim == 3 and image.shape[-1] in (3, 4)
+                                          else image.shape)))
+    try:
+        base = load_model(args.model)
+    except ModelFileError as exc:
+        raise UsageError(str(exc)) from None
+    # hold out whole images for validation: every 5th image, at least one when there are two or more
+    val = pairs[::5] if len(pairs) >= 2 else pairs
+    train = [p for i, p in enumerate(pairs) if i % 5] if len(pairs) >= 2 else pairs
+    loss = {"ce": SegmentationLoss(1, 0), "dice": SegmentationLoss(0, 1), "ce+dice": SegmentationLoss(1, 1)}[args.loss]
+    weight_map = None if args.no_weight_map else {"w0": args.w0, "sigma": args.sigma}
+    net = base.net.train()
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop and keep the best
+    print(f"training {base.name} on {len(train)} image(s), validating on {len(val)}; "
+          f"{'w0=%g, sigma=%g px weight map' % (args.w0, args.sigma) if weight_map else 'no weight map'}, "
+          f"loss {args.loss}; Ctrl-C stops and keeps the best model")
+    show = _progress_printer("train")
+
+    def on_event(event):
+        if event.total_steps:
+            val = f" val AP50 {event.val_ap:.3f}" if event.val_ap is not None else ""
+            show(event.step, event.total_steps, f"loss {event.loss:.3f}{val}")
+        if event.validated and not sys.stderr.isatty():
+            print(f"step {event.step}: loss {event.loss:.4f}, validation AP@0.5 {event.val_ap:.3f}")
+
+    try:
+        result = run_to_end(train_iter(net, train, val, patch_size=args.patch_size, batch_size=args.batch_size,
+                                       lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
+                                       device=args.device, loss=loss, weight_map=weight_map,
+                                       normalization=base.normalization, seed=args.seed), on_event)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    provenance = {"trained": True, "base_model": base.name, "data": str(Path(args.images).resolve()),
+                  "train_images": len(train), "val_images": len(val), "loss": args.loss, "weight_map": weight_map,
+                  "steps": result.steps, "best_step": result.best_step, "stopped": result.stopped,
+                  "val_ap50": result.metrics.get("ap50"), "seconds": round(result.seconds, 1),
+                  "postprocess": base.postprocess}
+    config = make_config(net, base.config["architecture"], base.target, base.normalization, provenance,
+                         card=f"Fine-tuned from {base.name} by `napari-unet train` ({result.stopped}).")
+    path = save_model(out, net.eval(), config)
+    print(f"saved {path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
+          f"{result.best_step} of {result.steps}; {result.stopped})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import evaluate, mean_metrics
+
+    rows = []
+    for pred_path, gt_path in _pairs(Path(args.pred), Path(args.gt), masks_label="ground truth"):
+        gt = _read_labels(gt_path)
+        rows.append((pred_path.name, evaluate(gt, _read_labels(pred_path, gt.shape))))
+    keys = ["ap50", "f1", "mean_iou", "dice", "foreground_iou"]
+    print(f"{'image':<32s} " + " ".join(f"{k:>14s}" for k in keys))
+    for name, m in rows:
+        print(f"{name:<32s} " + " ".join(f"{m[k]:14.4f}" for k in keys))
+    mean = mean_metrics([m for _, m in rows])
+    print(f"{'mean':<32s} " + " ".join(f"{mean[k]:14.4f}" for k in keys))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +274,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-axis", type=int, default=None)
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("train", help="fine-tune a model on images and instance masks with the same file names")
+    p.add_argument("model", help="the starting model: a bundled name (e.g. unet) or a model file")
+    p.add_argument("--images", required=True, metavar="DIR")
+    p.add_argument("--masks", required=True, metavar="DIR", help="instance labels (0 = background), same names")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model file to write (.safetensors)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="wall-time budget (default 5)")
+    budget.add_argument("--epochs", type=int, default=None, help="epochs of 50 steps")
+    p.add_argument("--loss", choices=("ce+dice", "ce", "dice"), default="ce+dice")
+    p.add_argument("--w0", type=float, default=10.0, help="weight-map amplitude w0 (the U-Net paper: 10)")
+    p.add_argument("--sigma", type=float, default=5.0, help="weight-map sigma in pixels (the U-Net paper: 5)")
+    p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="AP@0.5, F1, matched IoU, Dice per image and mean")
+    p.add_argument("--pred", required=True, metavar="DIR", help="predicted instance labels")
+    p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth instance labels, same names")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

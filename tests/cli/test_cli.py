@@ -55,3 +55,79 @@ def test_entry_point_is_installed():
     exe = Path(sys.executable).with_name("napari-unet")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "predict" in out.stdout
+
+
+@pytest.fixture
+def train_folders(tmp_path):
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for seed in range(3):
+        image, labels = fluorescent_nuclei(shape=(96, 96), n_nuclei=8, seed=seed)
+        tifffile.imwrite(tmp_path / "images" / f"n{seed}.tif", image)
+        tifffile.imwrite(tmp_path / "masks" / f"n{seed}.tif", labels)
+    return tmp_path
+
+
+def test_train_then_predict_then_evaluate(train_folders, make_random_model, capsys):
+    t = train_folders
+    base = make_random_model("cli-base")
+    assert main(["train", str(base), "--images", str(t / "images"), "--masks", str(t / "masks"), "-o",
+                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2"]) == 0
+    from napari_unet.modelfile import load_model
+
+    tuned = load_model(t / "tuned.safetensors")
+    assert tuned.config["provenance"]["steps"] == 50 and tuned.config["provenance"]["weight_map"]["w0"] == 10.0
+    assert main(["predict", str(t / "tuned.safetensors"), *map(str, sorted((t / "images").iterdir())),
+                 "-o", str(t / "pred")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(t / "masks"), "--gt", str(t / "masks")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].split()[:2] == ["mean", "1.0000"]  # a perfect prediction scores AP 1
+    assert main(["evaluate", "--pred", str(t / "pred"), "--gt", str(t / "masks")]) == 0
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda t: (t / "masks" / "n1.tif").unlink(), "no masks with the name"),
+    (lambda t: tifffile.imwrite(t / "masks" / "n1.tif", np.full((96, 96), 0.5, np.float32)), "integer instance"),
+    (lambda t: tifffile.imwrite(t / "masks" / "n1.tif", np.zeros((50, 96), np.int32)), "differs from its image"),
+    (lambda t: [p.unlink() for p in (t / "images").iterdir()], "no images"),
+])
+def test_train_bad_input_is_one_line_and_exit_code_2(train_folders, capsys, breakage, message):
+    breakage(train_folders)
+    t = train_folders
+    assert main(["train", "unet", "--images", str(t / "images"), "--masks", str(t / "masks"), "-o",
+                 str(t / "out"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (t / "out.safetensors").exists()
+
+
+def test_train_refuses_an_unwritable_output(train_folders, capsys):
+    t = train_folders
+    assert main(["train", "unet", "--images", str(t / "images"), "--masks", str(t / "masks"), "-o",
+                 str(t / "no" / "such" / "folder" / "m"), "--epochs", "1"]) == 2
+    assert "cannot write the model" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_training_and_keeps_the_best_model(train_folders, make_random_model):
+    import signal
+    import time
+
+    t = train_folders
+    exe = Path(sys.executable).with_name("napari-unet")
+    proc = subprocess.Popen([str(exe), "train", str(make_random_model("cli-base")), "--images", str(t / "images"),
+                             "--masks", str(t / "masks"), "-o", str(t / "interrupted"), "--epochs", "100",
+                             "--patch-size", "64", "--batch-size", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("training"), first + proc.stderr.read()
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by user" in out
+    from napari_unet.modelfile import load_model
+
+    assert load_model(t / "interrupted.safetensors").config["provenance"]["stopped"] == "stopped by user"
