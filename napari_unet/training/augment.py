@@ -28,6 +28,10 @@ def _check_range(name: str, r, low: float = -np.inf) -> tuple[float, float]:
     return float(r[0]), float(r[1])
 
 
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def _spatial_shape(arrays, spatial_dims: int | None) -> tuple[int, ...]:
     """The spatial shape the non-None ``arrays`` share (their last ``spatial_dims`` axes)."""
     present = [np.asarray(a) for a in arrays if a is not None]
@@ -68,10 +72,6 @@ def displacement_field(rng: np.random.Generator, shape, grid=3, sigma=10.0) -> n
     return field.astype(np.float32)
 
 
-def _default_orders(arrays, image_order: int) -> list[int]:
-    return [0 if a is not None and np.asarray(a).dtype.kind in "iub" else image_order for a in arrays]
-
-
 def warp(arrays, coordinates: np.ndarray, orders=None, mode: str = "reflect") -> tuple:
     """Resample each array at ``coordinates`` ``(ndim, *spatial)`` (output pixel -> input position).
 
@@ -81,7 +81,8 @@ def warp(arrays, coordinates: np.ndarray, orders=None, mode: str = "reflect") ->
     """
     coordinates = np.asarray(coordinates, np.float64)  # what map_coordinates uses: convert once, not per array
     spatial = coordinates.shape[1:]
-    orders = _default_orders(arrays, 1) if orders is None else list(orders)
+    if orders is None:
+        orders = [0 if a is not None and np.asarray(a).dtype.kind in "iub" else 1 for a in arrays]
     if len(orders) != len(arrays):
         raise ValueError(f"Give one interpolation order per array: {len(arrays)} arrays, {len(orders)} orders.")
     out = []
@@ -106,8 +107,8 @@ def _identity(shape) -> np.ndarray:
 
 def _zoomed(shape, factor: float) -> np.ndarray:
     """Coordinates that magnify by ``factor`` about the centre (> 1 zooms in)."""
-    centre = (np.asarray(shape, np.float32) - 1) / 2
-    return (_identity(shape) - centre.reshape((-1,) + (1,) * len(shape))) / factor + centre.reshape((-1,) + (1,) * len(shape))
+    centre = ((np.asarray(shape, np.float32) - 1) / 2).reshape((-1,) + (1,) * len(shape))
+    return (_identity(shape) - centre) / np.float32(factor) + centre
 
 
 def elastic_deform(rng: np.random.Generator, arrays, grid=3, sigma=10.0, orders=None, spatial_dims=None) -> tuple:
@@ -126,8 +127,7 @@ def random_scale(rng: np.random.Generator, arrays, scale=(0.8, 1.25), orders=Non
     """
     low, high = _check_range("scale", scale, low=1e-3)
     _check_rng(rng)
-    factor = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    return warp(arrays, _zoomed(_spatial_shape(arrays, spatial_dims), factor), orders)
+    return warp(arrays, _zoomed(_spatial_shape(arrays, spatial_dims), _log_uniform(rng, low, high)), orders)
 
 
 def random_flip_rot90(rng: np.random.Generator, arrays, spatial_dims=None) -> tuple:
@@ -159,7 +159,7 @@ def random_intensity(rng: np.random.Generator, image: np.ndarray, scale=(0.75, 1
     g0, g1 = _check_range("gamma", gamma, low=1e-3)
     out = np.empty_like(image)
     for c, channel in enumerate(image):
-        g = np.exp(rng.uniform(np.log(g0), np.log(g1)))
+        g = _log_uniform(rng, g0, g1)
         low, high = float(channel.min()), float(channel.max())
         if high > low:
             channel = np.clip((channel - low) / (high - low), 0, 1) ** np.float32(g) * (high - low) + low
@@ -240,7 +240,7 @@ class Augmenter:
         coordinates = None
         if rng.uniform() < self.p_scale:
             low, high = _check_range("scale", self.scale, low=1e-3)
-            coordinates = _zoomed(target.shape, float(np.exp(rng.uniform(np.log(low), np.log(high)))))
+            coordinates = _zoomed(target.shape, _log_uniform(rng, low, high))
         if rng.uniform() < self.p_elastic:
             field = displacement_field(rng, target.shape, self.elastic_grid, self.elastic_sigma_for(target.shape))
             coordinates = (_identity(target.shape) if coordinates is None else coordinates) + field

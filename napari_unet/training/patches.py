@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from ..inference.inputs import fit_normalizer
+from .augment import Augmenter
 from .losses import IGNORE
 
 
@@ -118,27 +119,6 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
     return TrainingImage(np.ascontiguousarray(x, np.float32), target, labels, weights, name)
 
 
-def random_flip_rot(rng: np.random.Generator, *arrays: np.ndarray | None):
-    """The same random rot90 (0-3 quarter turns) and flip of the last two axes of every array."""
-    k, flip = int(rng.integers(4)), bool(rng.integers(2))
-
-    def apply(a):
-        if a is None:
-            return None
-        a = np.rot90(a, k, axes=(-2, -1))
-        return np.ascontiguousarray(a[..., ::-1] if flip else a)
-
-    return tuple(apply(a) for a in arrays)
-
-
-def random_intensity(rng: np.random.Generator, image: np.ndarray, scale=(0.75, 1.25), shift=(-0.1, 0.1)) -> np.ndarray:
-    """``image * s + o`` with ``s``, ``o`` drawn per channel (image already normalised to ~0..1)."""
-    c = image.shape[0]
-    s = rng.uniform(*scale, size=(c, 1, 1)).astype(np.float32)
-    o = rng.uniform(*shift, size=(c, 1, 1)).astype(np.float32)
-    return image * s + o
-
-
 class PatchSampler:
     """Random square patches from a list of :class:`TrainingImage`.
 
@@ -148,19 +128,22 @@ class PatchSampler:
         patch_size: side ``P`` in pixels.
         rng: the generator that drives everything (fixed seed = same patches).
         foreground_bias: probability that a patch is placed to contain a random object pixel.
-        augment: random flips / quarter turns and intensity scale / shift.
+        augment: ``True`` for the default :class:`~napari_unet.training.augment.Augmenter` (flips and
+            quarter turns, the U-Net paper's elastic deformation, scale, intensity, noise), an
+            ``Augmenter`` of your own, or ``False`` for none.
         image_weights: relative probability of drawing each image (default: equal).
     """
 
     def __init__(self, images: list[TrainingImage], patch_size: int, rng: np.random.Generator,
-                 foreground_bias: float = 0.8, augment: bool = True, image_weights=None):
+                 foreground_bias: float = 0.8, augment: "bool | Augmenter" = True, image_weights=None):
         if not images:
             raise ValueError("There are no training images.")
         for im in images:
             if min(im.target.shape) < patch_size:
                 raise ValueError(f"Image {im.name or ''} {im.target.shape} is smaller than the patch {patch_size}.")
         self.images, self.patch_size, self.rng = images, int(patch_size), rng
-        self.foreground_bias, self.augment = float(foreground_bias), augment
+        self.foreground_bias = float(foreground_bias)
+        self.augment = Augmenter() if augment is True else (augment or None)
         w = np.ones(len(images)) if image_weights is None else np.asarray(image_weights, np.float64)
         if w.shape != (len(images),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("image_weights needs one non-negative weight per image, not all zero.")
@@ -182,9 +165,8 @@ class PatchSampler:
         win = (slice(y0, y0 + self.patch_size), slice(x0, x0 + self.patch_size))
         image, target = im.image[(slice(None),) + win], im.target[win]
         weights = None if im.weights is None else im.weights[win]
-        if self.augment:
-            image, target, weights = random_flip_rot(self.rng, image, target, weights)
-            image = random_intensity(self.rng, image)
+        if self.augment is not None:
+            image, target, weights = self.augment(self.rng, image, target, weights)
         return (np.ascontiguousarray(image, np.float32), target.astype(np.int64),
                 None if weights is None else weights.astype(np.float32))
 
