@@ -3,6 +3,7 @@
     napari-unet models
     napari-unet predict [MODEL] INPUT... -o OUTDIR [--device auto] [--probabilities]
     napari-unet train MODEL --images DIR --masks DIR -o OUT [--minutes M | --epochs E] [--w0 10 --sigma 5]
+                      [--target binary|boundary]
     napari-unet evaluate --pred DIR --gt DIR
 
 Errors in what the user gave (missing files, bad images, unusable model files) print one line
@@ -203,6 +204,11 @@ def cmd_train(args) -> int:
     loss = {"ce": SegmentationLoss(1, 0), "dice": SegmentationLoss(0, 1), "ce+dice": SegmentationLoss(1, 1)}[args.loss]
     weight_map = None if args.no_weight_map else {"w0": args.w0, "sigma": args.sigma}
     net = base.net.train()
+    if args.target != base.target:
+        from .modelfile import TARGETS
+
+        net.set_out_channels(len(TARGETS[args.target]))  # a new head; encoder and decoder are kept
+        print(f"{base.name} predicts a {base.target} target: its output layer was replaced for {args.target}")
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop and keep the best
     print(f"training {base.name} on {len(train)} image(s), validating on {len(val)}; "
@@ -221,7 +227,8 @@ def cmd_train(args) -> int:
         result = run_to_end(train_iter(net, train, val, patch_size=args.patch_size, batch_size=args.batch_size,
                                        lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
                                        device=args.device, loss=loss, weight_map=weight_map,
-                                       normalization=base.normalization, seed=args.seed), on_event)
+                                       normalization=base.normalization, seed=args.seed, target=args.target),
+                            on_event)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -232,8 +239,8 @@ def cmd_train(args) -> int:
                   "train_images": len(train), "val_images": len(val), "loss": args.loss, "weight_map": weight_map,
                   "steps": result.steps, "best_step": result.best_step, "stopped": result.stopped,
                   "val_ap50": result.metrics.get("ap50"), "seconds": round(result.seconds, 1),
-                  "postprocess": base.postprocess}
-    config = make_config(net, base.config["architecture"], base.target, base.normalization, provenance,
+                  "target": args.target, "postprocess": base.postprocess}
+    config = make_config(net, base.config["architecture"], args.target, base.normalization, provenance,
                          card=f"Fine-tuned from {base.name} by `napari-unet train` ({result.stopped}).")
     path = save_model(out, net.eval(), config)
     print(f"saved {path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
@@ -283,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget (default 5)")
     budget.add_argument("--epochs", type=int, default=None, help="epochs of 50 steps")
     p.add_argument("--loss", choices=("ce+dice", "ce", "dice"), default="ce+dice")
+    p.add_argument("--target", choices=("binary", "boundary"), default="binary",
+                   help="binary foreground (touching objects cut apart) or background/interior/boundary")
     p.add_argument("--w0", type=float, default=10.0, help="weight-map amplitude w0 (the U-Net paper: 10)")
     p.add_argument("--sigma", type=float, default=5.0, help="weight-map sigma in pixels (the U-Net paper: 5)")
     p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy")

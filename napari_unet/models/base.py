@@ -43,6 +43,11 @@ class SegmentationNet(nn.Module):
         """The smallest accepted input shape whose size is at least ``min_shape`` per axis."""
         raise NotImplementedError
 
+    def set_out_channels(self, out_channels: int) -> None:
+        """Give the network a new, freshly initialised output head with ``out_channels`` classes
+        (e.g. to fine-tune a binary model for the 3-class boundary target); the rest is kept."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its number of outputs.")
+
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

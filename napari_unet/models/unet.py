@@ -140,6 +140,14 @@ class UNet(SegmentationNet):
             radii.append(int(math.ceil(r)))
         return tuple(radii)
 
+    def set_out_channels(self, out_channels: int) -> None:
+        if out_channels < 1:
+            raise ValueError("out_channels must be at least 1.")
+        if out_channels != self.out_channels:
+            self.head = head(self.spatial_dims, self.config["features"][0], out_channels).to(
+                self.head.weight.device)
+            self.out_channels = self.config["out_channels"] = out_channels
+
     # -- forward ------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
         skips = []

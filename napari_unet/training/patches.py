@@ -52,6 +52,24 @@ def binary_target(labels: np.ndarray) -> np.ndarray:
     return target
 
 
+def boundary_target(labels: np.ndarray) -> np.ndarray:
+    """Three-class target (int8: 0 background, 1 interior, 2 boundary) from instance labels.
+
+    The boundary class is every object's inner boundary (4-connected), so touching objects are
+    always separated by boundary pixels and the interior seeds of the post-processing's watershed
+    (``probabilities_to_labels(target="boundary")``) stay apart.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise ValueError(f"Labels must be integers (0 = background), got {labels.dtype}.")
+    target = (labels > 0).astype(np.int8)
+    target[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = 2
+    return target
+
+
+TARGET_MAKERS = {"binary": binary_target, "boundary": boundary_target}
+
+
 @dataclass
 class TrainingImage:
     """One normalised image ready for patch sampling.
@@ -81,8 +99,11 @@ def as_chw(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, min_size: int = 0,
-                  name: str = "", gap_weight: float = 1.0, weight_map: dict | None = None) -> TrainingImage:
-    """Normalise ``image``, build the binary target and reflect-pad both to at least ``min_size``.
+                  name: str = "", gap_weight: float = 1.0, weight_map: dict | None = None,
+                  target: str = "binary") -> TrainingImage:
+    """Normalise ``image``, build the target and reflect-pad both to at least ``min_size``.
+
+    ``target``: ``"binary"`` (:func:`binary_target`) or ``"boundary"`` (:func:`boundary_target`).
 
     Per-pixel loss weights, at most one of:
 
@@ -100,12 +121,15 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
     labels = np.asarray(labels)
     if labels.shape != chw.shape[1:]:
         raise ValueError(f"Labels {labels.shape} do not match the image {chw.shape[1:]}{' (' + name + ')' if name else ''}.")
+    if target not in TARGET_MAKERS:
+        raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGET_MAKERS)}.")
     x = fit_normalizer(chw, normalization)(chw)
-    target = binary_target(labels)
+    target = TARGET_MAKERS[target](labels)
     weights = None
     if weight_map is not None:
         from .weightmap import weight_map as paper_weight_map
 
+        # objects as the target draws them (gaps / boundaries cut), so separating pixels count as background
         gapped = np.where(target == 1, labels, 0).astype(np.int64)
         weights = paper_weight_map(gapped, **weight_map)
     elif gap_weight != 1.0:

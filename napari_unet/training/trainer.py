@@ -75,14 +75,14 @@ def as_loaded_model(net: torch.nn.Module, normalization: dict = DEFAULT, target:
 
 
 def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
-             postprocess: dict | None = None) -> dict:
+             postprocess: dict | None = None, target: str = "binary") -> dict:
     """Mean :func:`~napari_unet.metrics.evaluate` of whole images ``(image, labels)``, predicted
     by the tiled predictor and turned into labels by ``probabilities_to_labels(**postprocess)``."""
-    predictor = Predictor(as_loaded_model(net, normalization), device=device)
+    predictor = Predictor(as_loaded_model(net, normalization, target), device=device)
     scores = []
     for image, labels in pairs:
         probs = predict(predictor.model, image, predictor=predictor).probabilities
-        scores.append(evaluate(labels, probabilities_to_labels(probs, **(postprocess or {}))))
+        scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
     return mean_metrics(scores)
 
 
@@ -99,7 +99,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
                stop: threading.Event | None = None, device: str = "auto", loss: SegmentationLoss | None = None,
                weight_decay: float = 1e-4, warmup_steps: int = 50, max_grad_norm: float = 10.0,
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
-               gap_weight: float = 1.0, weight_map: dict | None = None) -> Iterator[TrainingEvent]:
+               gap_weight: float = 1.0, weight_map: dict | None = None,
+               target: str = "binary") -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -116,6 +117,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
         gap_weight: cross-entropy weight of the gap pixels between touching objects (1 = none).
         weight_map: the U-Net paper's weight map for the cross-entropy, e.g. ``{"w0": 10, "sigma": 5}``
             (see :func:`~napari_unet.training.patches.prepare_image`).
+        target: ``"binary"`` (2 output channels) or ``"boundary"`` (3: background, interior,
+            boundary; touching objects are split by the post-processing's seeded watershed).
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -134,8 +137,15 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     dev = resolve_device(device)
+    from ..modelfile import TARGETS
+
+    if target not in TARGETS:
+        raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGETS)}.")
+    if net.out_channels != len(TARGETS[target]):
+        raise ValueError(f"A {target!r} target needs a network with {len(TARGETS[target])} output channels; "
+                         f"this one has {net.out_channels}.")
     images = [prepare_image(im, lab, normalization, patch_size, name=str(i), gap_weight=gap_weight,
-                            weight_map=weight_map)
+                            weight_map=weight_map, target=target)
               for i, (im, lab) in enumerate(train_pairs)]
     sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
@@ -152,7 +162,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
 
     def run_validation():
         nonlocal val_ap
-        metrics = validate(net, val_pairs, normalization, device, postprocess)
+        metrics = validate(net, val_pairs, normalization, device, postprocess, target)
         net.train()
         history.append((step, metrics))
         val_ap = metrics["ap50"]

@@ -131,3 +131,16 @@ def test_ctrl_c_stops_training_and_keeps_the_best_model(train_folders, make_rand
     from napari_unet.modelfile import load_model
 
     assert load_model(t / "interrupted.safetensors").config["provenance"]["stopped"] == "stopped by user"
+
+
+def test_train_a_boundary_model_from_a_binary_one(train_folders, make_random_model):
+    t = train_folders
+    assert main(["train", str(make_random_model("cli-base")), "--images", str(t / "images"), "--masks",
+                 str(t / "masks"), "-o", str(t / "b"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2",
+                 "--target", "boundary"]) == 0
+    from napari_unet.modelfile import load_model
+
+    model = load_model(t / "b.safetensors")
+    assert model.target == "boundary" and model.net.out_channels == 3
+    assert main(["predict", str(t / "b.safetensors"), str(t / "images" / "n0.tif"), "-o", str(t / "p")]) == 0
+    assert tifffile.imread(t / "p" / "n0.tif").shape == (96, 96)

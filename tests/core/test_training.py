@@ -19,6 +19,14 @@ from napari_unet.modelfile import DEFAULT_NORMALIZATION
 LOG2 = math.log(2.0)
 
 
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- losses ----------------------------------------------------------------------------------
 
 def test_cross_entropy_hand_values():
@@ -132,6 +140,33 @@ def test_paper_weight_map_emphasises_the_gaps_between_touching_objects(nuclei_pa
         prepare_image(image, labels, DEFAULT_NORMALIZATION, weight_map={}, gap_weight=3.0)
 
 
+def test_boundary_target_separates_touching_objects_with_a_boundary_class():
+    from napari_unet.training.patches import boundary_target
+
+    labels = np.zeros((10, 12), np.int32)
+    labels[2:8, 1:6], labels[2:8, 6:11] = 1, 2  # touching along a column
+    t = boundary_target(labels)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert (t[2:8, 5] == 2).all() and (t[2:8, 6] == 2).all()  # both sides of the contact
+    assert (t[3:7, 2:5] == 1).all() and (t[labels == 0] == 0).all()
+    interiors, n = __import__("scipy").ndimage.label(t == 1)
+    assert n == 2  # the interiors, the watershed's seeds, are apart
+
+
+def test_boundary_target_training_run(nuclei_pairs, one_thread):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="3 output channels"):
+        next(train_iter(build_model("unet", features=(8, 16)), nuclei_pairs[:1], target="boundary", epochs=1))
+    net = build_model("unet", features=(8, 16, 32), out_channels=3)
+    events = []
+    result = run_to_end(train_iter(net, nuclei_pairs[:3], nuclei_pairs[3:], patch_size=64, batch_size=4, lr=3e-3,
+                                   epochs=2, steps_per_epoch=10, seed=0, device="cpu", warmup_steps=5,
+                                   target="boundary", weight_map={"w0": 10.0, "sigma": 5.0}), events.append)
+    losses = [e.loss for e in events if not math.isnan(e.loss)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert 0.0 <= result.metrics["ap50"] <= 1.0 and result.steps == 20
+
+
 def test_foreground_bias_puts_objects_in_patches(nuclei_pairs):
     _, y, _ = _sampler(nuclei_pairs, 0, patch=32, foreground_bias=1.0).batch(16)
     assert all((t == 1).any() for t in y)
@@ -161,14 +196,6 @@ def test_gradients_are_finite_and_reach_every_parameter(nuclei_pairs):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("weighting", [{}, {"weight_map": {"w0": 10.0, "sigma": 5.0}}], ids=["plain", "weight-map"])
