@@ -77,6 +77,6 @@ def test_set_out_channels_replaces_only_the_head():
     net = build_model("unet", features=(4, 8))
     before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("head.")}
     net.set_out_channels(3)
-    assert net(torch.randn(1, 1, 16, 16)).shape == (1, 3, 16, 16) and net.config["out_channels"] == 3
     after = net.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert net(torch.randn(1, 1, 16, 16)).shape == (1, 3, 16, 16) and net.config["out_channels"] == 3
