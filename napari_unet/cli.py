@@ -201,7 +201,10 @@ def cmd_train(args) -> int:
     # hold out whole images for validation: every 5th image, at least one when there are two or more
     val = pairs[::5] if len(pairs) >= 2 else pairs
     train = [p for i, p in enumerate(pairs) if i % 5] if len(pairs) >= 2 else pairs
-    loss = {"ce": SegmentationLoss(1, 0), "dice": SegmentationLoss(0, 1), "ce+dice": SegmentationLoss(1, 1)}[args.loss]
+    try:
+        loss = SegmentationLoss.from_spec(args.loss)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     weight_map = None if args.no_weight_map else {"w0": args.w0, "sigma": args.sigma}
     net = base.net.train()
     if args.target != base.target:
@@ -289,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget (default 5)")
     budget.add_argument("--epochs", type=int, default=None, help="epochs of 50 steps")
-    p.add_argument("--loss", choices=("ce+dice", "ce", "dice"), default="ce+dice")
+    p.add_argument("--loss", default="ce+dice",
+                   help="terms joined by '+', optionally weighted: ce, dice, focal, iou, ms-ssim, hybrid "
+                        "(U-Net 3+: focal + ms-ssim + iou); e.g. ce+2*dice. The weight map scales ce (and focal)")
     p.add_argument("--target", choices=("binary", "boundary"), default="binary",
                    help="binary foreground (touching objects cut apart) or background/interior/boundary")
     p.add_argument("--w0", type=float, default=10.0, help="weight-map amplitude w0 (the U-Net paper: 10)")

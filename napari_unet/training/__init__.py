@@ -4,11 +4,13 @@
 ``napari_unet.inference.predictor.run_to_end`` or loop over it in a thread worker.
 """
 
-from .losses import IGNORE, SegmentationLoss, cross_entropy, soft_dice
+from .losses import (IGNORE, DeepSupervisionLoss, SegmentationLoss, cross_entropy, focal, ms_ssim_loss, soft_dice,
+                     soft_iou, unet3p_hybrid)
 from .patches import PatchSampler, TrainingImage, binary_target, prepare_image, touching_boundaries
 from .trainer import TrainingEvent, TrainingResult, train_iter, validate
 from .weightmap import weight_map
 
-__all__ = ["IGNORE", "SegmentationLoss", "cross_entropy", "soft_dice", "PatchSampler", "TrainingImage",
+__all__ = ["IGNORE", "SegmentationLoss", "DeepSupervisionLoss", "cross_entropy", "soft_dice", "focal", "soft_iou",
+           "ms_ssim_loss", "unet3p_hybrid", "PatchSampler", "TrainingImage",
            "binary_target", "prepare_image", "touching_boundaries", "TrainingEvent", "TrainingResult",
            "train_iter", "validate", "weight_map"]

@@ -144,3 +144,11 @@ def test_train_a_boundary_model_from_a_binary_one(train_folders, make_random_mod
     assert model.target == "boundary" and model.net.out_channels == 3
     assert main(["predict", str(t / "b.safetensors"), str(t / "images" / "n0.tif"), "-o", str(t / "p")]) == 0
     assert tifffile.imread(t / "p" / "n0.tif").shape == (96, 96)
+
+
+def test_train_loss_spec_errors_are_one_line(train_folders, capsys):
+    t = train_folders
+    assert main(["train", "unet", "--images", str(t / "images"), "--masks", str(t / "masks"), "-o", str(t / "x"),
+                 "--epochs", "1", "--loss", "ce+banana"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "banana" in err[0]
