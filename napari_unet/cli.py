@@ -219,7 +219,18 @@ def cmd_train(args) -> int:
           f"loss {args.loss}; Ctrl-C stops and keeps the best model")
     show = _progress_printer("train")
 
+    def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float) -> dict:
+        provenance = {"trained": True, "base_model": base.name, "data": str(Path(args.images).resolve()),
+                      "train_images": len(train), "val_images": len(val), "loss": args.loss,
+                      "weight_map": weight_map, "target": args.target, "steps": steps, "best_step": best_step,
+                      "stopped": stopped, "val_ap50": metrics.get("ap50"), "seconds": round(seconds, 1),
+                      "postprocess": base.postprocess}
+        return make_config(net, base.config["architecture"], args.target, base.normalization, provenance,
+                           card=f"Fine-tuned from {base.name} by `napari-unet train` ({stopped}).")
+
     def on_event(event):
+        if event.improved:  # checkpoint: a crash or kill later still leaves the best model so far
+            save_model(out, net, config_now("checkpoint", event.val_metrics or {}, event.step, event.step, 0.0))
         if event.total_steps:
             val = f" val AP50 {event.val_ap:.3f}" if event.val_ap is not None else ""
             show(event.step, event.total_steps, f"loss {event.loss:.3f}{val}")
@@ -230,7 +241,8 @@ def cmd_train(args) -> int:
         result = run_to_end(train_iter(net, train, val, patch_size=args.patch_size, batch_size=args.batch_size,
                                        lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
                                        device=args.device, loss=loss, weight_map=weight_map,
-                                       normalization=base.normalization, seed=args.seed, target=args.target),
+                                       normalization=base.normalization, seed=args.seed, target=args.target,
+                                       patience=args.patience),
                             on_event)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -238,13 +250,7 @@ def cmd_train(args) -> int:
         signal.signal(signal.SIGINT, previous)
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    provenance = {"trained": True, "base_model": base.name, "data": str(Path(args.images).resolve()),
-                  "train_images": len(train), "val_images": len(val), "loss": args.loss, "weight_map": weight_map,
-                  "steps": result.steps, "best_step": result.best_step, "stopped": result.stopped,
-                  "val_ap50": result.metrics.get("ap50"), "seconds": round(result.seconds, 1),
-                  "target": args.target, "postprocess": base.postprocess}
-    config = make_config(net, base.config["architecture"], args.target, base.normalization, provenance,
-                         card=f"Fine-tuned from {base.name} by `napari-unet train` ({result.stopped}).")
+    config = config_now(result.stopped, result.metrics, result.best_step, result.steps, result.seconds)
     path = save_model(out, net.eval(), config)
     print(f"saved {path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
           f"{result.best_step} of {result.steps}; {result.stopped})")
@@ -300,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w0", type=float, default=10.0, help="weight-map amplitude w0 (the U-Net paper: 10)")
     p.add_argument("--sigma", type=float, default=5.0, help="weight-map sigma in pixels (the U-Net paper: 5)")
     p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop early after this many epochs without a better validation AP@0.5")
     p.add_argument("--patch-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)

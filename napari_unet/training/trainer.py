@@ -53,6 +53,7 @@ class TrainingEvent:
     validated: bool = False
     val_metrics: dict | None = None
     parts: dict = field(default_factory=dict)
+    improved: bool = False  # this validation is the best so far (a checkpoint is worth writing now)
 
 
 @dataclass
@@ -100,7 +101,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
                weight_decay: float = 1e-4, warmup_steps: int = 50, max_grad_norm: float = 10.0,
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
                gap_weight: float = 1.0, weight_map: dict | None = None,
-               target: str = "binary") -> Iterator[TrainingEvent]:
+               target: str = "binary", patience: int | None = None) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -119,6 +120,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
             (see :func:`~napari_unet.training.patches.prepare_image`).
         target: ``"binary"`` (2 output channels) or ``"boundary"`` (3: background, interior,
             boundary; touching objects are split by the post-processing's seeded watershed).
+        patience: early stopping: end when this many validations in a row bring no better
+            validation AP@0.5 (None: never).
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -204,21 +207,25 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
             break
         optimizer.step()
         step += 1
-        metrics = None
+        metrics, improved = None, False
         if step % steps_per_epoch == 0 and val_pairs:
             metrics = run_validation()
+            improved = best["step"] == step
         elapsed = time.perf_counter() - start
         rate = elapsed / step
         left = [budget - elapsed] if budget else []
         if total_steps:
             left.append((total_steps - step) * rate)
         yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float(value.detach()), val_ap, lr * factor,
-                            max(0.0, min(left)), total_steps, metrics is not None, metrics, parts)
+                            max(0.0, min(left)), total_steps, metrics is not None, metrics, parts, improved)
+        if patience is not None and metrics is not None and sum(s > best["step"] for s, _ in history) >= patience:
+            stopped = f"early stop: no better validation AP@0.5 in {patience} validations"
+            break
 
     if stopped in ("finished", "time budget") and val_pairs and (not history or history[-1][0] != step) and step:
         metrics = run_validation()
         yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0, total_steps,
-                            True, metrics)
+                            True, metrics, improved=best["step"] == step)
     if best["state"] is None:  # no validation: keep the last finite state
         best.update(state=snapshot(), step=step)
     net.load_state_dict(best["state"])

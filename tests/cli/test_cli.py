@@ -152,3 +152,18 @@ def test_train_loss_spec_errors_are_one_line(train_folders, capsys):
                  "--epochs", "1", "--loss", "ce+banana"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "banana" in err[0]
+
+
+def test_train_writes_checkpoints_and_stops_early(train_folders, make_random_model, monkeypatch):
+    import napari_unet.modelfile as modelfile
+
+    base = make_random_model("cli-base")
+    saves = []
+    real_save = modelfile.save_model
+    monkeypatch.setattr(modelfile, "save_model", lambda *a, **k: saves.append(a[2]["provenance"]["stopped"])
+                        or real_save(*a, **k))
+    t = train_folders
+    assert main(["train", str(base), "--images", str(t / "images"), "--masks",
+                 str(t / "masks"), "-o", str(t / "ck"), "--epochs", "20", "--patience", "1", "--lr", "0",
+                 "--patch-size", "64", "--batch-size", "2"]) == 0
+    assert saves[0] == "checkpoint" and saves[-1].startswith("early stop")

@@ -246,3 +246,14 @@ def test_bad_arguments_are_refused(nuclei_pairs):
         next(train_iter(net, nuclei_pairs))
     with pytest.raises(ValueError, match="multiple of 4"):
         next(train_iter(net, nuclei_pairs, patch_size=66, epochs=1))
+
+
+def test_early_stopping_and_improved_events(nuclei_pairs, one_thread):
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16))
+    events = []
+    # lr 0: the validation score cannot improve after the first validation
+    result = run_to_end(train_iter(net, nuclei_pairs[:2], nuclei_pairs[2:3], patch_size=64, batch_size=2, lr=0.0,
+                                   epochs=20, steps_per_epoch=2, seed=0, device="cpu", patience=2), events.append)
+    assert result.stopped.startswith("early stop") and result.steps == 6
+    assert [e.step for e in events if e.improved] == [2]
