@@ -83,10 +83,9 @@ def _read_image(path: Path):
 
 
 def cmd_predict(args) -> int:
-    import tifffile
-
     from .inference.predictor import Predictor, run_to_end
     from .inference.segment import segment_iter
+    from .io import write_tif
     from .modelfile import ModelFileError
 
     inputs = [Path(p) for p in args.inputs]
@@ -117,29 +116,11 @@ def cmd_predict(args) -> int:
             print(file=sys.stderr)
         for warning in seg.prediction.warnings:
             print(f"{path.name}: warning: {warning}", file=sys.stderr)
-        _write_tif(outdir / f"{path.stem}.tif", seg.labels)
+        write_tif(outdir / f"{path.stem}.tif", seg.labels)
         if args.probabilities:
-            _write_tif(outdir / f"{path.stem}_probabilities.tif", seg.prediction.foreground)
+            write_tif(outdir / f"{path.stem}_probabilities.tif", seg.prediction.foreground)
         print(f"{path.name}: {int(seg.labels.max())} objects -> {outdir / (path.stem + '.tif')}")
     return 0
-
-
-def _write_tif(path: Path, data) -> None:
-    """Atomic TIFF write (temporary file + rename)."""
-    import os
-    import tempfile
-
-    import tifffile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, compression="zlib")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")

@@ -7,7 +7,6 @@ the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,11 +86,3 @@ def resolve_device(choice: str | torch.device = "auto", mixed_precision: bool = 
     amp = torch.bfloat16 if (mixed_precision and cpu_has_fast_bf16()) else None
     label = f"cpu, {threads} thread{'s' if threads != 1 else ''}" + (", bf16" if amp else "")
     return DeviceInfo(torch.device("cpu"), label, amp)
-
-
-def default_num_threads() -> int:
-    """Threads torch should use: every core the process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)

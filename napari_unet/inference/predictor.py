@@ -66,11 +66,12 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tile_window: tuple[int, ...] = ()
+    spatial_dims: int = 2
 
     @property
     def foreground(self) -> np.ndarray:
         """Foreground probability ``(*planes, *spatial)``."""
-        k_axis = self.probabilities.ndim - len(self.tile_window) - 1
+        k_axis = self.probabilities.ndim - self.spatial_dims - 1
         return self.probabilities.sum(axis=k_axis) if self.probabilities.shape[k_axis] > 1 else \
             np.take(self.probabilities, 0, axis=k_axis)
 
@@ -120,16 +121,9 @@ class Predictor:
                  blend: int = DEFAULT_BLEND, batch_size: int | str = "auto"):
         self.device = resolve_device(device)
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        # a copy: the caller's network (maybe one being trained) keeps its mode and device
-        net = self.model.net
-        if self.device.type == "cpu":
-            net = fuse_batchnorm(net).to(memory_format=torch.channels_last if net.spatial_dims == 2
-                                         else torch.channels_last_3d)
-        else:
-            net = copy.deepcopy(net).eval()
-        self.net = net.to(self.device.device)
-        self._cpu_fallback_net = None
         self.spatial_dims = self.model.net.spatial_dims
+        self._memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
+        self.net = self._inference_net()
         if tile_size == "auto":
             tile_size = _auto_tile(self.model.net, self.device)
         self.tile_size = int(tile_size)
@@ -146,6 +140,13 @@ class Predictor:
         self.batch_size = (1 if self.device.type == "cpu" else 4) if batch_size == "auto" else int(batch_size)
         self.warnings: list[str] = []
 
+    def _inference_net(self) -> nn.Module:
+        """A copy of the model's network for this device (the caller's network, maybe one being
+        trained, keeps its mode and device): on the CPU with batch norm folded and channels-last."""
+        if self.device.type == "cpu":
+            return fuse_batchnorm(self.model.net).to(memory_format=self._memory_format)
+        return copy.deepcopy(self.model.net).eval().to(self.device.device)
+
     def recover_from_oom(self) -> str:
         """After running out of accelerator memory: halve the tiles, or move to the CPU.
 
@@ -159,8 +160,7 @@ class Predictor:
             self.tile_size = max(128, self.tile_size // 2)
             return f"Out of {self.device.type.upper()} memory: retrying with {self.tile_size} px tiles."
         self.device = resolve_device("cpu")
-        self.net = fuse_batchnorm(self.model.net).to("cpu", memory_format=torch.channels_last
-                                                      if self.spatial_dims == 2 else torch.channels_last_3d)
+        self.net = self._inference_net()
         self.batch_size = 1
         return "Out of GPU memory even with small tiles: continuing on the CPU (slower)."
 
@@ -181,7 +181,7 @@ class Predictor:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device.device)
         if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
+            x = x.contiguous(memory_format=self._memory_format)
         with torch.inference_mode(), self.device.autocast():
             logits = self.net(x).float()
             if logits.shape[1] == 1:
@@ -257,7 +257,8 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
                 plan = predictor.plan(prepared.spatial_shape)
                 done = done_before
                 total = done + plan.n_tiles * (n_planes - p)
-    return Prediction(result, lm.target, str(predictor.device), warnings, time.perf_counter() - start, plan.window)
+    return Prediction(result, lm.target, str(predictor.device), warnings, time.perf_counter() - start, plan.window,
+                      lm.spatial_dims)
 
 
 def run_to_end(gen: Iterator, on_progress: Callable[[object], None] | None = None):

@@ -39,7 +39,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     split_touching = tuned["split_touching"] if split_touching is None else split_touching
     prediction: Prediction = yield from predict_iter(model, image, stop=stop, predictor=predictor, **predict_kwargs)
     probs = prediction.probabilities
-    spatial_dims = len(prediction.tile_window)
+    spatial_dims = prediction.spatial_dims
     planes = probs.shape[: probs.ndim - spatial_dims - 1]
     flat = probs.reshape((-1,) + probs.shape[len(planes):])
     labels = np.zeros((flat.shape[0],) + probs.shape[-spatial_dims:], np.int32)
