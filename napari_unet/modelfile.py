@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,20 +27,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .catalog import (BUNDLED_DIR, SUFFIX, ModelFileError, bundled_models, known_models,  # noqa: F401
+                      resolve_model_path, user_model_dir, user_models)
+from .io import atomic_write
 from .models.base import SegmentationNet
 from .models.registry import build_model, get_spec
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_unet"
-SUFFIX = ".safetensors"
-BUNDLED_DIR = Path(__file__).parent / "weights"
 TARGETS = {"binary": ["background", "foreground"], "boundary": ["background", "interior", "boundary"]}
 DEFAULT_NORMALIZATION = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be used, with a message saying why and what to do."""
 
 
 @dataclass
@@ -77,9 +75,6 @@ class LoadedModel:
     def postprocess(self) -> dict:
         return postprocess_defaults(self.config)
 
-    @property
-    def trained(self) -> bool:
-        return bool(self.config.get("provenance", {}).get("trained", False))
 
 
 def postprocess_defaults(config: dict) -> dict:
@@ -139,34 +134,6 @@ def validate_config(config: dict) -> dict:
     return config
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then fsync and rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(path: str | os.PathLike, net: SegmentationNet, config: dict, half: bool = False) -> Path:
     """Save ``net`` with ``config`` atomically to ``path`` (``.safetensors`` is appended if missing).
 
@@ -184,7 +151,7 @@ def save_model(path: str | os.PathLike, net: SegmentationNet, config: dict, half
             value = value.half()
         tensors[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(config)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
@@ -255,43 +222,3 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         raise ModelFileError(f"{path.name}: the weights do not match the architecture: {exc}") from None
     net.eval().to(device)
     return LoadedModel(net=net, config=config, path=path, name=path.stem)
-
-
-def bundled_models() -> dict[str, Path]:
-    """Bundled trained models shipped in the package: name -> file."""
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"))}
-
-
-def user_model_dir() -> Path:
-    """Where fine-tuned models are kept (``NAPARI_UNET_MODEL_DIR`` overrides the platform default)."""
-    env = os.environ.get("NAPARI_UNET_MODEL_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
-
-
-def user_models() -> dict[str, Path]:
-    """The user's own model files in :func:`user_model_dir`: name -> file."""
-    folder = user_model_dir()
-    return {p.stem: p for p in sorted(folder.glob(f"*{SUFFIX}"))} if folder.is_dir() else {}
-
-
-def known_models() -> dict[str, Path]:
-    """Bundled models first, then the user's; a bundled name wins over a user file of the same name."""
-    bundled = bundled_models()
-    return {**bundled, **{k: v for k, v in user_models().items() if k not in bundled}}
-
-
-def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
-    """A bundled or user model's name, or a path to a model file, as a path."""
-    text = str(path_or_name)
-    bundled = known_models()
-    if text in bundled:
-        return bundled[text]
-    path = Path(text).expanduser()
-    if path.exists() or os.sep in text or text.endswith(SUFFIX):
-        return path
-    names = ", ".join(bundled) or "none installed"
-    raise ModelFileError(f"{text!r} is neither a bundled model ({names}) nor an existing model file.")

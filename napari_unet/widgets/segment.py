@@ -30,6 +30,11 @@ TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
 
 
+def _import_torch_side():
+    """Import the modules that pull in PyTorch (run in a worker thread)."""
+    from .. import devices, modelfile  # noqa: F401
+
+
 @dataclass
 class _Ready:
     """A finished job, with its layers already built in the worker thread."""
@@ -51,7 +56,7 @@ class SegmentWidget(Container):
         self._progress = None
         self._job_done = False
         self._pending_ui = False
-        self._predictors: dict = {}
+        self._cached = None  # (settings, Predictor) of the last run
         self._extra_models: dict[str, None] = {}  # model files the user loaded, in order
         self.last_result = None  # the last Segmentation, for scripts and tests
 
@@ -93,6 +98,16 @@ class SegmentWidget(Container):
             event.connect(self._refresh_layers)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        # PyTorch loads in a worker: opening the widget does not freeze napari for ~2 s
+        self._torch_ready = False
+        self.model_info.value = self.device_info.value = "loading PyTorch…"
+        warm_up = create_worker(_import_torch_side, _start_thread=False)
+        warm_up.returned.connect(self._on_torch_ready)
+        warm_up.start()
+        self._warm_up = warm_up  # keep a reference while it runs
+
+    def _on_torch_ready(self, *_):
+        self._torch_ready = True
         self._on_model_changed()
         self._show_device()
 
@@ -109,7 +124,7 @@ class SegmentWidget(Container):
         return [(NO_CHANNELS, None)] + [(f"axis {a} ({n})", a) for a, n in enumerate(layer.data.shape)]
 
     def _model_choices(self, _widget=None):
-        from ..modelfile import known_models
+        from ..catalog import known_models
 
         return [(name, name) for name in known_models()] + [(Path(p).name, p) for p in self._extra_models]
 
@@ -128,6 +143,8 @@ class SegmentWidget(Container):
     # -- model and device ---------------------------------------------------------------
     def _on_model_changed(self, *_):
         """Describe the chosen model and apply the post-processing it was tuned with."""
+        if not self._torch_ready:
+            return  # done by _on_torch_ready
         from ..modelfile import ModelFileError, postprocess_defaults, read_config, resolve_model_path
         from ..models import get_spec
 
@@ -170,6 +187,8 @@ class SegmentWidget(Container):
         self.model.value = path
 
     def _show_device(self, *_):
+        if not self._torch_ready:
+            return
         from ..devices import resolve_device
 
         try:
@@ -206,21 +225,23 @@ class SegmentWidget(Container):
             raise ValueError("Choose a model first (or load a model file).")
         return layer, data, model
 
-    def _predictor(self, model: str):
+    def _predictor(self, model: str, device: str, tile: str):
+        """The cached predictor for these settings (called in the worker thread: model loading and
+        batch-norm folding stay off the Qt thread). A model file rewritten since is reloaded."""
         from ..inference.predictor import Predictor
+        from ..catalog import resolve_model_path
 
-        key = (model, self.device.value, self.tile_size.value)
-        if key not in self._predictors:
-            self._predictors.clear()
-            tile = self.tile_size.value
-            self._predictors[key] = Predictor(model, device=self.device.value,
-                                              tile_size=tile if tile == "auto" else int(tile))
-        return self._predictors[key]
+        key = (model, device, tile, resolve_model_path(model).stat().st_mtime_ns)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, Predictor(model, device=device, tile_size=tile if tile == "auto" else int(tile)))
+        return self._cached[1]
 
     def run(self):
         """Start segmenting the chosen layer in a thread worker (returns at once)."""
         if self.running:
             return
+        if not self._torch_ready:  # clicked within the first seconds: finish loading here
+            self._on_torch_ready()
         try:
             layer, data, model = self._check_inputs()
         except ValueError as exc:
@@ -239,8 +260,10 @@ class SegmentWidget(Container):
         want_probabilities = bool(self.add_probabilities.value)
         transform = spatial_transform(layer, channel_axis)
 
+        device, tile = self.device.value, self.tile_size.value  # read widgets here, on the Qt thread
+
         def job():
-            predictor = self._predictor(model)
+            predictor = self._predictor(model, device, tile)
             try:
                 seg = yield from segment_iter(predictor.model, data, predictor=predictor, stop=stop, **settings)
             except PredictionCancelled:

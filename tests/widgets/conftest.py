@@ -10,10 +10,11 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os
 
 
 @pytest.fixture
-def segment_widget(make_napari_viewer):
-    """A viewer with the Segment widget docked through the plugin manifest."""
+def segment_widget(make_napari_viewer, qtbot):
+    """A viewer with the Segment widget docked through the plugin manifest (PyTorch loaded)."""
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
     return viewer, widget
 
 

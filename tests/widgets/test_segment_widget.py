@@ -146,3 +146,19 @@ def test_unusable_model_files_are_refused(segment_widget, tmp_path, content, mes
     widget.add_model_file(str(path))
     assert message in widget.status.value
     assert widget.model.choices == choices_before
+
+
+def test_opening_the_widget_does_not_import_torch_on_the_qt_thread(make_napari_viewer, qtbot):
+    """PyTorch is imported by a worker; the widget fills in the device once it is loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, napari\n"
+            "v = napari.Viewer(show=False)\n"
+            "import napari_unet.widgets.segment as s\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    qtbot.waitUntil(lambda: widget.device_info.value.startswith("runs on: "), timeout=60_000)

@@ -1,0 +1,57 @@
+"""Where models live, by name: the bundled ones and the user's folder (no torch, no Qt).
+
+Kept apart from :mod:`napari_unet.modelfile` so that a widget can list models without
+importing PyTorch on napari's Qt thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SUFFIX = ".safetensors"
+BUNDLED_DIR = Path(__file__).parent / "weights"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, with a message saying why and what to do."""
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundled trained models shipped in the package: name -> file."""
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"))}
+
+
+def user_model_dir() -> Path:
+    """Where fine-tuned models are kept (``NAPARI_UNET_MODEL_DIR`` overrides the platform default)."""
+    env = os.environ.get("NAPARI_UNET_MODEL_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def user_models() -> dict[str, Path]:
+    """The user's own model files in :func:`user_model_dir`: name -> file."""
+    folder = user_model_dir()
+    return {p.stem: p for p in sorted(folder.glob(f"*{SUFFIX}"))} if folder.is_dir() else {}
+
+
+def known_models() -> dict[str, Path]:
+    """Bundled models first, then the user's; a bundled name wins over a user file of the same name."""
+    bundled = bundled_models()
+    return {**bundled, **{k: v for k, v in user_models().items() if k not in bundled}}
+
+
+def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
+    """A bundled or user model's name, or a path to a model file, as a path."""
+    text = str(path_or_name)
+    bundled = known_models()
+    if text in bundled:
+        return bundled[text]
+    path = Path(text).expanduser()
+    if path.exists() or os.sep in text or text.endswith(SUFFIX):
+        return path
+    names = ", ".join(bundled) or "none installed"
+    raise ModelFileError(f"{text!r} is neither a bundled model ({names}) nor an existing model file.")
