@@ -64,6 +64,7 @@ def prepare_image(data, spatial_dims: int = 2, in_channels: int = 1, channel_axi
     if not (np.issubdtype(dtype, np.number) or dtype == bool) or np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"Images of type {dtype} cannot be segmented: convert the layer to integers or floats.")
     warnings: list[str] = []
+    original_shape = tuple(data.shape)
     if rgb:
         if data.shape[-1] not in (3, 4):
             raise ValueError(f"An RGB image needs 3 or 4 values on its last axis, this one has {data.shape[-1]}.")
@@ -90,7 +91,7 @@ def prepare_image(data, spatial_dims: int = 2, in_channels: int = 1, channel_axi
     max_planes = 1 if spatial_dims == 2 else 0
     if n_plane_axes > max_planes:
         raise ValueError(
-            f"The image has {data.ndim - (channel_axis is not None)} non-channel axes (shape {tuple(data.shape)}); "
+            f"The image has {data.ndim - 1} axes besides channels (shape {original_shape}); "
             f"a {spatial_dims}D network predicts {'2D images or 3D stacks (Z or T)' if spatial_dims == 2 else '3D volumes'}. "
             "Slice the data to fewer axes first, or mark the channel axis.")
     if any(s == 0 for s in data.shape):

@@ -106,6 +106,8 @@ def test_messages_for_bad_images(tiny_model):
         predict(tiny_model, np.zeros(10))
     with pytest.raises(ValueError, match="Slice the data"):
         predict(tiny_model, np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r"has 4 axes besides channels \(shape \(2, 3, 8, 8\)\)"):
+        predict(tiny_model, np.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match="cannot be segmented"):
         predict(tiny_model, np.zeros((8, 8), complex))
     with pytest.raises(ValueError, match="empty"):
