@@ -84,9 +84,13 @@ def postprocess_defaults(config: dict) -> dict:
     return {**defaults, **{k: v for k, v in tuned.items() if k in defaults}}
 
 
-def make_config(net: SegmentationNet, architecture: str, target: str = "binary",
+def make_config(net: SegmentationNet, architecture: str | None = None, target: str = "binary",
                 normalization: dict | None = None, provenance: dict | None = None, card: str = "") -> dict:
-    """The JSON config that describes ``net`` (see the module docstring)."""
+    """The JSON config that describes ``net`` (see the module docstring); ``architecture``
+    defaults to the registry name the network was built under."""
+    architecture = architecture or net.architecture
+    if not architecture:
+        raise ValueError("Name the architecture: this network was not built by build_model().")
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGETS)}.")
     config = {

@@ -28,9 +28,21 @@ class SegmentationNet(nn.Module):
     size_divisor: tuple[int, ...]
     #: Pixels lost on each side of the input ("valid" padding); 0 for "same".
     margin: int = 0
+    #: The registry name the network was built under (set by ``build_model``).
+    architecture: str = ""
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        raise NotImplementedError
+        """Spatial output shape for a spatial input shape; ``ValueError`` if it does not fit.
+
+        The default serves "same"-padding networks: the output has the input's shape, which
+        must be a multiple of ``size_divisor`` per axis."""
+        shape = tuple(int(n) for n in input_shape)
+        if len(shape) != self.spatial_dims:
+            raise ValueError(f"Expected {self.spatial_dims} spatial sizes, got {shape}.")
+        for n, d in zip(shape, self.size_divisor):
+            if n < 1 or n % d:
+                raise ValueError(f"size {n} is not a positive multiple of {d}")
+        return shape
 
     def is_valid_input_shape(self, input_shape: Sequence[int]) -> bool:
         try:
@@ -40,8 +52,9 @@ class SegmentationNet(nn.Module):
         return all(o > 0 for o in out)
 
     def valid_input_shape(self, min_shape: Sequence[int]) -> tuple[int, ...]:
-        """The smallest accepted input shape whose size is at least ``min_shape`` per axis."""
-        raise NotImplementedError
+        """The smallest accepted input shape whose size is at least ``min_shape`` per axis
+        (default: rounded up to ``size_divisor``, for "same"-padding networks)."""
+        return tuple(-(-max(int(n), 1) // d) * d for n, d in zip(min_shape, self.size_divisor))
 
     def set_out_channels(self, out_channels: int) -> None:
         """Give the network a new, freshly initialised output head with ``out_channels`` classes

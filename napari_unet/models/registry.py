@@ -51,9 +51,11 @@ def build_model(name: str, **arguments) -> SegmentationNet:
     spec = get_spec(name)
     kwargs = {**spec.defaults, **arguments}
     try:
-        return spec.builder(**kwargs)
+        net = spec.builder(**kwargs)
     except TypeError as exc:
         raise ValueError(f"Bad arguments for model {name!r}: {exc}") from None
+    net.architecture = name
+    return net
 
 
 def _register_builtin() -> None:

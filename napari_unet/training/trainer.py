@@ -27,7 +27,7 @@ from ..inference.postprocess import probabilities_to_labels
 from ..inference.predictor import Predictor, predict
 from ..metrics import evaluate, mean_metrics
 from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
-from .losses import SegmentationLoss
+from .losses import DeepSupervisionLoss, SegmentationLoss
 from .patches import PatchSampler, prepare_image
 
 DEFAULT = DEFAULT_NORMALIZATION
@@ -72,7 +72,7 @@ class TrainingResult:
 def as_loaded_model(net: torch.nn.Module, normalization: dict = DEFAULT, target: str = "binary") -> LoadedModel:
     """A copy of ``net`` in eval mode wrapped for the predictor (the training net is untouched)."""
     frozen = copy.deepcopy(net).eval()
-    return LoadedModel(net=frozen, config=make_config(frozen, "unet", target, normalization), name="training")
+    return LoadedModel(net=frozen, config=make_config(frozen, net.architecture or "unet", target, normalization), name="training")
 
 
 def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
@@ -101,7 +101,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
                weight_decay: float = 1e-4, warmup_steps: int = 50, max_grad_norm: float = 10.0,
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
                gap_weight: float = 1.0, weight_map: dict | None = None,
-               target: str = "binary", patience: int | None = None) -> Iterator[TrainingEvent]:
+               target: str = "binary", patience: int | None = None,
+               deep_supervision: bool = False) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -122,6 +123,11 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
             boundary; touching objects are split by the post-processing's seeded watershed).
         patience: early stopping: end when this many validations in a row bring no better
             validation AP@0.5 (None: never).
+        deep_supervision: train every side output of the network (``net(x, side_outputs=True)``,
+            highest resolution first) with ``loss`` wrapped in a
+            :class:`~napari_unet.training.losses.DeepSupervisionLoss` (targets and weights resized
+            per level, levels weighted by normalised decaying weights); a ``DeepSupervisionLoss``
+            given as ``loss`` is used as it is.
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -152,6 +158,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
               for i, (im, lab) in enumerate(train_pairs)]
     sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
+    if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):
+        loss_fn = DeepSupervisionLoss(loss_fn)
+    side_outputs = isinstance(loss_fn, DeepSupervisionLoss)
     net.to(dev.device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     total_steps = epochs * steps_per_epoch if epochs is not None else None
@@ -191,8 +200,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
         # batch-norm statistics change in the forward pass: keep them to undo a broken step
         buffers = [b.detach().clone() for b in net.buffers()]
         with dev.autocast():
-            logits = net(x)
-        value, parts = loss_fn(logits.float(), y, w)
+            logits = net(x, side_outputs=True) if side_outputs else net(x)
+        logits = [o.float() for o in logits] if side_outputs else logits.float()
+        value, parts = loss_fn(logits, y, w)
         broken = None if torch.isfinite(value) else "loss"
         if broken is None:
             optimizer.zero_grad(set_to_none=True)
