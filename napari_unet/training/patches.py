@@ -74,8 +74,9 @@ TARGET_MAKERS = {"binary": binary_target, "boundary": boundary_target}
 class TrainingImage:
     """One normalised image ready for patch sampling.
 
-    ``image`` ``(C, H, W)`` float32; ``target`` ``(H, W)`` int8 (-1 = ignore); ``weights``
-    ``(H, W)`` float32 per-pixel loss weights or None; ``labels`` the instance labels.
+    ``image`` ``(C, H, W)`` float32; ``target`` ``(H, W)`` int8 (-1 = ignore: not reviewed, or
+    padding); ``weights`` ``(H, W)`` float32 per-pixel loss weights or None; ``labels`` the
+    instance labels.
     """
 
     image: np.ndarray
@@ -85,7 +86,13 @@ class TrainingImage:
     name: str = ""
 
     def __post_init__(self):
-        self.foreground = np.flatnonzero(self.target.ravel() > 0)
+        flat = self.target.ravel()
+        self.foreground = np.flatnonzero(flat > 0)
+        ignored = flat == IGNORE
+        # where patches may be anchored: the counted pixels when part of the image is ignored
+        self.counted = np.flatnonzero(~ignored) if ignored.any() else None
+        if self.counted is not None and not self.counted.size:
+            raise ValueError(f"Nothing of image {self.name or ''} is reviewed: mark the region you checked.")
 
 
 def as_chw(image: np.ndarray) -> np.ndarray:
@@ -100,10 +107,12 @@ def as_chw(image: np.ndarray) -> np.ndarray:
 
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, min_size: int = 0,
                   name: str = "", gap_weight: float = 1.0, weight_map: dict | None = None,
-                  target: str = "binary") -> TrainingImage:
+                  target: str = "binary", reviewed: np.ndarray | None = None) -> TrainingImage:
     """Normalise ``image``, build the target and reflect-pad both to at least ``min_size``.
 
     ``target``: ``"binary"`` (:func:`binary_target`) or ``"boundary"`` (:func:`boundary_target`).
+    ``reviewed``: a boolean mask ``(H, W)`` of the pixels somebody checked; the target is -1
+    (ignored by every loss) elsewhere, so a half-corrected image teaches only what was checked.
 
     Per-pixel loss weights, at most one of:
 
@@ -125,6 +134,14 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
         raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGET_MAKERS)}.")
     x = fit_normalizer(chw, normalization)(chw)
     target = TARGET_MAKERS[target](labels)
+    if reviewed is not None:
+        reviewed = np.asarray(reviewed)
+        if reviewed.shape != labels.shape:
+            raise ValueError(f"The reviewed mask {reviewed.shape} does not match the labels {labels.shape}"
+                             f"{' (' + name + ')' if name else ''}.")
+        if not reviewed.any():
+            raise ValueError(f"Nothing of image {name or ''} is marked as reviewed: mark the region you checked.")
+        target[~reviewed.astype(bool)] = IGNORE
     weights = None
     if weight_map is not None:
         from .weightmap import weight_map as paper_weight_map
@@ -178,6 +195,10 @@ class PatchSampler:
         P = self.patch_size
         if im.foreground.size and self.rng.uniform() < self.foreground_bias:
             y, x = np.unravel_index(im.foreground[self.rng.integers(im.foreground.size)], (h, w))
+            y0, x0 = y - self.rng.integers(P), x - self.rng.integers(P)
+            return int(np.clip(y0, 0, h - P)), int(np.clip(x0, 0, w - P))
+        if im.counted is not None:  # part of the image is ignored: put a reviewed pixel in the patch
+            y, x = np.unravel_index(im.counted[self.rng.integers(im.counted.size)], (h, w))
             y0, x0 = y - self.rng.integers(P), x - self.rng.integers(P)
             return int(np.clip(y0, 0, h - P)), int(np.clip(x0, 0, w - P))
         return int(self.rng.integers(h - P + 1)), int(self.rng.integers(w - P + 1))

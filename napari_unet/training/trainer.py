@@ -106,7 +106,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
-        train_pairs: ``(image (H, W) or (C, H, W), labels (H, W))``; targets are binary (see
+        train_pairs: ``(image (H, W) or (C, H, W), labels (H, W))`` or ``(image, labels,
+            reviewed (H, W) bool)`` where only the reviewed pixels count; targets are binary (see
             :func:`~napari_unet.training.patches.binary_target`: boundaries between touching
             objects are background).
         val_pairs: whole held-out images and their labels, scored by AP@0.5 after each epoch.
@@ -153,9 +154,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
     if net.out_channels != len(TARGETS[target]):
         raise ValueError(f"A {target!r} target needs a network with {len(TARGETS[target])} output channels; "
                          f"this one has {net.out_channels}.")
-    images = [prepare_image(im, lab, normalization, patch_size, name=str(i), gap_weight=gap_weight,
-                            weight_map=weight_map, target=target)
-              for i, (im, lab) in enumerate(train_pairs)]
+    images = [prepare_image(pair[0], pair[1], normalization, patch_size, name=str(i), gap_weight=gap_weight,
+                            weight_map=weight_map, target=target, reviewed=pair[2] if len(pair) > 2 else None)
+              for i, pair in enumerate(train_pairs)]
     sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):

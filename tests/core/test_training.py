@@ -184,6 +184,23 @@ def test_small_images_are_padded_and_padding_ignored():
         PatchSampler([prepare_image(image, labels, DEFAULT_NORMALIZATION)], 64, np.random.default_rng(0))
 
 
+def test_only_the_reviewed_region_counts(nuclei_pairs):
+    image, labels = nuclei_pairs[0]
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[:, :40] = True  # the user checked the left 40 columns only
+    prepared = prepare_image(image, labels, DEFAULT_NORMALIZATION, 32, reviewed=reviewed)
+    assert (prepared.target[:, 40:] == IGNORE).all()
+    np.testing.assert_array_equal(prepared.target[:, :40], binary_target(labels)[:, :40])
+    # with no foreground bias every patch is anchored on a reviewed pixel
+    sampler = PatchSampler([prepared], 32, np.random.default_rng(0), foreground_bias=0.0, augment=False)
+    _, y, _ = sampler.batch(32)
+    assert all((t != IGNORE).any() for t in y)
+    with pytest.raises(ValueError, match="reviewed"):
+        prepare_image(image, labels, DEFAULT_NORMALIZATION, reviewed=np.zeros_like(reviewed))
+    with pytest.raises(ValueError, match="does not match"):
+        prepare_image(image, labels, DEFAULT_NORMALIZATION, reviewed=reviewed[:10])
+
+
 # -- a real training run ---------------------------------------------------------------------
 
 def test_gradients_are_finite_and_reach_every_parameter(nuclei_pairs):
