@@ -1,0 +1,189 @@
+"""Label edits that napari's own tools lack, as pure functions (no Qt).
+
+Each function takes instance labels (any integer dtype, 2D or N-D) and returns an :class:`Edit`:
+the indices of the pixels that change and their new values. The napari widget applies an edit
+with ``Labels.data_setitem`` so that napari's own undo (Ctrl+Z) reverts it; headless code calls
+:meth:`Edit.apply`. Nothing here modifies its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+@dataclass
+class Edit:
+    """Pixels to change: ``indices`` (a tuple of index arrays, one per axis) and ``values``."""
+
+    indices: tuple
+    values: np.ndarray
+    message: str = ""
+
+    @property
+    def size(self) -> int:
+        return int(self.indices[0].size) if self.indices else 0
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """Apply the edit to ``labels`` in place and return it."""
+        if self.size:
+            labels[self.indices] = self.values
+        return labels
+
+
+def _check(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Labels must hold integers, got {labels.dtype}.")
+    return labels
+
+
+def _check_label(labels: np.ndarray, label: int, what: str = "object") -> int:
+    label = int(label)
+    if label <= 0:
+        raise ValueError(f"Pick an {what}: the clicked pixel is background (label 0).")
+    return label
+
+
+def _edit(mask: np.ndarray, values, message: str) -> Edit:
+    indices = np.nonzero(mask)
+    values = np.broadcast_to(np.asarray(values), indices[0].shape) if np.ndim(values) == 0 else np.asarray(values)
+    return Edit(indices, values, message)
+
+
+def next_label(labels: np.ndarray) -> int:
+    """A label id not used yet (the largest plus one)."""
+    labels = _check(labels)
+    return int(labels.max(initial=0)) + 1
+
+
+def delete_object(labels, label: int) -> Edit:
+    """Erase object ``label`` (its pixels become background)."""
+    labels = _check(labels)
+    label = _check_label(labels, label)
+    mask = labels == label
+    if not mask.any():
+        raise ValueError(f"There is no object {label} in this layer.")
+    return _edit(mask, 0, f"deleted object {label} ({int(mask.sum())} px)")
+
+
+def merge_objects(labels, keep: int, other: int) -> Edit:
+    """Give object ``other`` the label ``keep`` (the two become one object)."""
+    labels = _check(labels)
+    keep, other = _check_label(labels, keep), _check_label(labels, other)
+    if keep == other:
+        raise ValueError("Pick two different objects to merge.")
+    mask = labels == other
+    if not mask.any() or not (labels == keep).any():
+        raise ValueError(f"Objects {keep} and {other} must both be in the layer.")
+    return _edit(mask, keep, f"merged object {other} into {keep}")
+
+
+def _rasterize(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A boolean mask of the polyline through ``points`` ``(n, ndim)`` (pixel coordinates), 4-connected
+    so that it cuts an 8-connected region apart."""
+    mask = np.zeros(shape, bool)
+    points = np.rint(np.asarray(points, float)).astype(int)
+    for a, b in zip(points[:-1], points[1:]):
+        n = int(np.abs(b - a).max()) * 2 + 1
+        steps = np.rint(np.linspace(a, b, n)).astype(int)
+        # add the corner pixel between diagonal neighbours: a 4-connected line leaves no diagonal gap
+        full = [steps[0]]
+        for p in steps[1:]:
+            q = full[-1]
+            diff = np.nonzero(p != q)[0]
+            if len(diff) > 1:
+                corner = q.copy()
+                corner[diff[0]] = p[diff[0]]
+                full.append(corner)
+            full.append(p)
+        full = np.array(full)
+        inside = np.all((full >= 0) & (full < np.asarray(shape)), axis=1)
+        mask[tuple(full[inside].T)] = True
+    return mask
+
+
+def split_object(labels, points, label: int | None = None) -> Edit:
+    """Split an object along the polyline through ``points`` (``(n, ndim)`` pixel coordinates, n >= 2,
+    drawn across the object; in a stack the line lies in one plane and only that plane is split).
+
+    The object is ``label``, or the most frequent label under the line. The largest part keeps
+    its label, the others get new labels; the pixels of the cut go to the nearest part, so no
+    pixel of the object is lost.
+    """
+    labels = _check(labels)
+    points = np.asarray(points, float)
+    if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] != labels.ndim:
+        raise ValueError(f"Draw a line of at least two points in the layer's {labels.ndim} dimensions.")
+    # stacks: the leading axes along which the line stays put select the plane
+    plane: tuple = ()
+    if labels.ndim > 2:
+        fixed = np.rint(points[0, :-2]).astype(int)
+        if np.any(np.rint(points[:, :-2]).astype(int) != fixed):
+            raise ValueError("Draw the line within one plane of the stack.")
+        if np.any(fixed < 0) or np.any(fixed >= np.asarray(labels.shape[:-2])):
+            raise ValueError("The line lies outside the layer.")
+        plane = tuple(int(i) for i in fixed)
+    sheet = labels[plane]
+    line = _rasterize(points[:, -2:], sheet.shape)
+    if label is None:
+        on_line = sheet[line]
+        on_line = on_line[on_line > 0]
+        if not on_line.size:
+            raise ValueError("The line does not cross any object: draw it across the object to split.")
+        label = int(np.bincount(on_line.astype(np.int64)).argmax())
+    label = _check_label(sheet, label)
+    obj = sheet == label
+    parts, n = ndi.label(obj & ~line, structure=np.ones((3, 3), bool))
+    if n < 2:
+        raise ValueError(f"The line does not cut object {label} in two: draw it from one side of the object "
+                         "to the other.")
+    sizes = np.bincount(parts.ravel())[1:]
+    order = np.argsort(sizes)[::-1] + 1  # part ids, largest first
+    first = next_label(labels)
+    mapping = np.zeros(n + 1, labels.dtype)
+    mapping[order[0]] = label
+    mapping[order[1:]] = np.arange(first, first + n - 1, dtype=labels.dtype)
+    new = mapping[parts]
+    # the cut pixels join the nearest part
+    orphans = obj & (parts == 0)
+    if orphans.any():
+        _, nearest = ndi.distance_transform_edt(parts == 0, return_indices=True)
+        new[orphans] = new[tuple(ix[orphans] for ix in nearest)]
+    changed = obj & (new != sheet)
+    where = np.nonzero(changed)
+    indices = tuple(np.full(where[0].shape, i) for i in plane) + where
+    return Edit(indices, new[changed], f"split object {label} into {n} parts")
+
+
+def remove_small(labels, min_size: int) -> Edit:
+    """Erase every object smaller than ``min_size`` pixels."""
+    labels = _check(labels)
+    if min_size < 1:
+        raise ValueError("The minimum size must be at least 1 pixel.")
+    counts = np.bincount(labels.ravel().astype(np.int64)) if labels.size and labels.min() >= 0 else None
+    if counts is None:
+        raise ValueError("Labels must not be negative.")
+    small = np.flatnonzero((counts > 0) & (counts < min_size))
+    small = small[small > 0]
+    mask = np.isin(labels, small)
+    return _edit(mask, 0, f"removed {small.size} object(s) under {min_size} px")
+
+
+def relabel_sequential(labels) -> Edit:
+    """Renumber the objects 1..N in order of their current ids."""
+    labels = _check(labels)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    mapping = {int(old): new for new, old in enumerate(ids, start=1) if int(old) != new}
+    if not mapping:
+        return Edit((np.array([], int),) * labels.ndim, np.array([], labels.dtype), "labels already run 1..N")
+    lut_keys = np.array(list(mapping), dtype=np.int64)
+    mask = np.isin(labels, lut_keys)
+    old = labels[mask]
+    sorter = np.argsort(lut_keys)
+    values = np.array(list(mapping.values()), dtype=labels.dtype)[sorter][np.searchsorted(lut_keys[sorter], old)]
+    return Edit(np.nonzero(mask), values, f"relabelled {ids.size} objects 1..{ids.size}")

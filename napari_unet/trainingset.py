@@ -1,0 +1,238 @@
+"""A training set on disk: the user's corrected masks, kept safe (no Qt, no torch).
+
+Layout of a training-set folder::
+
+    index.json           {"format": "napari-unet-training-set", "version": 1, "entries": [...]}
+    images/<name>.tif    the image (as the layer holds it: (H, W), (H, W, C) RGB or (C, H, W))
+    masks/<name>.tif     the corrected instance labels (uint16 or uint32)
+    reviewed/<name>.tif  uint8, 1 where somebody checked the labels (0: ignored by the loss)
+
+Every file is written atomically (temporary file, fsync, rename), so a crash or a full disk
+mid-write leaves the previous version readable. :meth:`TrainingSet.update` rewrites the masks
+and the reviewed region of an entry: the widgets call it while the user paints (autosave).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write, write_tif
+
+FORMAT = "napari-unet-training-set"
+VERSION = 1
+
+
+@dataclass
+class Entry:
+    """One image of a training set (paths relative to the folder)."""
+
+    name: str
+    shape: list  # the labels' shape
+    source: str = ""  # where the image came from (layer name, file, plane)
+    added: str = ""
+    updated: str = ""
+    reviewed_fraction: float = 0.0
+    objects: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {kind: f"{kind}/{self.name}.tif" for kind in ("images", "masks", "reviewed")}
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``-_.``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._") or "image"
+    return name[:80]
+
+
+def check_labels(labels, shape=None, what: str = "labels") -> np.ndarray:
+    """Instance labels as a non-negative integer array; ``ValueError`` says what is wrong."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+            raise ValueError(f"The {what} hold fractional or non-finite values ({labels.dtype}): "
+                             "use a Labels layer of whole object ids (0 = background).")
+        labels = labels.astype(np.int64)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"The {what} must be integer object ids, got {labels.dtype}.")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"The {what} hold negative ids: use 0 for background and 1, 2, ... for objects.")
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"The {what} {tuple(labels.shape)} do not match the image {tuple(shape)}: "
+                         "correct a labels layer made from this image.")
+    if labels.size and labels.max() > np.iinfo(np.uint32).max:
+        raise ValueError(f"The {what} hold ids above 2^32: relabel them 1..N first.")
+    return labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def spatial_shape(image: np.ndarray, channel_axis: int | None = None) -> tuple:
+    """The shape of the labels that belong to ``image`` (its channel axis removed)."""
+    shape = list(np.shape(image))
+    if channel_axis is not None:
+        shape.pop(channel_axis)
+    return tuple(shape)
+
+
+class TrainingSet:
+    """A folder of (image, corrected labels, reviewed region) triples with a JSON index."""
+
+    def __init__(self, folder: str | Path, create: bool = True):
+        self.folder = Path(folder).expanduser()
+        index = self.folder / "index.json"
+        if index.exists():
+            try:
+                data = json.loads(index.read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{index} is not a readable training-set index: {exc}") from None
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"{index} is not a napari-unet training-set index.")
+            self.entries = [Entry(**e) for e in data.get("entries", [])]
+        elif create:
+            if self.folder.exists() and not self.folder.is_dir():
+                raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
+            if self.folder.exists() and any(p.name not in ("images", "masks", "reviewed")
+                                            for p in self.folder.iterdir()):
+                raise ValueError(f"{self.folder} holds other files: choose an empty or new folder for a new "
+                                 "training set, so nothing of yours is overwritten.")
+            try:
+                for kind in ("images", "masks", "reviewed"):
+                    (self.folder / kind).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"Cannot create the training set in {self.folder}: {exc.strerror}.") from None
+            self.entries = []
+            self._write_index()
+        else:
+            raise ValueError(f"{self.folder} is not a training set (no index.json).")
+
+    # -- index ---------------------------------------------------------------------------
+    def _write_index(self) -> None:
+        data = {"format": FORMAT, "version": VERSION, "entries": [asdict(e) for e in self.entries]}
+        text = json.dumps(data, indent=1)
+        try:
+            atomic_write(self.folder / "index.json", lambda tmp: Path(tmp).write_text(text))
+        except OSError as exc:
+            raise ValueError(f"Cannot write {self.folder / 'index.json'}: {exc.strerror}.") from None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(f"No entry {name!r} in the training set {self.folder}: it has {', '.join(self.names()) or 'none'}.")
+
+    def unique_name(self, base: str) -> str:
+        base = safe_name(base)
+        taken = set(self.names())
+        if base not in taken:
+            return base
+        i = 2
+        while f"{base}-{i}" in taken:
+            i += 1
+        return f"{base}-{i}"
+
+    # -- files -----------------------------------------------------------------------------
+    def _write(self, entry: Entry, kind: str, array: np.ndarray) -> None:
+        try:
+            write_tif(self.folder / entry.files[kind], array)
+        except OSError as exc:
+            raise ValueError(f"Cannot save {kind} of {entry.name!r} to {self.folder}: {exc.strerror}. "
+                             "The previous version is kept.") from None
+
+    def add(self, image, labels, reviewed=None, name: str = "image", source: str = "",
+            channel_axis: int | None = None) -> Entry:
+        """Store a new entry; ``reviewed`` defaults to everything. Returns the entry (its name may
+        get a ``-2`` suffix so nothing already stored is overwritten)."""
+        image = np.asarray(image)
+        shape = spatial_shape(image, channel_axis)
+        labels = check_labels(labels, shape)
+        reviewed = self._check_reviewed(reviewed, labels.shape)
+        now = dt.datetime.now().isoformat(timespec="seconds")
+        entry = Entry(name=self.unique_name(name), shape=list(labels.shape), source=source, added=now, updated=now,
+                      extra={"channel_axis": channel_axis} if channel_axis is not None else {})
+        self._stats(entry, labels, reviewed)
+        self._write(entry, "images", image)
+        self._write(entry, "masks", labels)
+        self._write(entry, "reviewed", reviewed.astype(np.uint8))
+        self.entries.append(entry)
+        self._write_index()
+        return entry
+
+    def update(self, name: str, labels=None, reviewed=None) -> Entry:
+        """Rewrite the corrected labels and/or the reviewed region of entry ``name`` (autosave)."""
+        entry = self.entry(name)
+        shape = tuple(entry.shape)
+        if labels is not None:
+            labels = check_labels(labels, shape)
+            self._write(entry, "masks", labels)
+        if reviewed is not None:
+            reviewed = self._check_reviewed(reviewed, shape)
+            self._write(entry, "reviewed", reviewed.astype(np.uint8))
+        entry.updated = dt.datetime.now().isoformat(timespec="seconds")
+        self._stats(entry, labels if labels is not None else None, reviewed)
+        self._write_index()
+        return entry
+
+    def remove(self, name: str) -> None:
+        """Forget entry ``name`` (its files are kept on disk, renamed with a ``.removed`` suffix)."""
+        entry = self.entry(name)
+        self.entries.remove(entry)
+        self._write_index()
+        for rel in entry.files.values():
+            path = self.folder / rel
+            if path.exists():
+                path.replace(path.with_name(path.name + ".removed"))
+
+    def load(self, name: str):
+        """``(image, labels, reviewed bool)`` of entry ``name``."""
+        import tifffile
+
+        entry = self.entry(name)
+        try:
+            image = tifffile.imread(self.folder / entry.files["images"])
+            labels = tifffile.imread(self.folder / entry.files["masks"])
+            reviewed = tifffile.imread(self.folder / entry.files["reviewed"]).astype(bool)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Entry {name!r} of {self.folder} cannot be read: {exc}") from None
+        return image, labels, reviewed
+
+    def triples(self) -> list[tuple]:
+        """Every entry as ``(image, labels, reviewed)``, images with their channel axis first."""
+        out = []
+        for e in self.entries:
+            image, labels, reviewed = self.load(e.name)
+            axis = e.extra.get("channel_axis")
+            if axis is not None:
+                image = np.moveaxis(image, axis, 0)
+            out.append((image, labels, reviewed))
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_reviewed(reviewed, shape) -> np.ndarray:
+        if reviewed is None:
+            return np.ones(shape, bool)
+        reviewed = np.asarray(reviewed)
+        if tuple(reviewed.shape) != tuple(shape):
+            raise ValueError(f"The reviewed region {reviewed.shape} does not match the labels {tuple(shape)}.")
+        return reviewed > 0
+
+    @staticmethod
+    def _stats(entry: Entry, labels, reviewed) -> None:
+        if reviewed is not None:
+            entry.reviewed_fraction = round(float(reviewed.mean()), 4) if reviewed.size else 0.0
+        if labels is not None:
+            entry.objects = int(np.unique(labels[labels > 0]).size)

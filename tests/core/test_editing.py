@@ -1,0 +1,77 @@
+"""Label edits (delete, merge, split along a line, remove small, relabel) on known arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.editing import (delete_object, merge_objects, next_label, relabel_sequential, remove_small,
+                                 split_object)
+
+
+def _two_discs():
+    yy, xx = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.uint16)
+    labels[(yy - 20) ** 2 + (xx - 15) ** 2 < 100] = 3
+    labels[(yy - 20) ** 2 + (xx - 42) ** 2 < 100] = 7
+    return labels
+
+
+def test_delete_merge_and_next_label():
+    labels = _two_discs()
+    before = labels.copy()
+    edit = delete_object(labels, 3)
+    np.testing.assert_array_equal(labels, before)  # the input is never modified
+    out = edit.apply(labels.copy())
+    assert set(np.unique(out)) == {0, 7} and (out[before == 7] == 7).all()
+    out = merge_objects(labels, 7, 3).apply(labels.copy())
+    assert set(np.unique(out)) == {0, 7} and (out[before > 0] == 7).all()
+    assert next_label(labels) == 8
+    with pytest.raises(ValueError, match="background"):
+        delete_object(labels, 0)
+    with pytest.raises(ValueError, match="no object 5"):
+        delete_object(labels, 5)
+    with pytest.raises(ValueError, match="two different"):
+        merge_objects(labels, 3, 3)
+
+
+def test_split_along_a_line_keeps_every_pixel():
+    labels = np.zeros((30, 30), np.int32)
+    labels[5:25, 5:25] = 4  # a square, cut by a vertical line at x = 12
+    edit = split_object(labels, [[0, 12], [29, 12]])
+    out = edit.apply(labels.copy())
+    assert (out[labels == 4] > 0).all()  # no pixel of the object is lost
+    ids = np.unique(out[out > 0])
+    assert len(ids) == 2 and 4 in ids and 5 in ids
+    # the larger part (x >= 13, 12 columns) keeps the label; the smaller one gets a new id
+    assert (out[5:25, 14:25] == 4).all() and (out[5:25, 5:12] == 5).all()
+    # a diagonal cut separates too (a 4-connected line leaves no diagonal gap)
+    out = split_object(labels, [[3, 3], [27, 27]]).apply(labels.copy())
+    assert len(np.unique(out[out > 0])) == 2
+    with pytest.raises(ValueError, match="does not cut"):
+        split_object(labels, [[10, 0], [10, 10]])  # ends inside the object
+    with pytest.raises(ValueError, match="does not cross"):
+        split_object(labels, [[0, 0], [0, 29]])
+
+
+def test_split_in_one_plane_of_a_stack():
+    stack = np.zeros((3, 20, 20), np.uint8)
+    stack[:, 4:16, 4:16] = 2
+    out = split_object(stack, [[1, 0, 10], [1, 19, 10]]).apply(stack.copy())
+    assert len(np.unique(out[1][out[1] > 0])) == 2
+    np.testing.assert_array_equal(out[0], stack[0])
+    np.testing.assert_array_equal(out[2], stack[2])
+    with pytest.raises(ValueError, match="one plane"):
+        split_object(stack, [[0, 0, 10], [2, 19, 10]])
+
+
+def test_remove_small_and_relabel():
+    labels = _two_discs()
+    labels[0:2, 0:2] = 9  # 4 px
+    out = remove_small(labels, 10).apply(labels.copy())
+    assert 9 not in out and 3 in out and 7 in out
+    out = relabel_sequential(out).apply(out)
+    assert set(np.unique(out)) == {0, 1, 2}
+    assert relabel_sequential(out).size == 0
+    with pytest.raises(ValueError, match="integers"):
+        remove_small(labels.astype(float), 3)

@@ -1,0 +1,78 @@
+"""The training-set folder: add, autosave, reload, and nothing lost on bad input or a failed write."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from napari_unet.synthetic import fluorescent_nuclei
+from napari_unet.trainingset import TrainingSet
+
+
+def test_add_update_reload(tmp_path):
+    image, labels = fluorescent_nuclei((64, 80), 6, seed=1)
+    ts = TrainingSet(tmp_path / "set")
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[:32] = True
+    e1 = ts.add(image, labels, reviewed, name="nuclei [unet] corrected", source="layer nuclei")
+    e2 = ts.add(image, labels, name="nuclei [unet] corrected")
+    assert e1.name == "nuclei_unet_corrected" and e2.name == "nuclei_unet_corrected-2"
+    assert e1.reviewed_fraction == 0.5 and e2.reviewed_fraction == 1.0 and e1.objects == len(np.unique(labels)) - 1
+    edited = labels.copy()
+    edited[edited == edited.max()] = 0
+    ts.update(e1.name, labels=edited)
+    again = TrainingSet(tmp_path / "set", create=False)
+    assert again.names() == [e1.name, e2.name]
+    im, lab, rev = again.load(e1.name)
+    np.testing.assert_array_equal(im, image)
+    np.testing.assert_array_equal(lab, edited)
+    np.testing.assert_array_equal(rev, reviewed)
+    triples = again.triples()
+    assert len(triples) == 2 and triples[1][2].all()
+    index = json.loads((tmp_path / "set" / "index.json").read_text())
+    assert index["format"] == "napari-unet-training-set" and len(index["entries"]) == 2
+
+
+def test_channel_axis_and_bad_input(tmp_path):
+    image, labels = fluorescent_nuclei((32, 32), 3, seed=2)
+    rgb = np.stack([image] * 3, axis=-1)
+    ts = TrainingSet(tmp_path / "set")
+    entry = ts.add(rgb, labels, channel_axis=2)
+    assert ts.triples()[0][0].shape == (3, 32, 32) and entry.shape == [32, 32]
+    with pytest.raises(ValueError, match="do not match the image"):
+        ts.add(image, labels[:16])
+    with pytest.raises(ValueError, match="fractional"):
+        ts.add(image, labels + 0.5)
+    with pytest.raises(ValueError, match="negative"):
+        ts.add(image, labels.astype(np.int32) - 1)
+    with pytest.raises(ValueError, match="reviewed region"):
+        ts.add(image, labels, reviewed=np.ones((3, 3)))
+    with pytest.raises(KeyError, match="No entry"):
+        ts.update("missing", labels=labels)
+    assert len(TrainingSet(tmp_path / "set")) == 1  # none of the refused adds reached the index
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files"):
+        TrainingSet(tmp_path / "mine")
+    with pytest.raises(ValueError, match="not a training set"):
+        TrainingSet(tmp_path / "nothing", create=False)
+
+
+def test_a_failed_write_keeps_the_previous_masks(tmp_path, monkeypatch):
+    image, labels = fluorescent_nuclei((32, 32), 3, seed=3)
+    ts = TrainingSet(tmp_path / "set")
+    entry = ts.add(image, labels)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(ValueError, match="No space left.*previous version is kept"):
+        ts.update(entry.name, labels=np.zeros_like(labels))
+    monkeypatch.undo()
+    _, lab, _ = TrainingSet(tmp_path / "set").load(entry.name)
+    np.testing.assert_array_equal(lab, labels)
+    assert not [p for p in (tmp_path / "set" / "masks").iterdir() if p.name.endswith(".tmp")]
