@@ -102,7 +102,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
                gap_weight: float = 1.0, weight_map: dict | None = None,
                target: str = "binary", patience: int | None = None,
-               deep_supervision: bool = False) -> Iterator[TrainingEvent]:
+               deep_supervision: bool = False, augment=True) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -129,6 +129,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
             :class:`~napari_unet.training.losses.DeepSupervisionLoss` (targets and weights resized
             per level, levels weighted by normalised decaying weights); a ``DeepSupervisionLoss``
             given as ``loss`` is used as it is.
+        augment: ``True`` for the default augmentation (flips, quarter turns, the paper's elastic
+            deformation, scale, intensity, noise), ``False`` for none, or an ``Augmenter``.
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -157,7 +159,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *, patch_si
     images = [prepare_image(pair[0], pair[1], normalization, patch_size, name=str(i), gap_weight=gap_weight,
                             weight_map=weight_map, target=target, reviewed=pair[2] if len(pair) > 2 else None)
               for i, pair in enumerate(train_pairs)]
-    sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=True, image_weights=image_weights)
+    sampler = PatchSampler(images, patch_size, rng, foreground_bias, augment=augment, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):
         loss_fn = DeepSupervisionLoss(loss_fn)
