@@ -1,0 +1,473 @@
+"""The Correct dock widget: turn a prediction into corrections, mark what was reviewed, keep it.
+
+- "Correct" copies a labels layer into an editable ``<name> corrected`` layer (the prediction
+  and the image stay untouched), selects it and starts napari's paint mode with a fresh id.
+- Click tools for what napari lacks (delete an object, merge two, split one along a line
+  between two clicks), plus remove-small and relabel 1..N; every edit goes through
+  ``Labels.data_setitem`` so napari's undo (Ctrl+Z) reverts it.
+- The reviewed region is a translucent ``<name> reviewed`` labels layer (1 = checked): mark the
+  whole image, the current plane, the visible area, or paint it with napari's brush. Pixels
+  outside it are ignored by the fine-tuning loss.
+- "Show weight map" adds the U-Net paper's weight map of the corrections (w0, sigma in pixels
+  or micrometres from the layer's scale), computed in a worker.
+- "Add to training set" stores image + corrections + reviewed region in a training-set folder;
+  from then on every edit is saved again (atomically) a second after the user stops editing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import napari.viewer
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox)
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+
+from .. import editing
+from ._layers import KEY
+
+log = logging.getLogger(__name__)
+
+TOOLS = ("paint (napari)", "delete object (click)", "merge objects (click two)", "split object (click two ends)")
+AUTOSAVE_MS = 1000
+
+
+def _meta(layer) -> dict:
+    meta = layer.metadata.get(KEY)
+    return meta if isinstance(meta, dict) else {}
+
+
+def reviewed_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: [0.2, 0.9, 0.4, 1.0]})
+
+
+class CorrectWidget(Container):
+    """Dock widget for correcting masks and collecting them into a training set."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._clicks: list = []  # pending click positions of a two-click tool
+        self._hooked: set[int] = set()  # ids of layers with our mouse callback
+        self._dirty: set[int] = set()  # ids of corrected layers with unsaved edits
+        self._save_timer = QTimer()
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(AUTOSAVE_MS)
+        self._save_timer.timeout.connect(self._autosave)
+        self._saving = None  # the running autosave worker
+
+        self.source = ComboBox(label="Labels", choices=self._labels_choices,
+                               tooltip="The labels to correct (a prediction, or your own layer).")
+        self.correct_button = PushButton(text="Correct")
+        self.tool = ComboBox(label="Click tool", choices=TOOLS, value=TOOLS[0],
+                             tooltip="What a click on the corrected layer does. Ctrl+Z undoes any edit.")
+        self.min_size = SpinBox(label="Min size (px)", value=30, min=1, max=10**7)
+        self.remove_small_button = PushButton(text="Remove objects under min size")
+        self.relabel_button = PushButton(text="Relabel 1..N")
+        self.review_whole = PushButton(text="Mark whole image reviewed")
+        self.review_plane = PushButton(text="Mark current plane reviewed")
+        self.review_view = PushButton(text="Mark visible area reviewed")
+        self.review_clear = PushButton(text="Clear reviewed")
+        self.w0 = FloatSpinBox(label="w0", value=10.0, min=0.0, max=100.0, step=1.0,
+                               tooltip="Weight of the gaps between touching objects (the U-Net paper: 10).")
+        self.sigma = FloatSpinBox(label="sigma", value=5.0, min=0.1, max=100.0, step=0.5,
+                                  tooltip="Width of the gap weights (the paper: about 5 pixels).")
+        self.sigma_unit = ComboBox(label="sigma unit", choices=("pixels", "micrometres (layer scale)"),
+                                   value="pixels")
+        self.weight_button = PushButton(text="Show weight map")
+        self.folder = FileEdit(label="Training set", mode="d", value=str(Path.home() / "napari-unet-training"),
+                               tooltip="A folder for your corrections (images/, masks/, reviewed/ and index.json).")
+        self.plane_only = CheckBox(text="Only the current plane (stacks)", value=False)
+        self.add_button = PushButton(text="Add to training set")
+        self.open_button = PushButton(text="Open training set")
+        self.status = Label(label="")
+        self.status.native.setWordWrap(True)
+        self.extend([self.source, self.correct_button, self.tool, self.min_size, self.remove_small_button,
+                     self.relabel_button, self.review_whole, self.review_plane, self.review_view, self.review_clear,
+                     self.w0, self.sigma, self.sigma_unit, self.weight_button, self.folder, self.plane_only,
+                     self.add_button, self.open_button, self.status])
+
+        self.correct_button.changed.connect(lambda *_: self._guard(self.start_correcting))
+        self.tool.changed.connect(self._on_tool_changed)
+        self.remove_small_button.changed.connect(lambda *_: self._guard(self.remove_small))
+        self.relabel_button.changed.connect(lambda *_: self._guard(self.relabel))
+        self.review_whole.changed.connect(lambda *_: self._guard(self.mark_reviewed, "image"))
+        self.review_plane.changed.connect(lambda *_: self._guard(self.mark_reviewed, "plane"))
+        self.review_view.changed.connect(lambda *_: self._guard(self.mark_reviewed, "view"))
+        self.review_clear.changed.connect(lambda *_: self._guard(self.mark_reviewed, "clear"))
+        self.weight_button.changed.connect(lambda *_: self._guard(self.show_weight_map))
+        self.add_button.changed.connect(lambda *_: self._guard(self.add_to_training_set))
+        self.open_button.changed.connect(lambda *_: self._guard(self.open_training_set))
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed):
+            event.connect(lambda *_: self.source.reset_choices())
+        events.inserted.connect(self._on_inserted)
+        for layer in viewer.layers:
+            self._watch(layer)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _guard(self, fn, *args):
+        """Run a button's action; a ValueError becomes a notification, nothing else changes."""
+        try:
+            return fn(*args)
+        except (ValueError, KeyError) as exc:
+            self._report_error(str(exc.args[0]) if exc.args else str(exc))
+        return None
+
+    def _report_error(self, message: str):
+        self.status.value = message
+        show_error(message)
+
+    def _labels_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Labels) and _meta(layer).get("kind") != "reviewed"]
+
+    def corrected_layer(self):
+        """The corrected layer to work on: the selected one, else the one made from ``Labels``."""
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Labels) and _meta(active).get("kind") == "corrections":
+            return active
+        if isinstance(active, Labels) and _meta(active).get("kind") == "reviewed":
+            owner = _meta(active).get("corrections")
+            if owner in self._viewer.layers:
+                return self._viewer.layers[owner]
+        for layer in self._viewer.layers:
+            if _meta(layer).get("kind") == "corrections" and self.source.value is not None \
+                    and _meta(layer).get("from") == self.source.value.name:
+                return layer
+        source = self.source.value
+        if source is not None and _meta(source).get("kind") == "corrections":
+            return source
+        raise ValueError("Click 'Correct' first: it makes an editable copy of the labels to work on.")
+
+    def reviewed_layer(self, corrected):
+        name = _meta(corrected).get("reviewed")
+        if name in self._viewer.layers:
+            return self._viewer.layers[name]
+        layer = Labels(np.zeros(corrected.data.shape, np.uint8), name=f"{corrected.name} reviewed",
+                       scale=corrected.scale, translate=corrected.translate, opacity=0.3,
+                       colormap=reviewed_colormap(),
+                       metadata={KEY: {"kind": "reviewed", "corrections": corrected.name}})
+        corrected.metadata[KEY] = {**_meta(corrected), "reviewed": layer.name}
+        self._viewer.layers.append(layer)
+        self._viewer.layers.selection.active = corrected
+        return layer
+
+    def source_image(self, corrected):
+        """The image the corrections belong to (by the prediction's metadata), or None."""
+        name = _meta(corrected).get("source")
+        if name in self._viewer.layers and isinstance(self._viewer.layers[name], Image):
+            return self._viewer.layers[name]
+        images = [layer for layer in self._viewer.layers if isinstance(layer, Image) and KEY not in layer.metadata
+                  and tuple(layer.data.shape[: corrected.ndim]) == tuple(corrected.data.shape)]
+        return images[0] if len(images) == 1 else None
+
+    # -- correcting ------------------------------------------------------------------------
+    def start_correcting(self):
+        """Copy the chosen labels into a new editable layer, select it and start painting."""
+        source = self.source.value
+        if source is None:
+            raise ValueError("There is no labels layer: run the Segment widget (or add a labels layer) first.")
+        if _meta(source).get("kind") == "corrections":
+            layer = source
+        else:
+            data = np.asarray(source.data)
+            if not np.issubdtype(data.dtype, np.integer):
+                raise ValueError(f"'{source.name}' holds {data.dtype} values, not object ids.")
+            dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16
+            meta = {"kind": "corrections", "from": source.name, "source": _meta(source).get("source")}
+            name = f"{source.name} corrected"
+            i = 2
+            while name in self._viewer.layers:
+                name, i = f"{source.name} corrected ({i})", i + 1
+            layer = Labels(data.astype(dtype, copy=True), name=name, scale=source.scale, translate=source.translate,
+                           metadata={KEY: meta})
+            self._viewer.layers.append(layer)
+            source.visible = False  # the prediction stays as it was, out of the way
+        self.reviewed_layer(layer)
+        self._viewer.layers.selection.active = layer
+        layer.selected_label = editing.next_label(np.asarray(layer.data))
+        layer.mode = "paint"
+        self.tool.value = TOOLS[0]
+        self.status.value = (f"Correcting '{layer.name}': paint, fill and erase with napari's tools (new id "
+                             f"{layer.selected_label} is ready); mark what you checked as reviewed.")
+        return layer
+
+    def _on_inserted(self, event):
+        self._watch(event.value)
+
+    def _watch(self, layer):
+        """Hook our click tools into corrected layers and watch them (and their reviewed layers) for autosave."""
+        kind = _meta(layer).get("kind")
+        if kind not in ("corrections", "reviewed") or id(layer) in self._hooked:
+            return
+        self._hooked.add(id(layer))
+        if kind == "corrections":
+            layer.mouse_drag_callbacks.append(self._on_click)
+        layer.events.paint.connect(lambda *_: self._mark_dirty(layer))
+        layer.events.data.connect(lambda *_: self._mark_dirty(layer))
+
+    def _on_tool_changed(self, *_):
+        self._clicks = []
+        if self.tool.value != TOOLS[0]:
+            try:
+                layer = self.corrected_layer()
+            except ValueError:
+                return
+            layer.mode = "pan_zoom"  # a click picks an object instead of painting
+            self._viewer.layers.selection.active = layer
+            self.status.value = {TOOLS[1]: "Click an object to delete it.",
+                                 TOOLS[2]: "Click the object to keep, then the one to merge into it.",
+                                 TOOLS[3]: "Click where the cut starts, then where it ends (outside the object)."
+                                 }[self.tool.value]
+
+    def _on_click(self, layer, event):
+        if self.tool.value == TOOLS[0] or layer.mode != "pan_zoom":
+            return
+        position = np.asarray(layer.world_to_data(event.position))
+        if event.type != "mouse_press":
+            return
+        self._guard(self.click, layer, position)
+
+    def click(self, layer, position):
+        """Apply the current click tool at ``position`` (data coordinates) of ``layer``."""
+        data = np.asarray(layer.data)
+        pixel = tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(position, data.shape))
+        tool = self.tool.value
+        if tool == TOOLS[1]:
+            self.apply(layer, editing.delete_object(data, data[pixel]))
+        elif tool == TOOLS[2]:
+            self._clicks.append(data[pixel])
+            if len(self._clicks) == 2:
+                keep, other = self._clicks
+                self._clicks = []
+                self.apply(layer, editing.merge_objects(data, keep, other))
+            else:
+                self.status.value = f"Keep object {data[pixel]}: now click the object to merge into it."
+        elif tool == TOOLS[3]:
+            self._clicks.append(np.asarray(position, float))
+            if len(self._clicks) == 2:
+                points = np.stack(self._clicks)
+                self._clicks = []
+                self.apply(layer, editing.split_object(data, points))
+            else:
+                self.status.value = "Now click where the cut ends."
+
+    def apply(self, layer, edit: editing.Edit):
+        """Apply an edit through napari's history (Ctrl+Z undoes it)."""
+        if edit.size:
+            layer.data_setitem(edit.indices, edit.values)
+            self._mark_dirty(layer)
+        self.status.value = edit.message
+
+    def remove_small(self):
+        layer = self.corrected_layer()
+        self.apply(layer, editing.remove_small(np.asarray(layer.data), int(self.min_size.value)))
+
+    def relabel(self):
+        layer = self.corrected_layer()
+        self.apply(layer, editing.relabel_sequential(np.asarray(layer.data)))
+
+    # -- reviewed region -------------------------------------------------------------------
+    def mark_reviewed(self, what: str):
+        """Mark the whole image, the current plane or the visible area as reviewed (or clear)."""
+        corrected = self.corrected_layer()
+        reviewed = self.reviewed_layer(corrected)
+        shape = reviewed.data.shape
+        region = np.zeros(shape, bool)
+        if what in ("image", "clear"):
+            region[...] = True
+        elif what == "plane":
+            if reviewed.ndim < 3:
+                region[...] = True
+            else:
+                point = np.round(reviewed.world_to_data(self._viewer.dims.point)).astype(int)
+                lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], shape[:-2]))
+                region[lead] = True
+        elif what == "view":
+            corners = self._visible_box(reviewed)
+            point = np.round(reviewed.world_to_data(self._viewer.dims.point)).astype(int)
+            lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], shape[:-2]))
+            region[lead + corners] = True
+        value = 0 if what == "clear" else 1
+        indices = np.nonzero(region & (np.asarray(reviewed.data) != value))
+        if indices[0].size:
+            reviewed.data_setitem(indices, value)
+        self._mark_dirty(reviewed)
+        fraction = float(np.asarray(reviewed.data).mean())
+        self.status.value = f"{fraction:.0%} of '{corrected.name}' is marked as reviewed."
+
+    def _visible_box(self, layer) -> tuple:
+        """The data-space box of the canvas' visible area (the last two axes)."""
+        camera = self._viewer.camera
+        canvas = self._viewer.window._qt_viewer.canvas.size if self._viewer.window is not None else (512, 512)
+        height, width = canvas[0] / camera.zoom, canvas[1] / camera.zoom
+        centre = np.asarray(camera.center[-2:])
+        lo = layer.world_to_data(list(self._viewer.dims.point[:-2]) + list(centre - [height / 2, width / 2]))[-2:]
+        hi = layer.world_to_data(list(self._viewer.dims.point[:-2]) + list(centre + [height / 2, width / 2]))[-2:]
+        shape = layer.data.shape[-2:]
+        box = []
+        for a, b, n in zip(lo, hi, shape):
+            a, b = sorted((a, b))
+            box.append(slice(int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))))
+        return tuple(box)
+
+    # -- weight map ------------------------------------------------------------------------
+    def show_weight_map(self):
+        """Compute the U-Net paper's weight map of the corrections in a worker and show it."""
+        corrected = self.corrected_layer()
+        labels = np.asarray(corrected.data).copy()
+        w0, sigma = float(self.w0.value), float(self.sigma.value)
+        micrometres = self.sigma_unit.value != "pixels"
+        spacing = tuple(float(s) for s in corrected.scale) if micrometres else None
+        name = f"{corrected.name} weight map"
+
+        def job():
+            from ..training.patches import binary_target
+            from ..training.weightmap import weight_map
+
+            planes = labels.reshape((-1,) + labels.shape[-2:]) if labels.ndim > 2 and spacing is None else None
+            if planes is not None:  # pixels: plane by plane, like the 2D loss sees them
+                out = np.stack([weight_map(np.where(binary_target(p) == 1, p, 0), w0=w0, sigma=sigma)
+                                for p in planes]).reshape(labels.shape)
+            else:
+                gapped = np.where(binary_target(labels) == 1, labels, 0)
+                out = weight_map(gapped, w0=w0, sigma=sigma, spacing=spacing)
+            return out
+
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda w: self._show_weights(w, name, corrected))
+        worker.errored.connect(lambda exc: self._report_error(f"Weight map failed: {exc}"))
+        self.status.value = "computing the weight map…"
+        worker.start()
+        self._weight_worker = worker
+        return worker
+
+    def _show_weights(self, weights, name, corrected):
+        if name in self._viewer.layers and _meta(self._viewer.layers[name]).get("kind") == "weight map":
+            layer = self._viewer.layers[name]
+            layer.data = weights
+        else:
+            layer = self._viewer.add_image(weights, name=name, colormap="inferno", blending="additive",
+                                           scale=corrected.scale, translate=corrected.translate,
+                                           metadata={KEY: {"kind": "weight map"}})
+        layer.contrast_limits = (float(weights.min()), float(max(weights.max(), weights.min() + 1e-3)))
+        self._viewer.layers.selection.active = corrected
+        self.status.value = (f"weight map: {weights.min():.2f} .. {weights.max():.2f} (w0 {self.w0.value:g}, "
+                             f"sigma {self.sigma.value:g} {'µm' if self.sigma_unit.value != 'pixels' else 'px'})")
+
+    # -- training set ----------------------------------------------------------------------
+    def training_set(self, create: bool = True):
+        from ..trainingset import TrainingSet
+
+        return TrainingSet(Path(self.folder.value), create=create)
+
+    def add_to_training_set(self):
+        """Store image + corrections + reviewed region; edits are saved again from then on."""
+        corrected = self.corrected_layer()
+        image_layer = self.source_image(corrected)
+        if image_layer is None:
+            raise ValueError(f"Which image do '{corrected.name}' correct? Keep the image layer it was predicted "
+                             "from in the viewer (one image of the same shape also works).")
+        reviewed = self.reviewed_layer(corrected)
+        labels = np.asarray(corrected.data)
+        region = np.asarray(reviewed.data) > 0
+        if not region.any():
+            raise ValueError("Nothing is marked as reviewed: mark the whole image, a plane, the visible area, or "
+                             "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
+        image = np.asarray(image_layer.data)
+        channel_axis = image.ndim - 1 if image_layer.rgb else None
+        name = corrected.name
+        if self.plane_only.value and labels.ndim > 2:
+            point = np.round(corrected.world_to_data(self._viewer.dims.point)).astype(int)
+            lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], labels.shape[:-2]))
+            labels, region = labels[lead], region[lead]
+            image = image[lead]
+            name = f"{name} plane {'-'.join(map(str, lead))}"
+            if not region.any():
+                raise ValueError("Nothing of the current plane is marked as reviewed.")
+        ts = self.training_set()
+        entry = ts.add(image, labels, region, name=name, source=f"layer {image_layer.name}",
+                       channel_axis=channel_axis)
+        if not (self.plane_only.value and corrected.ndim > 2):  # whole layers stay linked for autosave
+            link = {"training_set": str(ts.folder), "entry": entry.name}
+            corrected.metadata[KEY] = {**_meta(corrected), **link}
+        self.status.value = (f"Added '{entry.name}' to {ts.folder} ({len(ts)} image(s)); "
+                             f"{'edits are saved as you go' if 'entry' in _meta(corrected) else 'plane stored'}.")
+        show_info(f"napari-unet: '{entry.name}' added to the training set.")
+        return entry
+
+    def open_training_set(self):
+        """Add every entry of the training-set folder as image, corrections and reviewed layers."""
+        ts = self.training_set(create=False)
+        if not len(ts):
+            raise ValueError(f"The training set {ts.folder} is empty.")
+        for entry in ts.entries:
+            image, labels, reviewed = ts.load(entry.name)
+            rgb = entry.extra.get("channel_axis") is not None and image.shape[-1] in (3, 4)
+            image_layer = self._viewer.add_image(image, name=f"{entry.name} image", rgb=rgb)
+            corrected = Labels(labels, name=entry.name, metadata={KEY: {
+                "kind": "corrections", "source": image_layer.name, "training_set": str(ts.folder),
+                "entry": entry.name, "from": ""}})
+            self._viewer.layers.append(corrected)
+            layer = self.reviewed_layer(corrected)
+            layer.data = reviewed.astype(np.uint8)
+        self.status.value = f"Opened {len(ts)} image(s) from {ts.folder}; edits are saved as you go."
+        return ts
+
+    def _mark_dirty(self, layer):
+        meta = _meta(layer)
+        if meta.get("kind") == "reviewed":
+            owner = meta.get("corrections")
+            if owner not in self._viewer.layers:
+                return
+            layer = self._viewer.layers[owner]
+            meta = _meta(layer)
+        if "entry" not in meta:
+            return
+        self._dirty.add(id(layer))
+        self._save_timer.start()  # restarts: saves a second after the last edit
+
+    def _autosave(self):
+        """Snapshot the edited layers (Qt thread, a copy) and write them in a worker."""
+        if self._saving is not None:
+            self._save_timer.start()  # a save is still running: try again shortly
+            return
+        jobs = []
+        for layer in list(self._viewer.layers):
+            if id(layer) not in self._dirty:
+                continue
+            meta = _meta(layer)
+            reviewed = self._viewer.layers[meta["reviewed"]] if meta.get("reviewed") in self._viewer.layers else None
+            jobs.append((meta["training_set"], meta["entry"], np.array(layer.data, copy=True),
+                         None if reviewed is None else np.asarray(reviewed.data) > 0))
+        self._dirty.clear()
+        if not jobs:
+            return
+
+        def job():
+            from ..trainingset import TrainingSet
+
+            for folder, entry, labels, reviewed in jobs:
+                TrainingSet(folder, create=False).update(entry, labels=labels, reviewed=reviewed)
+            return len(jobs)
+
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda n: setattr(self.status, "value", f"saved {n} correction(s)"))
+        worker.errored.connect(lambda exc: self._report_error(f"Autosave failed, your edits are still in the "
+                                                              f"layer and the previous file is intact: {exc}"))
+        worker.finished.connect(lambda: setattr(self, "_saving", None))
+        self._saving = worker
+        worker.start()
+
+    def flush(self):
+        """Save pending edits now (used when closing, and by tests)."""
+        if self._save_timer.isActive():
+            self._save_timer.stop()
+            self._autosave()

@@ -1,0 +1,116 @@
+"""The Correct widget in a real napari viewer: copy, edit with undo, review, weight map, keep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.trainingset import TrainingSet
+
+
+def _press(layer, position):
+    """A mouse press on ``layer`` at a world ``position``, dispatched like napari does."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import mouse_press_callbacks
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", button=1, position=tuple(position)))
+
+
+@pytest.fixture
+def correct_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    return viewer, widget
+
+
+def _prediction(viewer):
+    """A sample image and a 'prediction' labels layer as the Segment widget makes them."""
+    viewer.open_sample("napari-unet", "nuclei")
+    image, truth = viewer.layers
+    pred = viewer.add_labels(np.asarray(truth.data).astype(np.int32), name="nuclei [unet] labels",
+                             metadata={"napari_unet": {"kind": "labels", "source": image.name}})
+    return image, pred
+
+
+def test_correct_edit_undo_and_review(correct_widget, click):
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    before = np.array(pred.data, copy=True)
+    widget.source.value = pred
+    click(widget.correct_button)
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    reviewed = viewer.layers["nuclei [unet] labels corrected reviewed"]
+    assert viewer.layers.selection.active is corrected and corrected.mode == "paint"
+    assert corrected.selected_label == before.max() + 1
+    np.testing.assert_array_equal(corrected.data, before)
+    assert corrected.data is not pred.data
+    # delete the object under a click, then undo it with napari's own undo
+    target = int(before[before > 0][0])
+    where = np.argwhere(before == target)[0]
+    widget.tool.value = "delete object (click)"
+    assert corrected.mode == "pan_zoom"  # a click picks an object instead of painting
+    _press(corrected, where.astype(float))  # through napari's mouse callbacks, as a real click
+    assert target not in corrected.data
+    corrected.undo()
+    np.testing.assert_array_equal(corrected.data, before)
+    # merge two objects with two clicks
+    a, b = [int(v) for v in np.unique(before[before > 0])[:2]]
+    widget.tool.value = "merge objects (click two)"
+    widget.click(corrected, np.argwhere(before == a)[0].astype(float))
+    widget.click(corrected, np.argwhere(before == b)[0].astype(float))
+    assert b not in corrected.data and (corrected.data[before == b] == a).all()
+    # relabel 1..N
+    click(widget.relabel_button)
+    ids = np.unique(corrected.data[corrected.data > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, ids.size + 1))
+    np.testing.assert_array_equal(pred.data, before)  # the prediction itself never changes
+    # reviewed: nothing, then all, then cleared
+    assert not reviewed.data.any()
+    click(widget.review_whole)
+    assert reviewed.data.all()
+    click(widget.review_clear)
+    assert not reviewed.data.any()
+
+
+def test_weight_map_layer(correct_widget, click, qtbot):
+    viewer, widget = correct_widget
+    _, pred = _prediction(viewer)
+    widget.source.value = pred
+    click(widget.correct_button)
+    click(widget.weight_button)
+    name = "nuclei [unet] labels corrected weight map"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=30_000)
+    weights = viewer.layers[name].data
+    assert weights.shape == pred.data.shape and weights.max() > 5.0  # gaps between touching nuclei light up
+    assert viewer.layers.selection.active.name == "nuclei [unet] labels corrected"
+
+
+def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, tmp_path):
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    click(widget.add_button)  # nothing reviewed yet: refused with a message, nothing written
+    assert "Nothing is marked as reviewed" in widget.status.value
+    assert not (tmp_path / "set").exists()
+    click(widget.review_whole)
+    click(widget.add_button)
+    ts = TrainingSet(tmp_path / "set", create=False)
+    assert len(ts) == 1
+    entry = ts.entries[0].name
+    # an edit is saved again (a second after the last edit, in a worker)
+    target = int(np.unique(corrected.data[corrected.data > 0])[0])
+    widget.tool.value = "delete object (click)"
+    widget.click(corrected, np.argwhere(np.asarray(corrected.data) == target)[0].astype(float))
+    qtbot.waitUntil(lambda: target not in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
+    img, labels, rev = TrainingSet(tmp_path / "set", create=False).load(entry)
+    np.testing.assert_array_equal(img, image.data)
+    np.testing.assert_array_equal(labels, corrected.data)
+    assert rev.all()
+    # reopening the folder restores the layers
+    n = len(viewer.layers)
+    click(widget.open_button)
+    assert len(viewer.layers) == n + 3
+    np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
