@@ -17,6 +17,31 @@ class ModelFileError(ValueError):
     """A model file that cannot be used, with a message saying why and what to do."""
 
 
+_listeners: list = []
+
+
+def on_models_changed(callback) -> None:
+    """Call ``callback()`` whenever :func:`notify_models_changed` is called (e.g. a widget's model
+    list refreshes when a fine-tuned model is saved). Bound methods are held weakly."""
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
+    _listeners.append(ref)
+
+
+def notify_models_changed() -> None:
+    """Tell every listener that the set of installed models changed."""
+    for ref in list(_listeners):
+        callback = ref()
+        if callback is None:
+            _listeners.remove(ref)
+            continue
+        try:
+            callback()
+        except RuntimeError:  # a widget whose Qt object is gone
+            _listeners.remove(ref)
+
+
 def bundled_models() -> dict[str, Path]:
     """Bundled trained models shipped in the package: name -> file."""
     return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"))}

@@ -98,6 +98,9 @@ class SegmentWidget(Container):
             event.connect(self._refresh_layers)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        from ..catalog import on_models_changed
+
+        on_models_changed(self.refresh_models)  # a fine-tuned model shows up at once
         # PyTorch loads in a worker: opening the widget does not freeze napari for ~2 s
         self._torch_ready = False
         self.model_info.value = self.device_info.value = "loading PyTorch…"
@@ -127,6 +130,10 @@ class SegmentWidget(Container):
         from ..catalog import known_models
 
         return [(name, name) for name in known_models()] + [(Path(p).name, p) for p in self._extra_models]
+
+    def refresh_models(self):
+        """Re-read the installed models (keeps the current choice when it still exists)."""
+        self.model.reset_choices()
 
     def _refresh_layers(self, *_):
         self.image.reset_choices()

@@ -1,0 +1,80 @@
+"""The Fine-tune widget in a real viewer: correct, train in the background, see the new model, run it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.catalog import user_models
+
+
+def _corrections(viewer, click):
+    """Sample nuclei, its true masks as the user's corrections (whole image reviewed), via the Correct widget."""
+    viewer.open_sample("napari-unet", "nuclei")
+    image, truth = viewer.layers
+    truth.metadata["napari_unet"] = {"kind": "labels", "source": image.name}
+    _, correct = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    correct.source.value = truth
+    click(correct.correct_button)
+    click(correct.review_whole)
+    return image
+
+
+@pytest.fixture
+def finetune_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
+    return viewer, widget
+
+
+def test_finetune_on_corrections_then_run_the_new_model(finetune_widget, click, qtbot):
+    viewer, widget = finetune_widget
+    image = _corrections(viewer, click)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.model.value = "unet"
+    widget.minutes.value = 0.3
+    widget.name.value = "my nuclei"
+    assert widget.device_info.value.startswith("trains on: ")
+    click(widget.train_button)
+    assert widget.running and widget.train_button.text == "Cancel"
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    result = widget.last_result
+    assert result is not None and result.path is not None, widget.status.value
+    assert "my_nuclei" in user_models() and result.path.exists()
+    assert "saved 'my_nuclei'" in widget.status.value and "validation AP@0.5" in widget.status.value
+    assert widget.plot.losses and widget.plot.scores and widget.plot.baseline is not None
+    assert result.baseline["ap50"] > 0.3  # the bundled model already sees these nuclei
+    # the Segment widget's list has it at once; "Run new model" applies it to the image
+    assert "my_nuclei" in [c for c in segment.model.choices]
+    viewer.layers.selection.active = image
+    click(widget.run_button)
+    qtbot.waitUntil(lambda: not segment.running, timeout=120_000)
+    labels = viewer.layers[f"{image.name} [my_nuclei] labels"]
+    assert labels.data.shape == image.data.shape and labels.data.max() > 5
+
+
+def test_cancel_keeps_the_base_model_and_nothing_half_written(finetune_widget, click, qtbot):
+    viewer, widget = finetune_widget
+    _corrections(viewer, click)
+    widget.model.value = "unet"
+    widget.minutes.value = 10.0
+    click(widget.train_button)
+    qtbot.waitUntil(lambda: bool(widget.plot.losses), timeout=120_000)  # training steps are running
+    click(widget.train_button)  # Cancel
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    result = widget.last_result
+    assert result is not None and result.stopped == "stopped by user"
+    # stopped before the first validation: nothing saved, no temporary file left behind
+    assert result.path is None and not list(user_models())
+    assert "nothing was saved" in widget.status.value
+
+
+def test_bad_input_gives_a_message(finetune_widget, click):
+    viewer, widget = finetune_widget
+    click(widget.train_button)
+    assert not widget.running and "No reviewed corrections" in widget.status.value
+    widget.source.value = "training-set folder"
+    widget.folder.value = str(viewer.window._qt_window.windowTitle()) + "-missing-folder"
+    click(widget.train_button)
+    assert not widget.running and "not a training set" in widget.status.value
