@@ -1,13 +1,15 @@
-"""Reproduce the bundled weights ``napari_unet/weights/unet.safetensors`` (the classic U-Net).
+"""Reproduce the bundled 2D weights ``napari_unet/weights/<arch>.safetensors``.
 
-Trains ``build_model("unet")`` (features 16..256) on the fluorescent nuclei of the 2018 Data
-Science Bowl (a fixed, seeded ~20 % of the images held out for validation) plus synthetic
-nuclei from :func:`napari_unet.synthetic.fluorescent_nuclei`, for a wall-time budget, then
-scores the held-out images with the real predictor and post-processing, picks the
-post-processing defaults on them, and writes the weights (float16) with a model card, also
-as ``unet.md`` beside them.
+Trains ``build_model(arch)`` with its registry defaults on the fluorescent nuclei of the 2018
+Data Science Bowl (a fixed, seeded ~20 % of the images held out for validation) plus synthetic
+nuclei from :func:`napari_unet.synthetic.fluorescent_nuclei`, for a wall-time budget (all side
+outputs trained with the deep-supervision loss when the architecture has them), then scores
+the held-out images with the real predictor and post-processing, picks the post-processing
+defaults on them, and writes the weights (float16) with a model card, also as ``<arch>.md``
+beside them.
 
-    python scripts/train_bundled.py --minutes 25 --threads 1
+    python scripts/train_bundled.py --minutes 25 --threads 1                 # the classic U-Net
+    python scripts/train_bundled.py --arch unet++ --minutes 12 --threads 1
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
 from napari_unet.modelfile import DEFAULT_NORMALIZATION, load_model, make_config, save_model  # noqa: E402
-from napari_unet.models import build_model  # noqa: E402
+from napari_unet.models import build_model, get_spec  # noqa: E402
 from napari_unet.synthetic import fluorescent_nuclei  # noqa: E402
 from napari_unet.training import SegmentationLoss, train_iter  # noqa: E402
 from napari_unet.training.trainer import as_loaded_model  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nuclei_dsb2018"
-DEFAULT_OUT = ROOT / "napari_unet" / "weights" / "unet.safetensors"
+WEIGHTS = ROOT / "napari_unet" / "weights"
 SYNTHETIC_SHAPES = [(256, 256), (384, 384), (512, 512), (256, 512), (512, 384)]
 # post-processing choices tried on the held-out images
 THRESHOLDS = (0.4, 0.5, 0.6)
@@ -90,9 +92,9 @@ def speed(net) -> float:
 def card(args, net, held_out, n_train_real, n_synth, result, default_scores, pp, scores, seconds, us_per_px) -> str:
     today = dt.date.today().isoformat()
     held = ", ".join(held_out)
-    return f"""# unet — classic U-Net for fluorescent nuclei (bundled)
-
-U-Net (Ronneberger, Fischer & Brox, MICCAI 2015) with "same" padding and batch norm,
+    spec = get_spec(args.arch)
+    if args.arch == "unet":
+        about = f"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015) with "same" padding and batch norm,
 features 16, 32, 64, 128, 256 ({net.n_parameters / 1e6:.2f} M parameters), one input channel,
 binary output (background / foreground), stored as float16 ({today}).
 
@@ -100,7 +102,21 @@ binary output (background / foreground), stored as float16 ({today}).
 16..256 has about 2 M parameters and predicts at ~0.7 µs/pixel on 2 idle CPU cores (about
 1 µs on a busy one), so a 1024² image takes about a second without a GPU (measured while
 writing this card: {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} thread(s)). It is also
-small enough for the few thousand nuclei of the training set not to be memorised.
+small enough for the few thousand nuclei of the training set not to be memorised."""
+    else:
+        arguments = ", ".join(f"{k}={v}" for k, v in net.config.items() if k not in ("spatial_dims",))
+        about = f"""{spec.title} ({spec.reference}) as registered under `{args.arch}`: {arguments}
+({net.n_parameters / 1e6:.2f} M parameters), one input channel, binary output (background /
+foreground), stored as float16 ({today}). Predicts at {us_per_px:.2f} µs/pixel with
+{torch.get_num_threads()} CPU thread(s) (measured while writing this card)."""
+    with torch.no_grad():
+        levels = len(net.eval()(torch.zeros(1, 1, 64, 64), side_outputs=True))
+    supervision = (f" All {levels} side outputs are trained "
+                   "(deep-supervision loss: targets resized per level, normalised weights halving per level)."
+                   if spec.deep_supervision else "")
+    return f"""# {args.arch} — {spec.title} for fluorescent nuclei (bundled)
+
+{about}
 
 ## Data
 
@@ -119,13 +135,13 @@ small enough for the few thousand nuclei of the training set not to be memorised
 
 Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch_size}, random
 flips / quarter turns and intensity scale (0.75-1.25) / shift (±0.1); loss
-{SegmentationLoss().describe()} (cross-entropy, with the gap pixels between touching nuclei
-weighted x{args.gap_weight:g}, + soft Dice on the foreground); AdamW
+{SegmentationLoss.from_spec(args.loss).describe()} (with the gap pixels between touching nuclei
+weighted x{args.gap_weight:g} in the cross-entropy).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
 {result.steps} steps in {seconds / 60:.1f} min; the checkpoint with the best validation AP@0.5
 (step {result.best_step}; validated every {args.steps_per_epoch} steps with {val_postprocess(args)}) is kept. Reproduce with
-`python scripts/train_bundled.py --minutes {args.minutes:g} --threads {torch.get_num_threads()}`.
+`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}`.
 
 ## Validation (held-out DSB images, whole images, predictor + post-processing)
 
@@ -153,7 +169,9 @@ def val_postprocess(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="nuclei_dsb2018 folder (images/, masks/)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--arch", default="unet", help="registered 2D architecture (napari-unet models)")
+    ap.add_argument("--out", type=Path, default=None, help="default: napari_unet/weights/<arch>.safetensors")
+    ap.add_argument("--loss", default="ce+dice", help="loss spec, e.g. ce+dice, hybrid, ce+hybrid")
     ap.add_argument("--minutes", type=float, default=25.0, help="training wall-time budget (validation included)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
@@ -184,14 +202,20 @@ def main(argv=None):
     print(f"data: {len(train_real)} real + {len(synth)} synthetic training images, {len(val_pairs)} held out "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
 
+    if args.out is None:
+        args.out = WEIGHTS / f"{args.arch}.safetensors"
+    spec = get_spec(args.arch)
+    if spec.spatial_dims != 2:
+        raise SystemExit(f"{args.arch} is {spec.spatial_dims}D: this script trains the 2D variants.")
     torch.manual_seed(args.seed)
-    net = build_model("unet")
-    print(f"model: unet {net.config['features']}, {net.n_parameters:,} parameters, {torch.get_num_threads()} thread(s)",
-          flush=True)
+    net = build_model(args.arch)
+    print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
     gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
                      lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                      normalization=DEFAULT_NORMALIZATION, device="cpu", image_weights=weights,
-                     gap_weight=args.gap_weight, postprocess=val_postprocess(args))
+                     gap_weight=args.gap_weight, postprocess=val_postprocess(args),
+                     loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision)
     recent: list[float] = []
 
     def report(e):
@@ -231,14 +255,15 @@ def main(argv=None):
         "val_ap50": round(scores["ap50"], 4), "val_f1": round(scores["f1"], 4),
         "val_mean_iou": round(scores["mean_iou"], 4), "val_ap50_default_postprocess": round(default_scores["ap50"], 4),
         "postprocess": pp,
-        "loss": SegmentationLoss().describe(), "gap_weight": args.gap_weight,
+        "loss": SegmentationLoss.from_spec(args.loss).describe(), "gap_weight": args.gap_weight,
+        "deep_supervision": spec.deep_supervision,
         "target": "foreground minus touching boundaries", "val_postprocess_in_training": val_postprocess(args),
         "steps": result.steps, "best_step": result.best_step, "minutes": round(train_seconds / 60, 1),
         "patch_size": args.patch_size, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "date": dt.date.today().isoformat(), "script": "scripts/train_bundled.py",
+        "date": dt.date.today().isoformat(), "script": f"scripts/train_bundled.py --arch {args.arch}",
     }
-    config = make_config(net, "unet", target="binary", normalization=DEFAULT_NORMALIZATION, provenance=provenance,
+    config = make_config(net, args.arch, target="binary", normalization=DEFAULT_NORMALIZATION, provenance=provenance,
                          card=text)
     path = save_model(args.out, net, config, half=True)
     path.with_suffix(".md").write_text(text)
