@@ -1,9 +1,13 @@
 """Training samples: targets from instance labels, random patches and their augmentation.
 
+2D images ``(H, W)`` / ``(C, H, W)`` with labels ``(H, W)`` and 3D volumes ``(D, H, W)`` /
+``(C, D, H, W)`` with labels ``(D, H, W)`` alike: the labels' number of axes says which.
+
 Images are normalised once, whole, with the same :func:`~napari_unet.inference.inputs.fit_normalizer`
 the predictor uses, so a network sees the same intensities in training and in prediction. A
-:class:`PatchSampler` then cuts square patches ``(C, P, P)`` with a seeded
-``numpy.random.Generator``: most patches are centred near a random object pixel (so sparse
+:class:`PatchSampler` then cuts patches ``(C, *P)`` (square / cubic for an int patch size, or one
+size per axis such as ``(16, 64, 64)`` for thick-slice stacks) with a seeded
+``numpy.random.Generator``: most patches are placed to contain a random object pixel (so sparse
 images still teach objects), the rest anywhere. Images smaller than a patch are reflect-padded
 and the padding is marked -1 (ignored) in the target.
 """
@@ -11,6 +15,7 @@ and the padding is marked -1 (ignored) in the target.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -22,22 +27,27 @@ from .losses import IGNORE
 
 
 def touching_boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels on an object's inner boundary that touch a *different* object (4-connected).
+    """Pixels on an object's inner boundary that touch a *different* object (4-connected in 2D,
+    6-connected in 3D).
 
     Both objects lose their side of the contact line, which leaves a 2-pixel background gap.
     """
-    labels = np.asarray(labels)
+    # int64 throughout: with int32 labels np.where(labels > 0, labels, int64 max) stayed int32 and
+    # wrapped the sentinel to -1, so every object pixel next to the background counted as touching
+    labels = np.asarray(labels).astype(np.int64, copy=False)
     inner = find_boundaries(labels, connectivity=1, mode="inner")
     cross = ndi.generate_binary_structure(labels.ndim, 1)
     biggest = ndi.maximum_filter(labels, footprint=cross, mode="nearest")
-    background_high = np.where(labels > 0, labels, np.iinfo(np.int64).max).astype(np.int64)
+    # background above every label, so the minimum finds the smallest neighbouring *object*
+    sentinel = int(labels.max(initial=0)) + 1
+    background_high = np.where(labels > 0, labels, sentinel)
     smallest = ndi.minimum_filter(background_high, footprint=cross, mode="nearest")
-    other = ((biggest > 0) & (biggest != labels)) | ((smallest < np.iinfo(np.int64).max) & (smallest != labels))
+    other = ((biggest > 0) & (biggest != labels)) | ((smallest < sentinel) & (smallest != labels))
     return inner & other & (labels > 0)
 
 
 def binary_target(labels: np.ndarray) -> np.ndarray:
-    """Binary target (int8: 0 background, 1 foreground) from instance labels ``(H, W)``.
+    """Binary target (int8: 0 background, 1 foreground) from instance labels ``(H, W)`` or ``(D, H, W)``.
 
     Foreground is ``labels > 0``, except pixels on the boundary between two different objects
     (:func:`touching_boundaries`), which are background: the thin gap teaches the network to
@@ -55,7 +65,7 @@ def binary_target(labels: np.ndarray) -> np.ndarray:
 def boundary_target(labels: np.ndarray) -> np.ndarray:
     """Three-class target (int8: 0 background, 1 interior, 2 boundary) from instance labels.
 
-    The boundary class is every object's inner boundary (4-connected), so touching objects are
+    The boundary class is every object's inner boundary (4- / 6-connected), so touching objects are
     always separated by boundary pixels and the interior seeds of the post-processing's watershed
     (``probabilities_to_labels(target="boundary")``) stay apart.
     """
@@ -72,11 +82,11 @@ TARGET_MAKERS = {"binary": binary_target, "boundary": boundary_target}
 
 @dataclass
 class TrainingImage:
-    """One normalised image ready for patch sampling.
+    """One normalised image (2D) or volume (3D) ready for patch sampling.
 
-    ``image`` ``(C, H, W)`` float32; ``target`` ``(H, W)`` int8 (-1 = ignore: not reviewed, or
-    padding); ``weights`` ``(H, W)`` float32 per-pixel loss weights or None; ``labels`` the
-    instance labels.
+    ``image`` ``(C, *spatial)`` float32; ``target`` ``(*spatial)`` int8 (-1 = ignore: not
+    reviewed, or padding); ``weights`` ``(*spatial)`` float32 per-pixel loss weights or None;
+    ``labels`` the instance labels. ``spatial`` is ``(H, W)`` or ``(D, H, W)``.
     """
 
     image: np.ndarray
@@ -95,29 +105,51 @@ class TrainingImage:
             raise ValueError(f"Nothing of image {self.name or ''} is reviewed: mark the region you checked.")
 
 
+def as_channels_first(image: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
+    """An image ``(*spatial)`` or ``(C, *spatial)`` as ``(C, *spatial)``, ``spatial_dims`` 2 or 3."""
+    image = np.asarray(image)
+    if image.ndim == spatial_dims:
+        return image[None]
+    if image.ndim == spatial_dims + 1:
+        return image
+    axes = "(H, W) or (C, H, W)" if spatial_dims == 2 else "(D, H, W) or (C, D, H, W)"
+    raise ValueError(f"{spatial_dims}D training images must be {axes}, got shape {image.shape}.")
+
+
 def as_chw(image: np.ndarray) -> np.ndarray:
     """A 2D image ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        return image[None]
-    if image.ndim == 3:
-        return image
-    raise ValueError(f"Training images must be (H, W) or (C, H, W), got shape {image.shape}.")
+    return as_channels_first(image, 2)
 
 
-def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, min_size: int = 0,
-                  name: str = "", gap_weight: float = 1.0, weight_map: dict | None = None,
-                  target: str = "binary", reviewed: np.ndarray | None = None) -> TrainingImage:
+def _per_axis(size, spatial_dims: int, what: str) -> tuple[int, ...]:
+    """An int (the same on every axis) or one int per axis, as a tuple of ``spatial_dims`` ints."""
+    if np.ndim(size) == 0:
+        return (int(size),) * spatial_dims
+    size = tuple(int(s) for s in size)
+    if len(size) != spatial_dims:
+        raise ValueError(f"{what} needs one size per axis ({spatial_dims}) or a single int, got {size}.")
+    return size
+
+
+def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
+                  min_size: int | Sequence[int] = 0, name: str = "", gap_weight: float = 1.0,
+                  weight_map: dict | None = None, target: str = "binary",
+                  reviewed: np.ndarray | None = None) -> TrainingImage:
     """Normalise ``image``, build the target and reflect-pad both to at least ``min_size``.
 
+    ``labels`` ``(H, W)`` (2D) or ``(D, H, W)`` (3D) decide the dimensionality; ``image`` is
+    ``labels.shape`` or ``(C, *labels.shape)``. ``min_size``: an int for every axis or one per
+    axis (e.g. the patch shape ``(16, 64, 64)``).
     ``target``: ``"binary"`` (:func:`binary_target`) or ``"boundary"`` (:func:`boundary_target`).
-    ``reviewed``: a boolean mask ``(H, W)`` of the pixels somebody checked; the target is -1
-    (ignored by every loss) elsewhere, so a half-corrected image teaches only what was checked.
+    ``reviewed``: a boolean mask of the labels' shape marking the pixels somebody checked; the
+    target is -1 (ignored by every loss) elsewhere, so a half-corrected image teaches only what
+    was checked.
 
     Per-pixel loss weights, at most one of:
 
     - ``weight_map={"w0": 10, "sigma": 5, "spacing": ...}``: the U-Net paper's weight map
-      (:func:`~napari_unet.training.weightmap.weight_map`), computed on the target's objects,
+      (:func:`~napari_unet.training.weightmap.weight_map`; ``spacing`` one per axis, e.g.
+      ``(2, 1, 1)`` for a stack whose z step is twice the pixel), computed on the target's objects,
       i.e. after the gap between touching objects is cut, so that the gap pixels (d1 = d2 = 1)
       get the largest weights, as between the paper's touching cells;
     - ``gap_weight`` > 1: only the gap pixels get that weight (others 1), a cheaper stand-in.
@@ -126,8 +158,11 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
         raise ValueError(f"gap_weight must be positive, got {gap_weight}.")
     if weight_map is not None and gap_weight != 1.0:
         raise ValueError("Choose the paper's weight map or gap_weight, not both.")
-    chw = as_chw(image)
     labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"Labels must be 2D (H, W) or 3D (D, H, W), got shape {labels.shape}"
+                         f"{' (' + name + ')' if name else ''}.")
+    chw = as_channels_first(image, labels.ndim)
     if labels.shape != chw.shape[1:]:
         raise ValueError(f"Labels {labels.shape} do not match the image {chw.shape[1:]}{' (' + name + ')' if name else ''}.")
     if target not in TARGET_MAKERS:
@@ -151,7 +186,7 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
         weights = paper_weight_map(gapped, **weight_map)
     elif gap_weight != 1.0:
         weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
-    pad = [(0, max(0, min_size - n)) for n in labels.shape]
+    pad = [(0, max(0, m - n)) for m, n in zip(_per_axis(min_size, labels.ndim, "min_size"), labels.shape)]
     if any(p[1] for p in pad):
         x = np.pad(x, [(0, 0)] + pad, mode="reflect")
         target = np.pad(target, pad, constant_values=IGNORE)
@@ -161,12 +196,13 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict, mi
 
 
 class PatchSampler:
-    """Random square patches from a list of :class:`TrainingImage`.
+    """Random patches from a list of :class:`TrainingImage` (all 2D or all 3D).
 
     Args:
         images: the training images (each at least ``patch_size`` per side: see
             :func:`prepare_image`).
-        patch_size: side ``P`` in pixels.
+        patch_size: side ``P`` in pixels (a square / cube), or one size per axis, e.g.
+            ``(16, 64, 64)`` for a thick-slice stack.
         rng: the generator that drives everything (fixed seed = same patches).
         foreground_bias: probability that a patch is placed to contain a random object pixel.
         augment: ``True`` for the default :class:`~napari_unet.training.augment.Augmenter` (flips and
@@ -175,14 +211,20 @@ class PatchSampler:
         image_weights: relative probability of drawing each image (default: equal).
     """
 
-    def __init__(self, images: list[TrainingImage], patch_size: int, rng: np.random.Generator,
+    def __init__(self, images: list[TrainingImage], patch_size: int | Sequence[int], rng: np.random.Generator,
                  foreground_bias: float = 0.8, augment: "bool | Augmenter" = True, image_weights=None):
         if not images:
             raise ValueError("There are no training images.")
+        dims = {im.target.ndim for im in images}
+        if len(dims) != 1:
+            raise ValueError("Mix of 2D and 3D training images: train a 2D network on images, a 3D one on volumes.")
+        self.patch_shape = _per_axis(patch_size, dims.pop(), "patch_size")
         for im in images:
-            if min(im.target.shape) < patch_size:
-                raise ValueError(f"Image {im.name or ''} {im.target.shape} is smaller than the patch {patch_size}.")
-        self.images, self.patch_size, self.rng = images, int(patch_size), rng
+            if any(n < p for n, p in zip(im.target.shape, self.patch_shape)):
+                raise ValueError(f"Image {im.name or ''} {im.target.shape} is smaller than the patch "
+                                 f"{patch_size if np.ndim(patch_size) == 0 else self.patch_shape}.")
+        self.images, self.rng = images, rng
+        self.patch_size = int(patch_size) if np.ndim(patch_size) == 0 else self.patch_shape
         self.foreground_bias = float(foreground_bias)
         self.augment = Augmenter() if augment is True else (augment or None)
         w = np.ones(len(images)) if image_weights is None else np.asarray(image_weights, np.float64)
@@ -190,24 +232,25 @@ class PatchSampler:
             raise ValueError("image_weights needs one non-negative weight per image, not all zero.")
         self.p = w / w.sum()
 
-    def _corner(self, im: TrainingImage) -> tuple[int, int]:
-        h, w = im.target.shape
-        P = self.patch_size
+    def _around(self, flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """A random patch corner such that the patch contains the pixel ``flat_index``."""
+        centre = np.unravel_index(flat_index, shape)
+        return tuple(int(np.clip(c - self.rng.integers(p), 0, n - p))
+                     for c, p, n in zip(centre, self.patch_shape, shape))
+
+    def _corner(self, im: TrainingImage) -> tuple[int, ...]:
+        shape = im.target.shape
         if im.foreground.size and self.rng.uniform() < self.foreground_bias:
-            y, x = np.unravel_index(im.foreground[self.rng.integers(im.foreground.size)], (h, w))
-            y0, x0 = y - self.rng.integers(P), x - self.rng.integers(P)
-            return int(np.clip(y0, 0, h - P)), int(np.clip(x0, 0, w - P))
+            return self._around(im.foreground[self.rng.integers(im.foreground.size)], shape)
         if im.counted is not None:  # part of the image is ignored: put a reviewed pixel in the patch
-            y, x = np.unravel_index(im.counted[self.rng.integers(im.counted.size)], (h, w))
-            y0, x0 = y - self.rng.integers(P), x - self.rng.integers(P)
-            return int(np.clip(y0, 0, h - P)), int(np.clip(x0, 0, w - P))
-        return int(self.rng.integers(h - P + 1)), int(self.rng.integers(w - P + 1))
+            return self._around(im.counted[self.rng.integers(im.counted.size)], shape)
+        return tuple(int(self.rng.integers(n - p + 1)) for n, p in zip(shape, self.patch_shape))
 
     def sample(self):
-        """One ``(image (C, P, P) float32, target (P, P) int64, weights (P, P) float32 or None)``."""
+        """One ``(image (C, *P) float32, target (*P) int64, weights (*P) float32 or None)``."""
         im = self.images[self.rng.choice(len(self.images), p=self.p)]
-        y0, x0 = self._corner(im)
-        win = (slice(y0, y0 + self.patch_size), slice(x0, x0 + self.patch_size))
+        corner = self._corner(im)
+        win = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
         image, target = im.image[(slice(None),) + win], im.target[win]
         weights = None if im.weights is None else im.weights[win]
         if self.augment is not None:
@@ -216,7 +259,7 @@ class PatchSampler:
                 None if weights is None else weights.astype(np.float32))
 
     def batch(self, n: int):
-        """``n`` samples stacked: images ``(n, C, P, P)``, targets ``(n, P, P)``, weights or None."""
+        """``n`` samples stacked: images ``(n, C, *P)``, targets ``(n, *P)``, weights or None."""
         samples = [self.sample() for _ in range(n)]
         weights = None if any(s[2] is None for s in samples) else np.stack([s[2] for s in samples])
         return np.stack([s[0] for s in samples]), np.stack([s[1] for s in samples]), weights

@@ -1,0 +1,198 @@
+"""U-Net++ of Zhou, Rahman Siddiquee, Tajbakhsh & Liang (DLMIA 2018), dimension-generic.
+
+"UNet++: A Nested U-Net Architecture for Medical Image Segmentation". The encoder-decoder
+skip connections of the U-Net become nested, dense skip pathways. With ``L = len(features) - 1``
+poolings the nodes are ``X[i, j]`` (``i`` = level 0..L, top to bottom; ``j`` = column):
+
+* ``X[i, 0]`` is the encoder: a :class:`~.blocks.DoubleConv` on the max-pooled ``X[i-1, 0]``;
+* ``X[i, j] = DoubleConv(concat(X[i, 0], ..., X[i, j-1], Up(X[i+1, j-1])))`` for ``j >= 1``,
+  with ``features[i]`` channels, where ``Up`` is a transposed convolution (kernel = stride =
+  the pooling factor; :class:`~.blocks.UpConv`) from ``features[i+1]`` to ``features[i]``
+  channels, as in the authors' released code. The concatenation therefore has
+  ``(j + 1) * features[i]`` channels.
+
+``X[0, j]`` (``j = 1..L``) are all at full resolution; each has a 1x1 head (deep supervision).
+``X[0, k]`` depends only on the nodes with ``i + j <= k``, which is what makes pruning possible:
+the sub-network of depth ``k`` (encoder levels ``0..k`` and the nodes ``i + j <= k``) is a
+complete U-Net++ of its own and can run alone ("fast mode").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .base import SegmentationNet
+from .blocks import DoubleConv, UpConv, as_tuple, head, max_pool_nd
+
+MODES = ("final", "accurate")
+
+
+def _check_input(net: SegmentationNet, x: torch.Tensor) -> None:
+    """``ValueError`` for an input the network cannot take, saying what to change."""
+    if x.ndim != net.spatial_dims + 2 or x.shape[1] != net.in_channels:
+        raise ValueError(f"Expected an input (B, {net.in_channels}, {', '.join('*' * net.spatial_dims)}) with "
+                         f"{net.in_channels} channel(s) and {net.spatial_dims} spatial axes, got {tuple(x.shape)}.")
+    spatial = tuple(x.shape[2:])
+    if any(n % d for n, d in zip(spatial, net.size_divisor)):
+        raise ValueError(f"Input size {spatial} is not a multiple of {net.size_divisor} per axis: this network pools "
+                         f"{len(net.config['features']) - 1} times. Pad or crop to {net.valid_input_shape(spatial)} "
+                         f"(net.valid_input_shape), or use fewer levels (a shorter features list).")
+
+
+class UNetPlusPlus(SegmentationNet):
+    """U-Net++ (nested U-Net) with deep supervision, accurate and fast (pruned) modes.
+
+    Args:
+        spatial_dims: 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W).
+        in_channels: input channels.
+        out_channels: classes (2 = background/foreground; 3 = background/interior/boundary).
+        features: channels per level, top to bottom; ``L = len(features) - 1`` poolings and
+            ``L`` full-resolution heads. The paper uses ``(32, 64, 128, 256, 512)``, the widths of
+            its U-Net; the default here is half the bundled U-Net's ``(16, ..., 256)``, because the
+            nested nodes made those widths ~3x slower than the U-Net on the CPU (512 x 512), and
+            this ~1x (0.57 M parameters).
+        norm: ``"batch"`` (default), ``"instance"``, ``"group"`` or ``"none"``.
+        strides: pooling factor per level, an int or one per axis (e.g. ``(1, 2, 2)`` for
+            thick-slice 3D stacks); default 2 everywhere.
+        mode: what ``forward(x)`` returns as its single output:
+
+            * ``"final"`` (default): the head of ``X[0, L]`` (``X[0, k]`` when pruned).
+            * ``"accurate"``: the mean of the logits of all heads ``X[0, 1..L]`` (``1..k`` when
+              pruned), the paper's "accurate mode".
+
+            ``"final"`` is the default because it is the one output defined for every
+            checkpoint: without deep supervision only the head of ``X[0, L]`` is trained (the
+            others keep their random initialisation, and averaging them in would spoil the
+            result), and with it ``X[0, L]`` is the first side output, which the
+            deep-supervision loss weights most.
+        prune_depth: ``None`` (the full network) or ``k`` in ``1..L``: ``forward`` computes only
+            the sub-network that ``X[0, k]`` needs (encoder levels ``0..k`` and the nodes with
+            ``i + j <= k``) and returns ``X[0, k]``'s head (the paper's "fast mode"); with
+            ``side_outputs=True`` only heads ``k..1``. Every module is still built, so the
+            weights are those of the full network, and ``size_divisor`` stays the full
+            network's. Pruning (like ``"accurate"``) needs a network trained with deep
+            supervision: otherwise the heads of ``X[0, k < L]`` are untrained.
+
+    ``forward(x, side_outputs=True)`` returns the ``L`` (or ``k``) heads' logits, each
+    ``(B, out_channels, *spatial)`` at full resolution, ordered by column from the deepest:
+    ``[head(X[0, L]), head(X[0, L-1]), ..., head(X[0, 1])]``. The first entry is the main
+    output (the one ``mode="final"`` returns); the list is the raw heads whatever ``mode`` is.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
+                 features: Sequence[int] = (8, 16, 32, 64, 128), norm: str = "batch",
+                 strides: Sequence[int | Sequence[int]] | None = None, mode: str = "final",
+                 prune_depth: int | None = None):
+        super().__init__()
+        try:
+            features = [int(f) for f in features]
+        except (TypeError, ValueError):
+            raise ValueError(f"features must be a list of channel counts, got {features!r}.") from None
+        if len(features) < 2 or any(f < 1 for f in features):
+            raise ValueError(f"features needs at least two positive channel counts (top to bottom), got {features}.")
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError("in_channels and out_channels must be at least 1.")
+        depth = len(features) - 1
+        strides = [2] * depth if strides is None else list(strides)
+        if len(strides) != depth:
+            raise ValueError(f"strides needs one entry per pooling ({depth}), got {len(strides)}.")
+        self.strides = [as_tuple(s, spatial_dims) for s in strides]
+        if any(s < 1 for st in self.strides for s in st):
+            raise ValueError(f"strides must be positive, got {strides}.")
+        self.depth = depth
+        self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
+        self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                           features=features, norm=norm, strides=[list(s) for s in self.strides],
+                           mode="final", prune_depth=None)
+        self.set_mode(mode)
+        self.set_prune_depth(prune_depth)
+
+        pool = max_pool_nd(spatial_dims)
+        self.pools = nn.ModuleList(pool(s, s) for s in self.strides)
+        # nodes["x{i}_{j}"] is X[i, j]; ups["up{i}_{j}"] brings X[i+1, j-1] up for X[i, j]
+        self.nodes = nn.ModuleDict()
+        self.ups = nn.ModuleDict()
+        for i in range(depth + 1):
+            self.nodes[f"x{i}_0"] = DoubleConv(spatial_dims, in_channels if i == 0 else features[i - 1],
+                                               features[i], "same", norm)
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                self.ups[f"up{i}_{j}"] = UpConv(spatial_dims, features[i + 1], features[i], self.strides[i])
+                self.nodes[f"x{i}_{j}"] = DoubleConv(spatial_dims, (j + 1) * features[i], features[i], "same", norm)
+        # heads[j - 1] reads X[0, j]
+        self.heads = nn.ModuleList(head(spatial_dims, features[0], out_channels) for _ in range(depth))
+        self.size_divisor = tuple(math.prod(s[a] for s in self.strides) for a in range(spatial_dims))
+        self.margin = 0
+
+    # -- modes ------------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """``"final"`` or ``"accurate"`` (see the class docstring); kept in ``config``."""
+        if mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+        self.mode = self.config["mode"] = mode
+
+    def set_prune_depth(self, prune_depth: int | None) -> None:
+        """Run only the sub-network of depth ``prune_depth`` (1..L), or the full one (``None``);
+        kept in ``config``."""
+        if prune_depth is not None:
+            if isinstance(prune_depth, bool) or not isinstance(prune_depth, int) or not 1 <= prune_depth <= self.depth:
+                raise ValueError(f"prune_depth must be None (full network) or an integer from 1 to {self.depth} "
+                                 f"(the number of poolings), got {prune_depth!r}.")
+        self.prune_depth = self.config["prune_depth"] = prune_depth
+
+    def set_out_channels(self, out_channels: int) -> None:
+        if out_channels < 1:
+            raise ValueError("out_channels must be at least 1.")
+        if out_channels != self.out_channels:
+            device = self.heads[0].weight.device
+            self.heads = nn.ModuleList(head(self.spatial_dims, self.config["features"][0], out_channels).to(device)
+                                       for _ in range(self.depth))
+            self.out_channels = self.config["out_channels"] = out_channels
+
+    # -- forward ----------------------------------------------------------------------------
+    def top_row(self, x: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
+        """``[X[0, 1], ..., X[0, depth]]``: the full-resolution feature maps, computing only the
+        nodes with ``i + j <= depth`` (``depth`` defaults to ``prune_depth`` or ``L``)."""
+        depth = self._depth(depth)
+        _check_input(self, x)
+        columns: list[list[torch.Tensor]] = []  # columns[i][j] = X[i, j]
+        h = x
+        for i in range(depth + 1):
+            if i:
+                h = self.pools[i - 1](h)
+            h = self.nodes[f"x{i}_0"](h)
+            columns.append([h])
+        for j in range(1, depth + 1):
+            for i in range(depth + 1 - j):
+                up = self.ups[f"up{i}_{j}"](columns[i + 1][j - 1])
+                columns[i].append(self.nodes[f"x{i}_{j}"](torch.cat(columns[i] + [up], dim=1)))
+        return columns[0][1:]
+
+    def _depth(self, depth: int | None) -> int:
+        if depth is None:
+            return self.prune_depth or self.depth
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.depth:
+            raise ValueError(f"depth must be an integer from 1 to {self.depth}, got {depth!r}.")
+        return depth
+
+    def forward_pruned(self, x: torch.Tensor, depth: int, side_outputs: bool = False):
+        """The sub-network of ``depth`` (1..L) alone, whatever ``prune_depth`` is: logits of
+        ``X[0, depth]`` (``mode="final"``) or the mean of heads ``1..depth`` (``"accurate"``);
+        with ``side_outputs=True`` the list ``[head(X[0, depth]), ..., head(X[0, 1])]``."""
+        depth = self._depth(depth)
+        row = self.top_row(x, depth)
+        if side_outputs:
+            return [self.heads[j](row[j]) for j in reversed(range(depth))]
+        if self.mode == "accurate":
+            return torch.stack([self.heads[j](row[j]) for j in range(depth)]).mean(0)
+        return self.heads[depth - 1](row[depth - 1])
+
+    def forward(self, x: torch.Tensor, side_outputs: bool = False):
+        """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``, or with
+        ``side_outputs=True`` the list of every head's logits, deepest column first (see the
+        class docstring). Spatial sizes must be multiples of ``size_divisor``."""
+        return self.forward_pruned(x, self.prune_depth or self.depth, side_outputs)
