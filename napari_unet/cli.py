@@ -42,7 +42,7 @@ def cmd_models(args) -> int:
     from .modelfile import known_models, read_config
     from .models import available_models, build_model, get_spec
 
-    print(f"{'name':<14s} {'variant':<40s} {'dims':>4s} {'params':>8s} {'deep sup.':>9s}  weights")
+    print(f"{'name':<16s} {'variant':<40s} {'dims':>4s} {'params':>8s} {'deep sup.':>9s}  weights")
     files = known_models()
     for name in available_models():
         spec = get_spec(name)
@@ -51,12 +51,12 @@ def cmd_models(args) -> int:
         if name in files:
             data = read_config(files[name]).get("provenance", {}).get("data", "")
             weights = f"bundled ({data})" if data else "bundled"
-        print(f"{name:<14s} {spec.title:<40s} {spec.spatial_dims:>3d}D {n / 1e6:7.2f}M "
+        print(f"{name:<16s} {spec.title:<40s} {spec.spatial_dims:>3d}D {n / 1e6:7.2f}M "
               f"{'yes' if spec.deep_supervision else 'no':>9s}  {weights}")
     others = [n for n in files if n not in available_models()]
     for name in others:
         config = read_config(files[name])
-        print(f"{name:<14s} {'(model file) ' + config['architecture']:<40s} {'':>4s} {'':>8s} {'':>9s}  {files[name]}")
+        print(f"{name:<16s} {'(model file) ' + config['architecture']:<40s} {'':>4s} {'':>8s} {'':>9s}  {files[name]}")
     return 0
 
 
@@ -219,7 +219,7 @@ def cmd_train(args) -> int:
             print(f"step {event.step}: loss {event.loss:.4f}, validation AP@0.5 {event.val_ap:.3f}")
 
     try:
-        result = run_to_end(train_iter(net, train, val, patch_size=args.patch_size, batch_size=args.batch_size,
+        result = run_to_end(train_iter(net, train, val, patch_size=None if args.patch_size is None else (args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)), batch_size=args.batch_size,
                                        lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
                                        device=args.device, loss=loss, weight_map=weight_map,
                                        normalization=base.normalization, seed=args.seed, target=args.target,
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy")
     p.add_argument("--patience", type=int, default=None,
                    help="stop early after this many epochs without a better validation AP@0.5")
-    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--patch-size", type=int, nargs="+", default=None,
+                   help="patch side, or one size per axis (default: 256 for 2D models, 16 64 64 for 3D)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)

@@ -46,7 +46,7 @@ class FinetuneSettings:
     sigma: float = 5.0  # weight-map width, in pixels
     target: str | None = None  # "binary" / "boundary"; None keeps the base model's
     augment: bool = True  # flips, quarter turns, elastic deformation, scale, intensity, noise
-    patch_size: int = 256
+    patch_size: int | tuple | None = None  # None: 256 px for 2D models, 16x64x64 for 3D ones
     batch_size: int = 4
     lr: float = 1e-3
     steps_per_epoch: int = 20
@@ -179,7 +179,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         raise ValueError("Nothing is marked as reviewed: mark the regions you corrected (or the whole image).")
     checked = [t for t in checked if t[2].any()]
     checked = _planes(checked, net.spatial_dims)
-    train, val = split_by_region(checked, settings.val_fraction, min_side=max(64, settings.patch_size // 4))
+    train, val = split_by_region(checked, settings.val_fraction, min_side=64)
     target = settings.target or loaded.target
     spec, use_weight_map = settings.loss_spec()
     loss = SegmentationLoss.from_spec(spec)

@@ -76,7 +76,7 @@ class FinetuneWidget(Container):
         self.minutes = FloatSpinBox(label="Minutes", value=defaults.minutes, min=0.1, max=24 * 60, step=0.5,
                                     tooltip=f"Training time, validation included. {defaults.minutes:g} min on a "
                                             "laptop CPU already gives a clear gain on a new kind of image "
-                                            f"(patches of {defaults.patch_size} px, batch {defaults.batch_size}, "
+                                            f"(patches of 256 px, batch {defaults.batch_size}, "
                                             f"learning rate {defaults.lr:g} with warm-up and cosine decay).")
         self.augment = CheckBox(text="Augmentation (flips, elastic, intensity)", value=defaults.augment)
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
