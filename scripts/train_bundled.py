@@ -133,8 +133,7 @@ foreground), stored as float16 ({today}). Predicts at {us_per_px:.2f} µs/pixel 
 
 ## Training
 
-Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch_size}, random
-flips / quarter turns and intensity scale (0.75-1.25) / shift (±0.1); loss
+Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch_size}, {AUGMENTATION}; loss
 {SegmentationLoss.from_spec(args.loss).describe()} (with the gap pixels between touching nuclei
 weighted x{args.gap_weight:g} in the cross-entropy).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
@@ -160,6 +159,10 @@ Trained for grey fluorescent nuclei (DAPI / Hoechst-like), 2D, roughly 4-30 px r
 Bright-field, H&E, phase contrast and dense 3D tissue are out of its domain: fine-tune on a
 few corrected images there.
 """
+
+
+AUGMENTATION = ("augmented with the trainer's defaults (`napari_unet.training.augment.Augmenter`: flips, quarter "
+                "turns, the U-Net paper's elastic deformation, scale, intensity scale / shift / gamma, noise)")
 
 
 def val_postprocess(args) -> dict:
