@@ -122,13 +122,13 @@ def _register_builtin() -> None:
     ))
     register(ModelSpec(
         name="unet-2.5d-stack", builder=UNet25DStack, title="2.5D U-Net (slice stack)", spatial_dims=3,
-        deep_supervision=False, defaults=dict(spatial_dims=3, features=(16, 32, 64, 128, 256), slices=5),
+        deep_supervision=False, defaults=dict(spatial_dims=3, features=(16, 32, 64, 128), slices=5),
         reference="2D U-Net on neighbouring slices as channels; Ronneberger, Fischer & Brox, MICCAI 2015",
     ))
     register(ModelSpec(
         name="unet-2.5d", builder=UNet25DProjection, title="2.5D U-Net (projections)", spatial_dims=3,
         deep_supervision=False,
-        defaults=dict(spatial_dims=3, features=(16, 32, 64, 128, 256), directions=5, train_directions=0.6),
+        defaults=dict(spatial_dims=3, features=(16, 32, 64, 128), directions=5, train_directions=0.6),
         reference="Angermann, Haltmeier, Steiger, Pereverzyev Jr & Gizewski, arXiv:1902.00347 (2019); "
                   "Angermann & Haltmeier, MLMIR 2019",
     ))
