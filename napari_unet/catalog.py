@@ -44,7 +44,8 @@ def notify_models_changed() -> None:
 
 def bundled_models() -> dict[str, Path]:
     """Bundled trained models shipped in the package: name -> file."""
-    return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"))}
+    # the classic U-Net first: it is what a widget offers by default
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob(f"*{SUFFIX}"), key=lambda p: (p.stem != "unet", p.stem))}
 
 
 def user_model_dir() -> Path:

@@ -61,6 +61,18 @@ class SegmentationNet(nn.Module):
         (e.g. to fine-tune a binary model for the 3-class boundary target); the rest is kept."""
         raise NotImplementedError(f"{type(self).__name__} cannot change its number of outputs.")
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """``ValueError`` for an input the network cannot take, saying what to change."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"Expected an input (B, {self.in_channels}, {', '.join('*' * self.spatial_dims)}) with "
+                             f"{self.in_channels} channel(s) and {self.spatial_dims} spatial axes, got {tuple(x.shape)}.")
+        spatial = tuple(x.shape[2:])
+        if any(n % d for n, d in zip(spatial, self.size_divisor)):
+            raise ValueError(f"Input size {spatial} is not a multiple of {self.size_divisor} per axis: this network "
+                             f"pools {len(self.config['features']) - 1} times. Pad or crop to "
+                             f"{self.valid_input_shape(spatial)} (net.valid_input_shape), or use fewer levels "
+                             "(a shorter features list).")
+
     @property
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

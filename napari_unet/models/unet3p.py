@@ -44,18 +44,6 @@ from .blocks import ConvNormAct, DoubleConv, as_tuple, conv_nd, max_pool_nd
 GATE_FLOOR = 1e-6
 
 
-def _check_input(net: SegmentationNet, x: torch.Tensor) -> None:
-    """``ValueError`` for an input the network cannot take, saying what to change."""
-    if x.ndim != net.spatial_dims + 2 or x.shape[1] != net.in_channels:
-        raise ValueError(f"Expected an input (B, {net.in_channels}, {', '.join('*' * net.spatial_dims)}) with "
-                         f"{net.in_channels} channel(s) and {net.spatial_dims} spatial axes, got {tuple(x.shape)}.")
-    spatial = tuple(x.shape[2:])
-    if any(n % d for n, d in zip(spatial, net.size_divisor)):
-        raise ValueError(f"Input size {spatial} is not a multiple of {net.size_divisor} per axis: this network pools "
-                         f"{len(net.config['features']) - 1} times. Pad or crop to {net.valid_input_shape(spatial)} "
-                         f"(net.valid_input_shape), or use fewer levels (a shorter features list).")
-
-
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[2:]) == tuple(size):
         return x
@@ -265,7 +253,7 @@ class UNet3Plus(SegmentationNet):
     # -- forward ----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder maps ``[E[0], ..., E[N-1]]``, finest first."""
-        _check_input(self, x)
+        self.check_input(x)
         encoded, h = [], x
         for i, enc in enumerate(self.encoders):
             if i:

@@ -31,18 +31,6 @@ from .blocks import DoubleConv, UpConv, as_tuple, head, max_pool_nd
 MODES = ("final", "accurate")
 
 
-def _check_input(net: SegmentationNet, x: torch.Tensor) -> None:
-    """``ValueError`` for an input the network cannot take, saying what to change."""
-    if x.ndim != net.spatial_dims + 2 or x.shape[1] != net.in_channels:
-        raise ValueError(f"Expected an input (B, {net.in_channels}, {', '.join('*' * net.spatial_dims)}) with "
-                         f"{net.in_channels} channel(s) and {net.spatial_dims} spatial axes, got {tuple(x.shape)}.")
-    spatial = tuple(x.shape[2:])
-    if any(n % d for n, d in zip(spatial, net.size_divisor)):
-        raise ValueError(f"Input size {spatial} is not a multiple of {net.size_divisor} per axis: this network pools "
-                         f"{len(net.config['features']) - 1} times. Pad or crop to {net.valid_input_shape(spatial)} "
-                         f"(net.valid_input_shape), or use fewer levels (a shorter features list).")
-
-
 class UNetPlusPlus(SegmentationNet):
     """U-Net++ (nested U-Net) with deep supervision, accurate and fast (pruned) modes.
 
@@ -158,7 +146,7 @@ class UNetPlusPlus(SegmentationNet):
         """``[X[0, 1], ..., X[0, depth]]``: the full-resolution feature maps, computing only the
         nodes with ``i + j <= depth`` (``depth`` defaults to ``prune_depth`` or ``L``)."""
         depth = self._depth(depth)
-        _check_input(self, x)
+        self.check_input(x)
         columns: list[list[torch.Tensor]] = []  # columns[i][j] = X[i, j]
         h = x
         for i in range(depth + 1):
