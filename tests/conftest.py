@@ -11,6 +11,17 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny tensors: as fast, and OpenMP threads crawl when the cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_model_dir(tmp_path_factory, monkeypatch):
     """Never touch the real user's model folder."""

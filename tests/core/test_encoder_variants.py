@@ -32,12 +32,7 @@ TINY = {
 BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def tiny(name, **overrides):

@@ -13,12 +13,7 @@ from napari_unet.models.encoders import (DepthwiseSeparableConv, InvertedResidua
 from napari_unet.models.mobile_unet import mobilenet_v2_levels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def n_params(module):

@@ -19,14 +19,6 @@ from napari_unet.modelfile import DEFAULT_NORMALIZATION
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- losses ----------------------------------------------------------------------------------
 
 def test_cross_entropy_hand_values():

@@ -22,13 +22,7 @@ from napari_unet.training.trainer import DEFAULT_PATCH, patch_shape
 N = DEFAULT_NORMALIZATION
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and OpenMP threads crawl when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ NAMES = ["unet-2.5d-stack", "unet-2.5d"]
 TINY = dict(features=(4, 8, 16))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and OpenMP threads crawl when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def _randomise_batch_norm(net):

@@ -20,13 +20,7 @@ from napari_unet.training import train_iter
 TINY = dict(features=(4, 8, 16), strides=[(1, 2, 2), (2, 2, 2)])  # divisor (2, 4, 4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and OpenMP threads crawl when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def test_registry_defaults_pool_z_once_less_than_xy():

@@ -18,12 +18,7 @@ from napari_unet.synthetic import fluorescent_nuclei
 from napari_unet.training import SegmentationLoss, train_iter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
 
 
 def _randomise_batchnorm(net):
