@@ -48,7 +48,7 @@ class FinetuneSettings:
     augment: bool = True  # flips, quarter turns, elastic deformation, scale, intensity, noise
     patch_size: int | tuple | None = None  # None: 256 px for 2D models, 16x64x64 for 3D ones
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3  # fine-tuning a small pretrained net: 3e-3 gained +0.21 AP in 5 CPU min on Usiigaci (1e-3: +0.13)
     steps_per_epoch: int = 20
     device: str = "auto"
     seed: int = 0
