@@ -226,7 +226,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                 f"{metrics.get('ap50', float('nan')):.3f} (base model: {baseline.get('ap50', float('nan')):.3f}).\n")
         return make_config(net, loaded.config["architecture"], target, loaded.normalization, provenance, card)
 
-    saved = {"path": None}
+    saved = None
     gen = train_iter(net, train, val, patch_size=settings.patch_size, batch_size=settings.batch_size,
                      lr=settings.lr, epochs=settings.epochs, minutes=settings.minutes,
                      steps_per_epoch=settings.steps_per_epoch, seed=settings.seed,
@@ -236,13 +236,13 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         while True:
             event = next(gen)
             if event.improved:  # checkpoint now: a crash later still leaves the best model so far
-                saved["path"] = save_model(path, net, config_now("checkpoint", event.val_metrics or {},
+                saved = save_model(path, net, config_now("checkpoint", event.val_metrics or {},
                                                                  event.step, event.step, 0.0))
             yield event
     except StopIteration as done:
         result = done.value
     if result.metrics or not val:
-        saved["path"] = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
+        saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
-    return FinetuneResult(saved["path"], name, result.metrics, baseline, result.stopped, result.steps,
+    return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
                           result.seconds, result.history)

@@ -80,6 +80,17 @@ def boundary_target(labels: np.ndarray) -> np.ndarray:
 TARGET_MAKERS = {"binary": binary_target, "boundary": boundary_target}
 
 
+def loss_weight_map(labels: np.ndarray, target: np.ndarray | None = None, **params) -> np.ndarray:
+    """The U-Net paper's weight map as the loss sees it: computed on the objects as ``target``
+    draws them (default :func:`binary_target`: gaps between touching objects cut), so the
+    separating pixels count as background and get the largest weights. ``params`` go to
+    :func:`~napari_unet.training.weightmap.weight_map` (``w0``, ``sigma``, ``spacing``)."""
+    from .weightmap import weight_map
+
+    target = binary_target(labels) if target is None else target
+    return weight_map(np.where(target == 1, labels, 0).astype(np.int64), **params)
+
+
 @dataclass
 class TrainingImage:
     """One normalised image (2D) or volume (3D) ready for patch sampling.
@@ -179,11 +190,7 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
         target[~reviewed.astype(bool)] = IGNORE
     weights = None
     if weight_map is not None:
-        from .weightmap import weight_map as paper_weight_map
-
-        # objects as the target draws them (gaps / boundaries cut), so separating pixels count as background
-        gapped = np.where(target == 1, labels, 0).astype(np.int64)
-        weights = paper_weight_map(gapped, **weight_map)
+        weights = loss_weight_map(labels, target, **weight_map)
     elif gap_weight != 1.0:
         weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
     pad = [(0, max(0, m - n)) for m, n in zip(_per_axis(min_size, labels.ndim, "min_size"), labels.shape)]

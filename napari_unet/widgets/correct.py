@@ -228,12 +228,9 @@ class CorrectWidget(Container):
                                  }[self.tool.value]
 
     def _on_click(self, layer, event):
-        if self.tool.value == TOOLS[0] or layer.mode != "pan_zoom":
+        if self.tool.value == TOOLS[0] or layer.mode != "pan_zoom" or event.type != "mouse_press":
             return
-        position = np.asarray(layer.world_to_data(event.position))
-        if event.type != "mouse_press":
-            return
-        self._guard(self.click, layer, position)
+        self._guard(self.click, layer, np.asarray(layer.world_to_data(event.position)))
 
     def click(self, layer, position):
         """Apply the current click tool at ``position`` (data coordinates) of ``layer``."""
@@ -329,17 +326,12 @@ class CorrectWidget(Container):
         name = f"{corrected.name} weight map"
 
         def job():
-            from ..training.patches import binary_target
-            from ..training.weightmap import weight_map
+            from ..training.patches import loss_weight_map
 
-            planes = labels.reshape((-1,) + labels.shape[-2:]) if labels.ndim > 2 and spacing is None else None
-            if planes is not None:  # pixels: plane by plane, like the 2D loss sees them
-                out = np.stack([weight_map(np.where(binary_target(p) == 1, p, 0), w0=w0, sigma=sigma)
-                                for p in planes]).reshape(labels.shape)
-            else:
-                gapped = np.where(binary_target(labels) == 1, labels, 0)
-                out = weight_map(gapped, w0=w0, sigma=sigma, spacing=spacing)
-            return out
+            if labels.ndim > 2 and spacing is None:  # pixels: plane by plane, like the 2D loss sees them
+                planes = labels.reshape((-1,) + labels.shape[-2:])
+                return np.stack([loss_weight_map(p, w0=w0, sigma=sigma) for p in planes]).reshape(labels.shape)
+            return loss_weight_map(labels, w0=w0, sigma=sigma, spacing=spacing)
 
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda w: self._show_weights(w, name, corrected))
