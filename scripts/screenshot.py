@@ -4,11 +4,10 @@
 """
 
 import sys
-import time
 from pathlib import Path
 
 import napari
-from qtpy.QtWidgets import QApplication
+from _screens import save, wait_until
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "screenshot.png")
 viewer = napari.Viewer()
@@ -17,16 +16,7 @@ viewer.open_sample("napari-unet", "nuclei")
 viewer.layers["nuclei (synthetic) ground truth"].visible = False
 _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
 viewer.layers.selection.active = viewer.layers["nuclei (synthetic)"]
-app = QApplication.instance()
 widget.run_button.native.click()
-while widget.running:
-    app.processEvents()
-    time.sleep(0.02)
+wait_until(lambda: not widget.running)
 viewer.layers[-1].contour = 2
-viewer.reset_view()
-for _ in range(50):
-    app.processEvents()
-    time.sleep(0.02)
-viewer.screenshot(str(out), canvas_only=False, flash=False)
-print(f"{out}: {widget.status.value}")
-viewer.close()
+save(viewer, out, widget.status.value)

@@ -6,12 +6,11 @@
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("NAPARI_UNET_MODEL_DIR", tempfile.mkdtemp(prefix="napari-unet-shot-"))
 import napari  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
+from _screens import save, wait_until  # noqa: E402
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "docs" / "screenshot_loop.png")
 minutes = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
@@ -25,19 +24,8 @@ correct.source.value = truth
 correct.start_correcting()
 correct.mark_reviewed("view")
 _, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-app = QApplication.instance()
-while not finetune._torch_ready:
-    app.processEvents()
-    time.sleep(0.02)
+wait_until(lambda: finetune._torch_ready)
 finetune.minutes.value = minutes
 finetune.train_button.native.click()
-while finetune.running:
-    app.processEvents()
-    time.sleep(0.02)
-viewer.reset_view()
-for _ in range(50):
-    app.processEvents()
-    time.sleep(0.02)
-viewer.screenshot(str(out), canvas_only=False, flash=False)
-print(f"{out}: {finetune.status.value}")
-viewer.close()
+wait_until(lambda: not finetune.running)
+save(viewer, out, finetune.status.value)

@@ -67,6 +67,12 @@ class Prediction:
     seconds: float = 0.0
     tile_window: tuple[int, ...] = ()
     spatial_dims: int = 2
+    #: With ``side_outputs``: the name of each side output; ``probabilities`` then holds
+    #: ``len(heads) * K`` channels, head-major (head 0's K classes first).
+    heads: list[str] = field(default_factory=list)
+    #: Networks with a classification-guided module (U-Net 3+): the "object present" probability of
+    #: every tile, ``(*planes, *tiles per axis)``; tile ``t`` covers the cores of :meth:`Predictor.plan`.
+    object_probability: np.ndarray | None = None
 
     @property
     def foreground(self) -> np.ndarray:
@@ -115,15 +121,19 @@ class Predictor:
             valid-padding networks, whose own margin is the paper's overlap-tile context.
         blend: width of the cross-fade on each side of a seam.
         batch_size: tiles per forward pass, or ``"auto"`` (1 on CPU).
+        side_outputs: predict every side output of a deep-supervision network in the same
+            forward pass (``net(x, side_outputs=True)``); :attr:`heads` names them.
     """
 
     def __init__(self, model, device: str = "auto", tile_size: int | str = "auto", halo: int = DEFAULT_HALO,
-                 blend: int = DEFAULT_BLEND, batch_size: int | str = "auto"):
+                 blend: int = DEFAULT_BLEND, batch_size: int | str = "auto", side_outputs: bool = False):
         self.device = resolve_device(device)
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.spatial_dims = self.model.net.spatial_dims
         self._memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
         self.net = self._inference_net()
+        self.side_outputs = bool(side_outputs)
+        self._tile_object_probability: dict[tuple[int, ...], float] | None = None
         if tile_size == "auto":
             tile_size = _auto_tile(self.model.net, self.device)
         self.tile_size = int(tile_size)
@@ -164,6 +174,16 @@ class Predictor:
         self.batch_size = 1
         return "Out of GPU memory even with small tiles: continuing on the CPU (slower)."
 
+    @property
+    def heads(self) -> list[str]:
+        """Names of the outputs :meth:`_forward` returns (one unless ``side_outputs``)."""
+        return self.net.side_output_names() if self.side_outputs else ["output"]
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of a prediction: classes but the background, times :attr:`heads`."""
+        return max(1, self.model.net.out_channels - 1) * len(self.heads)
+
     # -- geometry -------------------------------------------------------------------------
     def plan(self, spatial_shape) -> TilePlan:
         net = self.model.net
@@ -177,17 +197,24 @@ class Predictor:
         return plan_tiles(spatial_shape, [self.tile_size] * self.spatial_dims, [self.context] * self.spatial_dims,
                           self.blend, [fit(a) for a in range(self.spatial_dims)], net.size_divisor)
 
+    def warm_up(self, spatial_shape) -> None:
+        """One forward pass on a blank tile of the size an image of ``spatial_shape`` is cut into,
+        so that timings that follow do not include the first call's one-off set-up."""
+        window = self.plan(spatial_shape).window
+        self._forward(np.zeros((1, self.model.in_channels) + tuple(window), np.float32))
+
     # -- running --------------------------------------------------------------------------
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=self._memory_format)
         with torch.inference_mode(), self.device.autocast():
-            logits = self.net(x).float()
-            if logits.shape[1] == 1:
-                probs = torch.sigmoid(logits)
-            else:
-                probs = torch.softmax(logits, dim=1)[:, 1:]
+            outputs = self.net(x, side_outputs=True) if self.side_outputs else [self.net(x)]
+            probs = []
+            for logits in outputs:
+                logits = logits.float()
+                probs.append(torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)[:, 1:])
+            probs = probs[0] if len(probs) == 1 else torch.cat(probs, dim=1)
         return probs.cpu().numpy()
 
     def predict_plane(self, plane, normalization: dict, warnings: list[str], stop: threading.Event | None = None,
@@ -206,6 +233,9 @@ class Predictor:
             batch = np.stack([normalize(read_window(plane, [ax.window_start(i) for ax, i in zip(plan.axes, t)],
                                                     plan.window)) for t in chunk])
             probs = self._forward(batch)
+            present = getattr(self.net, "last_object_probability", None)
+            if self._tile_object_probability is not None and present is not None:
+                self._tile_object_probability.update(zip(chunk, present.float().cpu().tolist()))
             for t, p in zip(chunk, probs):
                 dst, src, weight = [slice(None)], [slice(None)], None
                 for axis, (ax, i) in enumerate(zip(plan.axes, t)):
@@ -237,16 +267,19 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
     lm = predictor.model
     prepared: PreparedImage = prepare_image(image, lm.spatial_dims, lm.in_channels, channel_axis, rgb)
     warnings = list(prepared.warnings)
-    n_out = max(1, lm.net.out_channels - 1)
+    n_out = predictor.n_outputs
     result = np.zeros(prepared.plane_shape + (n_out,) + prepared.spatial_shape, np.float32)
     n_planes = prepared.n_planes
     plan = predictor.plan(prepared.spatial_shape)
     total, done = plan.n_tiles * n_planes, 0
+    has_cgm = hasattr(predictor.net, "last_object_probability")
+    present = np.full(prepared.plane_shape + tuple(ax.n for ax in plan.axes), np.nan, np.float32) if has_cgm else None
     yield Progress(0, total, f"predicting on {predictor.device}", 0, n_planes)
     for p in range(n_planes):
         out = result.reshape((-1, n_out) + prepared.spatial_shape)[p]
         done_before = done
         while True:
+            predictor._tile_object_probability = {} if has_cgm else None
             try:
                 for n in predictor.predict_plane(prepared.plane(p), lm.normalization, warnings, stop, out):
                     done += n
@@ -257,8 +290,15 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
                 plan = predictor.plan(prepared.spatial_shape)
                 done = done_before
                 total = done + plan.n_tiles * (n_planes - p)
+                if has_cgm and present.shape[len(prepared.plane_shape):] != tuple(ax.n for ax in plan.axes):
+                    present = np.full(prepared.plane_shape + tuple(ax.n for ax in plan.axes), np.nan, np.float32)
+        if has_cgm:
+            grid = present.reshape((-1,) + present.shape[len(prepared.plane_shape):])[p]
+            for tile, value in predictor._tile_object_probability.items():
+                grid[tile] = value
+    predictor._tile_object_probability = None
     return Prediction(result, lm.target, str(predictor.device), warnings, time.perf_counter() - start, plan.window,
-                      lm.spatial_dims)
+                      lm.spatial_dims, predictor.heads if predictor.side_outputs else [], present)
 
 
 def run_to_end(gen: Iterator, on_progress: Callable[[object], None] | None = None):

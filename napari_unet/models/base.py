@@ -56,6 +56,11 @@ class SegmentationNet(nn.Module):
         (default: rounded up to ``size_divisor``, for "same"-padding networks)."""
         return tuple(-(-max(int(n), 1) // d) * d for n, d in zip(min_shape, self.size_divisor))
 
+    def side_output_names(self) -> list[str]:
+        """One short name per entry of ``forward(x, side_outputs=True)``, in the same order (the main
+        output first). Networks with deep supervision override this to name their depths."""
+        return ["output"]
+
     def set_out_channels(self, out_channels: int) -> None:
         """Give the network a new, freshly initialised output head with ``out_channels`` classes
         (e.g. to fine-tune a binary model for the 3-class boundary target); the rest is kept."""

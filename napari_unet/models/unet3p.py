@@ -237,6 +237,13 @@ class UNet3Plus(SegmentationNet):
         in_ch = [decoder_ch] * (self.levels - 1) + [self.config["features"][-1]]
         return nn.ModuleList(conv(c, out_channels, 3, padding=1) for c in in_ch)
 
+    def side_output_names(self) -> list[str]:
+        """``["D0 (level 0)", "D1 (level 1)", ..., "E{N-1} (level N-1)"]``: the order of
+        ``forward(x, side_outputs=True)``; level ``i`` is the decoder map at 1/2^i resolution (the
+        deepest is the encoder's bottom map)."""
+        last = self.levels - 1
+        return [f"D{i} (level {i})" for i in range(last)] + [f"E{last} (level {last})"]
+
     def set_out_channels(self, out_channels: int) -> None:
         if out_channels < 1:
             raise ValueError("out_channels must be at least 1.")

@@ -132,6 +132,12 @@ class UNetPlusPlus(SegmentationNet):
                                  f"(the number of poolings), got {prune_depth!r}.")
         self.prune_depth = self.config["prune_depth"] = prune_depth
 
+    def side_output_names(self) -> list[str]:
+        """``["X0,L (depth L)", ..., "X0,1 (depth 1)"]`` (``k`` instead of ``L`` when pruned): the
+        order of ``forward(x, side_outputs=True)``; depth ``j`` is the sub-network of ``j`` poolings."""
+        depth = self.prune_depth or self.depth
+        return [f"X0,{j} (depth {j})" for j in range(depth, 0, -1)]
+
     def set_out_channels(self, out_channels: int) -> None:
         if out_channels < 1:
             raise ValueError("out_channels must be at least 1.")

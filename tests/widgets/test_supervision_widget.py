@@ -1,0 +1,115 @@
+"""The Deep-supervision widget in a real viewer: every depth as a layer, scores, pruning, where to look."""
+
+import numpy as np
+import pytest
+from qtpy.QtGui import QColor
+
+
+@pytest.fixture
+def supervision_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Deep supervision")
+    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
+    return viewer, widget
+
+
+def _wait(qtbot, widget, timeout=180_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+    qtbot.wait(50)  # layers are added one per turn of the event loop
+
+
+def _depth_layers(viewer, prefix):
+    return [layer for layer in viewer.layers if layer.name.startswith(prefix) and
+            layer.metadata.get("napari_unet", {}).get("kind") == "depth"]
+
+
+def test_unet_pp_and_unet_3p_depths_scores_pruning_and_next_region(supervision_widget, qtbot, click):
+    viewer, widget = supervision_widget
+    viewer.open_sample("napari-unet", "nuclei")
+    image, truth = viewer.layers
+    assert set(widget.model.choices) >= {"unet++", "unet3+"} and "unet" not in widget.model.choices
+    widget.image.value = image
+    widget.corrections.value = truth
+    widget.model.value = "unet++"
+    click(widget.run_button)
+    assert widget.running
+    _wait(qtbot, widget)
+
+    prefix = "nuclei (synthetic) [unet++]"
+    layers = _depth_layers(viewer, prefix)
+    assert [layer.name for layer in layers] == [f"{prefix} X0,{k} (depth {k})" for k in (4, 3, 2, 1)] + \
+        [f"{prefix} ensemble"]
+    for layer in layers:
+        assert layer.data.shape == image.data.shape and 0 <= layer.data.min() and layer.data.max() <= 1
+    assert viewer.layers[f"{prefix} disagreement"].data.shape == image.data.shape
+    # the scores table: one row per depth and the ensemble, the best one highlighted
+    table = widget.scores
+    assert table.shape == (5, 3)
+    best = widget.best_row
+    assert table.native.item(best, 0).background().color() == QColor(60, 140, 60)
+    assert table.native.verticalHeaderItem(best).text().startswith("★")
+    aps = [row[1] for row in table.data]
+    assert aps[best] == max(aps) and max(aps) > 0.6  # the bundled U-Net++ finds the sample's nuclei
+    dice = [row[0] for row in table.data]
+    assert all(0.5 < d <= 1 for d in dice)
+
+    # flip through depths
+    widget.show_depth.value = "X0,2 (depth 2)"
+    assert [layer.visible for layer in layers] == [False, False, True, False, False]
+    widget.show_depth.value = "all depths"
+    assert all(layer.visible for layer in layers)
+    widget.grid.value = True
+    assert viewer.canvas.grid.enabled
+
+    # where to look next: two clicks, two different blocks, camera on each
+    click(widget.next_button)
+    _wait(qtbot, widget)
+    first = tuple(viewer.scene.camera.center[-2:])
+    assert widget.status.value.startswith("region 1: disagreement")
+    click(widget.next_button)
+    _wait(qtbot, widget)
+    assert widget.status.value.startswith("region 2:") and tuple(viewer.scene.camera.center[-2:]) != first
+    assert all(0 <= c <= 512 for c in viewer.scene.camera.center[-2:])
+
+    # the pruned sub-network: a labels layer and a row beside the full network's
+    widget.prune_depth.value = 2
+    click(widget.prune_button)
+    _wait(qtbot, widget)
+    assert list(widget.pruned.row_headers) == ["full", "depth 2"]
+    full, pruned = widget.pruned.data
+    assert pruned[2] == pytest.approx(dice[2], abs=1e-3)  # depth 2's Dice, the same as its side output's
+    assert f"{prefix} depth 2 labels" in viewer.layers
+
+    # U-Net 3+: five levels and the classification-guided module's probability per tile
+    n_layers = len(viewer.layers)
+    widget.model.value = "unet3+"
+    assert not widget.prune_button.enabled  # pruning is U-Net++'s
+    click(widget.run_button)
+    _wait(qtbot, widget)
+    prefix = "nuclei (synthetic) [unet3+]"
+    assert len(_depth_layers(viewer, prefix)) == 6
+    present = viewer.layers[f"{prefix} object present (CGM)"]
+    assert present.data.shape == image.data.shape and 0 <= present.data.min() <= present.data.max() <= 1
+    assert len(viewer.layers) == n_layers + 8
+    assert widget.scores.shape == (6, 3)
+    assert "object present (CGM) per tile" in widget.status.value
+
+
+def test_cancel_changes_nothing_and_bad_input_is_reported(supervision_widget, qtbot, click):
+    viewer, widget = supervision_widget
+    click(widget.run_button)  # no image yet
+    assert not widget.running and "no image layer" in widget.status.value
+    viewer.add_image(np.random.default_rng(0).random((700, 700)).astype(np.float32), name="noise")
+    widget.model.value = "unet++"
+    before = [layer.name for layer in viewer.layers]
+    click(widget.run_button)
+    click(widget.run_button)  # Cancel
+    _wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == before
+    assert widget.status.value == "cancelled: nothing was changed"
+    viewer.add_labels(np.zeros((100, 100), np.int32), name="other")
+    widget.corrections.value = viewer.layers["other"]
+    click(widget.run_button)
+    assert not widget.running and "choose the corrections of this image" in widget.status.value
+    click(widget.next_button)
+    assert "Run all depths first" in widget.status.value
