@@ -165,3 +165,15 @@ def test_regions_to_review_rank_disagreement_outside_reviewed_pixels():
     assert regions_to_review(np.zeros((50, 50)), 2) == []
     with pytest.raises(ValueError, match="reviewed region has shape"):
         regions_to_review(edge, 2, np.zeros((10, 10)))
+
+
+def test_bundled_unet_3p_cgm_tells_empty_planes_from_planes_with_nuclei():
+    """The bundled CGM was fitted (scripts/train_cgm.py): a plane without nuclei is "empty" in
+    every tile, one with nuclei "present" in most."""
+    image = fluorescent_nuclei((256, 256), 12, seed=5)[0]
+    empty = fluorescent_nuclei((256, 256), 0, seed=6)[0]
+    depths = run_to_end(predict_depths_iter("unet3+", np.stack([image, empty]), tile_size=128))
+    present = depths.object_probability
+    assert present.shape == (2, 4, 4)
+    assert present[1].max() < 0.1
+    assert np.median(present[0]) > 0.9
