@@ -14,6 +14,7 @@ because they stay in cache (see ``benchmarks/bench_tiling.py``).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
 import time
@@ -34,7 +35,9 @@ DEFAULT_BLEND = 8
 #: Auto tile side on the CPU (2D): 480-512 px windows measured fastest per pixel here (they stay
 #: in cache; 0.65 µs/px vs 0.78 at 752 px and 1.03 at 1088 px for the bundled U-Net, 2 cores).
 CPU_TILE_2D = 512
-CPU_TILE_3D = 96
+#: 3D on the CPU: a budget of 128**3 voxels per window. Time per voxel is flat from ~0.5 M voxels
+#: up (unet-3d: 4.5 µs/voxel at 64x128x128, 96**3 and 64x192x192; 14 at 32x64x64, 2 threads).
+CPU_TILE_3D = 128
 
 
 class PredictionCancelled(Exception):
@@ -134,6 +137,8 @@ class Predictor:
         self.net = self._inference_net()
         self.side_outputs = bool(side_outputs)
         self._tile_object_probability: dict[tuple[int, ...], float] | None = None
+        #: "auto" 3D tiles spend a voxel budget per window where it saves most (see :meth:`plan`)
+        self.budget_tiles = tile_size == "auto" and self.spatial_dims == 3
         if tile_size == "auto":
             tile_size = _auto_tile(self.model.net, self.device)
         self.tile_size = int(tile_size)
@@ -186,16 +191,57 @@ class Predictor:
 
     # -- geometry -------------------------------------------------------------------------
     def plan(self, spatial_shape) -> TilePlan:
+        """The tiles for an image of ``spatial_shape``.
+
+        Windows of ``tile_size`` per axis; with ``tile_size="auto"`` in 3D, a budget of
+        ``tile_size**3`` voxels per window instead,
+        spent where it saves most: among the plans that take some axes whole (one window, no halo:
+        there is no seam to hide along them, and an untiled pass sees no more) and share the rest of
+        the budget equally between the others, the one that makes the network compute the fewest
+        voxels per image voxel. A thin stack of 32 planes of 128 x 128 is then one window (it was
+        27x the voxels with 96-voxel cubes); axes taken whole are zero-padded by the network at the
+        image border, as at the border of every training patch. The halo per axis is scaled by the
+        network's reach along it (its receptive radius, or else its pooling factor): thick-slice
+        networks pool z less, and a slice stack of k slices sees only k // 2 planes either way.
+        """
         net = self.model.net
+        dims = self.spatial_dims
 
         def fit(axis):
             def f(n):
                 # for valid nets the output must cover n - 2*margin pixels
-                return net.valid_input_shape(tuple(n if a == axis else 1 for a in range(self.spatial_dims)))[axis]
+                return net.valid_input_shape(tuple(n if a == axis else 1 for a in range(dims)))[axis]
             return f
 
-        return plan_tiles(spatial_shape, [self.tile_size] * self.spatial_dims, [self.context] * self.spatial_dims,
-                          self.blend, [fit(a) for a in range(self.spatial_dims)], net.size_divisor)
+        fits = [fit(a) for a in range(dims)]
+        divisor = net.size_divisor
+        if self.margin:  # valid padding: the network's own margin is the context on every axis
+            contexts = [self.context] * dims
+        else:
+            reach = getattr(net, "receptive_radius", None) or divisor  # per axis, any scale
+            contexts = [math.ceil(self.context * r / max(reach)) for r in reach]
+        if not self.budget_tiles or self.margin:
+            return plan_tiles(spatial_shape, [self.tile_size] * dims, contexts, self.blend, fits, divisor)
+        budget = float(self.tile_size) ** dims
+        best = None
+        for whole in itertools.product((False, True), repeat=dims):
+            windows = [fits[a](int(spatial_shape[a])) if whole[a] else 0 for a in range(dims)]
+            used = math.prod(w for w in windows if w)
+            rest = dims - sum(whole)
+            if used > budget:
+                continue
+            side = int((budget / used) ** (1 / rest)) if rest else 0
+            windows = [w or side for w in windows]
+            plan = plan_tiles(spatial_shape, windows, [0 if w else c for w, c in zip(whole, contexts)],
+                              [0 if w else self.blend for w in whole], fits, divisor)
+            if math.prod(plan.window) > 1.5 * budget:  # the halo and rounding may not grow it far
+                continue
+            key = (plan.compute_ratio, plan.n_tiles)
+            if best is None or key < best[0]:
+                best = (key, plan)
+        if best is None:  # an image too small for any split: tiles of tile_size as in 2D
+            return plan_tiles(spatial_shape, [self.tile_size] * dims, contexts, self.blend, fits, divisor)
+        return best[1]
 
     def warm_up(self, spatial_shape) -> None:
         """One forward pass on a blank tile of the size an image of ``spatial_shape`` is cut into,

@@ -103,11 +103,13 @@ class TilePlan:
         return math.prod(a.n * a.window / a.length for a in self.axes)
 
 
-def plan_tiles(shape: Sequence[int], max_window: Sequence[int], context: Sequence[int], blend: int,
+def plan_tiles(shape: Sequence[int], max_window: Sequence[int], context: Sequence[int], blend: int | Sequence[int],
                fit_axis: Sequence[Callable[[int], int]], align: Sequence[int] | None = None) -> TilePlan:
+    """:func:`plan_axis` for every axis; ``blend`` is one width for all axes or one per axis."""
     align = align or [1] * len(shape)
-    return TilePlan(tuple(plan_axis(int(L), int(m), int(c), blend, f, int(a))
-                          for L, m, c, f, a in zip(shape, max_window, context, fit_axis, align)))
+    blends = [blend] * len(shape) if isinstance(blend, int) else list(blend)
+    return TilePlan(tuple(plan_axis(int(L), int(m), int(c), int(b), f, int(a))
+                          for L, m, c, b, f, a in zip(shape, max_window, context, blends, fit_axis, align)))
 
 
 def reflect_indices(start: int, size: int, length: int) -> np.ndarray:

@@ -604,7 +604,7 @@ class SupervisionWidget(Container):
             self._visited.add(key)
             self._go_to(region, transform)
             self.status.value = f"region {len(self._visited)}: disagreement {region.score:.3f} " \
-                                f"(plane {region.plane or '-'}, rows {region.box[-2].start}–{region.box[-2].stop}, " \
+                                f"(plane {', '.join(map(str, region.plane)) or '-'}, rows {region.box[-2].start}–{region.box[-2].stop}, " \
                                 f"columns {region.box[-1].start}–{region.box[-1].stop})"
 
         self._stop = threading.Event()
