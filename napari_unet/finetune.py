@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from .catalog import SUFFIX, known_models, user_model_dir
+from .catalog import SUFFIX, bundled_models, known_models, user_model_dir
 from .trainingset import check_labels, safe_name
 
 #: Loss presets the widget offers: label -> (loss spec, use the paper's weight map).
@@ -72,6 +73,7 @@ class FinetuneResult:
     steps: int
     seconds: float
     history: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)  # e.g. "Out of CUDA memory at step 12: continuing with batch size 2."
 
     @property
     def gain(self) -> float | None:
@@ -154,14 +156,18 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
 
     Yields :class:`~napari_unet.training.trainer.TrainingEvent` (the first one, ``step=0``,
     carries the base model's validation score as ``val_metrics``); returns a
-    :class:`FinetuneResult`. Stopping (``stop.set()``) ends training after the current step and
-    keeps the best model so far; nothing is saved when no validation has run yet, and the
-    base model is never modified.
+    :class:`FinetuneResult`. Stopping (``stop.set()``) ends the run within about a second at any
+    point (scoring the base model, a training step, a validation pass) and keeps the best model
+    so far; nothing is saved when no validation has run yet. Neither the base model nor any other
+    existing model file is ever overwritten: a ``name`` already taken is refused. A loss that
+    turns NaN/Inf stops training, keeps the best model and says why in ``stopped``.
     """
+    from .inference.predictor import PredictionCancelled
     from .modelfile import LoadedModel, load_model, make_config, save_model
     from .training import SegmentationLoss, train_iter
     from .training.trainer import TrainingEvent, validate
 
+    started = time.perf_counter()
     settings = settings or FinetuneSettings()
     loaded = base if isinstance(base, LoadedModel) else load_model(base)
     net = copy.deepcopy(loaded.net)  # the caller's model (maybe cached by a widget) stays as it is
@@ -195,11 +201,24 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                          "writable folder.") from None
     name = safe_name(name) if name else unique_model_name(loaded.name or "model")
     path = out_dir / f"{name}{SUFFIX}"
+    if path.exists():
+        raise ValueError(f"A model named {name!r} already exists ({path}): choose another name, or delete that "
+                         "file first. Fine-tuning never overwrites a model.")
+    if out_dir == user_model_dir() and name in bundled_models():
+        raise ValueError(f"{name!r} is the name of a bundled model: choose another name for the fine-tuned model.")
     postprocess = loaded.postprocess
 
+    def stopped_early() -> FinetuneResult:
+        return FinetuneResult(None, name, {}, {}, "stopped by user", 0, time.perf_counter() - started)
+
     baseline = {}
+    if stop is not None and stop.is_set():
+        return stopped_early()
     if val and target == loaded.target:
-        baseline = validate(net, val, loaded.normalization, settings.device, postprocess, target)
+        try:
+            baseline = validate(net, val, loaded.normalization, settings.device, postprocess, target, stop=stop)
+        except PredictionCancelled:
+            return stopped_early()
     yield TrainingEvent(0, 0, float("nan"), baseline.get("ap50"), 0.0, None, validated=bool(baseline),
                         val_metrics=baseline or None)
     net.train()
@@ -241,8 +260,11 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             yield event
     except StopIteration as done:
         result = done.value
-    if result.metrics or not val:
+    # without validation the last state is all there is: worth keeping unless nothing was trained
+    # or the loss broke (the weights that made it break are suspect)
+    unvalidated_ok = not val and result.steps > 0 and not result.stopped.startswith("non-finite")
+    if result.metrics or unvalidated_ok:
         saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
     return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
-                          result.seconds, result.history)
+                          result.seconds, result.history, list(result.warnings))

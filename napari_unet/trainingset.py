@@ -7,9 +7,13 @@ Layout of a training-set folder::
     masks/<name>.tif     the corrected instance labels (uint16 or uint32)
     reviewed/<name>.tif  uint8, 1 where somebody checked the labels (0: ignored by the loss)
 
-Every file is written atomically (temporary file, fsync, rename), so a crash or a full disk
-mid-write leaves the previous version readable. :meth:`TrainingSet.update` rewrites the masks
-and the reviewed region of an entry: the widgets call it while the user paints (autosave).
+Every file is written atomically (temporary file, fsync, rename), so a crash, a kill or a full
+disk mid-write leaves the previous version of that file readable. :meth:`TrainingSet.update`
+rewrites the masks, then the reviewed region, then the index of an entry: the widgets call it
+while the user paints (autosave). A kill between those writes leaves new masks beside the
+previous reviewed region, each file whole; the next autosave brings them level. Changes go
+through a lock per folder and re-read the index first, so an autosave in a worker thread and
+an "Add" on the Qt thread never drop each other's entries.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +31,16 @@ from .io import atomic_write, write_tif
 
 FORMAT = "napari-unet-training-set"
 VERSION = 1
+
+_locks: dict[Path, threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def _folder_lock(folder: Path) -> threading.RLock:
+    """One lock per training-set folder, shared by every TrainingSet object of this process."""
+    key = folder.resolve()
+    with _locks_guard:
+        return _locks.setdefault(key, threading.RLock())
 
 
 @dataclass
@@ -87,15 +102,10 @@ class TrainingSet:
 
     def __init__(self, folder: str | Path, create: bool = True):
         self.folder = Path(folder).expanduser()
+        self._lock = _folder_lock(self.folder)
         index = self.folder / "index.json"
         if index.exists():
-            try:
-                data = json.loads(index.read_text())
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{index} is not a readable training-set index: {exc}") from None
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
-                raise ValueError(f"{index} is not a napari-unet training-set index.")
-            self.entries = [Entry(**e) for e in data.get("entries", [])]
+            self.entries = self._read_index()
         elif create:
             if self.folder.exists() and not self.folder.is_dir():
                 raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
@@ -114,6 +124,25 @@ class TrainingSet:
             raise ValueError(f"{self.folder} is not a training set (no index.json).")
 
     # -- index ---------------------------------------------------------------------------
+    def _read_index(self) -> list[Entry]:
+        index = self.folder / "index.json"
+        try:
+            data = json.loads(index.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{index} is not a readable training-set index: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{index} is not a napari-unet training-set index.")
+        try:
+            return [Entry(**e) for e in data.get("entries", [])]
+        except TypeError as exc:
+            raise ValueError(f"{index} has an entry this version cannot read: {exc}") from None
+
+    def _refresh(self) -> None:
+        """Re-read the index (under the folder's lock): another TrainingSet object, maybe in another
+        thread, may have changed it since this one was opened."""
+        if (self.folder / "index.json").exists():
+            self.entries = self._read_index()
+
     def _write_index(self) -> None:
         data = {"format": FORMAT, "version": VERSION, "entries": [asdict(e) for e in self.entries]}
         text = json.dumps(data, indent=1)
@@ -161,40 +190,49 @@ class TrainingSet:
         labels = check_labels(labels, shape)
         reviewed = self._check_reviewed(reviewed, labels.shape)
         now = dt.datetime.now().isoformat(timespec="seconds")
-        entry = Entry(name=self.unique_name(name), shape=list(labels.shape), source=source, added=now, updated=now,
-                      extra={"channel_axis": channel_axis} if channel_axis is not None else {})
-        self._stats(entry, labels, reviewed)
-        self._write(entry, "images", image)
-        self._write(entry, "masks", labels)
-        self._write(entry, "reviewed", reviewed.astype(np.uint8))
-        self.entries.append(entry)
-        self._write_index()
+        with self._lock:
+            self._refresh()
+            entry = Entry(name=self.unique_name(name), shape=list(labels.shape), source=source, added=now,
+                          updated=now, extra={"channel_axis": channel_axis} if channel_axis is not None else {})
+            self._stats(entry, labels, reviewed)
+            self._write(entry, "images", image)
+            self._write(entry, "masks", labels)
+            self._write(entry, "reviewed", reviewed.astype(np.uint8))
+            self.entries.append(entry)
+            self._write_index()
         return entry
 
     def update(self, name: str, labels=None, reviewed=None) -> Entry:
-        """Rewrite the corrected labels and/or the reviewed region of entry ``name`` (autosave)."""
-        entry = self.entry(name)
-        shape = tuple(entry.shape)
-        if labels is not None:
-            labels = check_labels(labels, shape)
-            self._write(entry, "masks", labels)
-        if reviewed is not None:
-            reviewed = self._check_reviewed(reviewed, shape)
-            self._write(entry, "reviewed", reviewed.astype(np.uint8))
-        entry.updated = dt.datetime.now().isoformat(timespec="seconds")
-        self._stats(entry, labels if labels is not None else None, reviewed)
-        self._write_index()
+        """Rewrite the corrected labels and/or the reviewed region of entry ``name`` (autosave).
+        Both are checked before anything is written."""
+        with self._lock:
+            self._refresh()
+            entry = self.entry(name)
+            shape = tuple(entry.shape)
+            if labels is not None:
+                labels = check_labels(labels, shape)
+            if reviewed is not None:
+                reviewed = self._check_reviewed(reviewed, shape)
+            if labels is not None:
+                self._write(entry, "masks", labels)
+            if reviewed is not None:
+                self._write(entry, "reviewed", reviewed.astype(np.uint8))
+            entry.updated = dt.datetime.now().isoformat(timespec="seconds")
+            self._stats(entry, labels, reviewed)
+            self._write_index()
         return entry
 
     def remove(self, name: str) -> None:
         """Forget entry ``name`` (its files are kept on disk, renamed with a ``.removed`` suffix)."""
-        entry = self.entry(name)
-        self.entries.remove(entry)
-        self._write_index()
-        for rel in entry.files.values():
-            path = self.folder / rel
-            if path.exists():
-                path.replace(path.with_name(path.name + ".removed"))
+        with self._lock:
+            self._refresh()
+            entry = self.entry(name)
+            self.entries.remove(entry)
+            self._write_index()
+            for rel in entry.files.values():
+                path = self.folder / rel
+                if path.exists():
+                    path.replace(path.with_name(path.name + ".removed"))
 
     def load(self, name: str):
         """``(image, labels, reviewed bool)`` of entry ``name``."""

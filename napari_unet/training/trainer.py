@@ -20,6 +20,7 @@ import copy
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -28,7 +29,7 @@ import torch
 
 from ..devices import resolve_device
 from ..inference.postprocess import probabilities_to_labels
-from ..inference.predictor import Predictor, predict
+from ..inference.predictor import PredictionCancelled, Predictor, predict
 from ..metrics import evaluate, mean_metrics
 from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
 from .losses import DeepSupervisionLoss, SegmentationLoss
@@ -94,8 +95,9 @@ class TrainingResult:
     best_step: int
     steps: int
     seconds: float
-    stopped: str  # "finished", "time budget", "stopped by user", or why the loss broke
+    stopped: str  # "finished", "time budget", "stopped by user", or why training broke off
     history: list = field(default_factory=list)  # (step, val metrics) per validation
+    warnings: list = field(default_factory=list)  # what was changed on the way (e.g. a smaller batch after OOM)
 
 
 def as_loaded_model(net: torch.nn.Module, normalization: dict = DEFAULT, target: str = "binary") -> LoadedModel:
@@ -105,15 +107,95 @@ def as_loaded_model(net: torch.nn.Module, normalization: dict = DEFAULT, target:
 
 
 def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
-             postprocess: dict | None = None, target: str = "binary") -> dict:
+             postprocess: dict | None = None, target: str = "binary",
+             stop: threading.Event | None = None) -> dict:
     """Mean :func:`~napari_unet.metrics.evaluate` of whole images ``(image, labels)``, predicted
-    by the tiled predictor and turned into labels by ``probabilities_to_labels(**postprocess)``."""
+    by the tiled predictor and turned into labels by ``probabilities_to_labels(**postprocess)``.
+
+    Setting ``stop`` raises :class:`~napari_unet.inference.predictor.PredictionCancelled` within
+    about one layer's time (even inside a large tile), so a cancel never waits for a validation pass."""
     predictor = Predictor(as_loaded_model(net, normalization, target), device=device)
     scores = []
-    for image, labels in pairs:
-        probs = predict(predictor.model, image, predictor=predictor).probabilities
-        scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
+    try:
+        with _interruptible(predictor.net, stop):
+            for image, labels in pairs:
+                probs = predict(predictor.model, image, predictor=predictor, stop=stop).probabilities
+                if stop is not None and stop.is_set():
+                    raise PredictionCancelled()
+                scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
+    except _StepCancelled:
+        raise PredictionCancelled() from None
     return mean_metrics(scores)
+
+
+def _state_copy(net: torch.nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+class _StepCancelled(Exception):
+    """The stop event was set in the middle of a forward or backward pass."""
+
+
+@contextmanager
+def _interruptible(net: torch.nn.Module, stop: threading.Event | None):
+    """Check ``stop`` before every layer's forward pass and at every layer's backward pass, raising
+    :class:`_StepCancelled`: one step of a full-size U-Net takes seconds on a CPU, a layer a
+    fraction of that, so Cancel answers within a second. The hooks live inside the ``with`` block
+    only: a network copied or saved later carries none."""
+    if stop is None:
+        yield
+        return
+
+    def check(*_):
+        if stop.is_set():
+            raise _StepCancelled()
+
+    def watch_backward(module, inputs, output):
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(check)  # returns None: the gradient is not changed
+
+    handles = []
+    for module in net.modules():
+        if next(module.children(), None) is None:  # leaves: convolutions, norms, activations
+            handles.append(module.register_forward_pre_hook(check))
+            handles.append(module.register_forward_hook(watch_backward))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+_lazy_torch_ready = threading.Event()
+_lazy_torch_lock = threading.Lock()
+_lazy_torch_thread: threading.Thread | None = None
+
+
+def _import_lazy_torch() -> None:
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # the optimizer will say what is wrong, in the caller's thread
+        pass
+    finally:
+        _lazy_torch_ready.set()
+
+
+def wait_for_torch(stop: threading.Event | None = None) -> bool:
+    """PyTorch imports ``torch._dynamo`` the first time an optimizer is built: 1-5 s that no stop
+    event can interrupt. Import it in a background thread and wait here, checking ``stop`` every
+    50 ms. Returns False when ``stop`` was set first (the import goes on in the background, and
+    the next call waits for the same import)."""
+    global _lazy_torch_thread
+    if _lazy_torch_ready.is_set():
+        return True
+    with _lazy_torch_lock:
+        if _lazy_torch_thread is None:
+            _lazy_torch_thread = threading.Thread(target=_import_lazy_torch, name="napari-unet import", daemon=True)
+            _lazy_torch_thread.start()
+    while not _lazy_torch_ready.wait(0.05):
+        if stop is not None and stop.is_set():
+            return False
+    return True
 
 
 def _lr_factor(step: int, progress: float, warmup_steps: int, floor: float = 0.01) -> float:
@@ -148,7 +230,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
         epochs / minutes: stop after ``epochs * steps_per_epoch`` steps and/or after ``minutes``
             of wall time (validation included), whichever comes first; give at least one.
             The cosine schedule follows whichever is further along.
-        stop: a ``threading.Event``; when set the loop ends before the next step.
+        stop: a ``threading.Event``; when set, training ends within about one layer's time (see below).
         postprocess: keyword arguments of ``probabilities_to_labels`` for validation.
         gap_weight: cross-entropy weight of the gap pixels between touching objects (1 = none).
         weight_map: the U-Net paper's weight map for the cross-entropy, e.g. ``{"w0": 10, "sigma": 5}``
@@ -168,7 +250,11 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
-    non-finite loss or gradient stops training and keeps the best state so far.
+    non-finite loss or gradient stops training and keeps the best state so far (``stopped`` says
+    why). Setting ``stop`` ends training within about one layer's time, in the middle of a step
+    (which is then undone) or of a validation pass (which is then dropped). Out of accelerator
+    memory, the batch is halved (``TrainingResult.warnings`` says so); at batch size 1 training
+    stops and keeps the best state.
     """
     if epochs is None and minutes is None:
         raise ValueError("Give epochs or minutes (or both) to say how long to train.")
@@ -195,9 +281,18 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                 kind = "images: labels (H, W)" if net.spatial_dims == 2 else "volumes: labels (D, H, W)"
                 raise ValueError(f"This {net.spatial_dims}D network trains on {kind}; {what} pair {i} has labels "
                                  f"of shape {np.shape(pair[1])}.")
-    images = [prepare_image(pair[0], pair[1], normalization, patch, name=str(i), gap_weight=gap_weight,
-                            weight_map=weight_map, target=target, reviewed=pair[2] if len(pair) > 2 else None)
-              for i, pair in enumerate(train_pairs)]
+    def stopped_before_training():
+        return TrainingResult(_state_copy(net), {}, 0, 0, time.perf_counter() - start, "stopped by user")
+
+    if not wait_for_torch(stop):
+        return stopped_before_training()
+    images = []
+    for i, pair in enumerate(train_pairs):
+        if stop is not None and stop.is_set():  # weight maps of large images take a while
+            return stopped_before_training()
+        images.append(prepare_image(pair[0], pair[1], normalization, patch, name=str(i), gap_weight=gap_weight,
+                                    weight_map=weight_map, target=target,
+                                    reviewed=pair[2] if len(pair) > 2 else None))
     sampler = PatchSampler(images, patch, rng, foreground_bias, augment=augment, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):
@@ -209,15 +304,21 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     budget = minutes * 60.0 if minutes is not None else None
 
     def snapshot():
-        return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        return _state_copy(net)
 
+    initial = snapshot()  # the fallback when training breaks before anything better exists
     best = {"state": None, "metrics": {}, "step": 0, "ap": -1.0}
-    history, val_ap, stopped, step = [], None, "finished", 0
+    history, warnings, val_ap, stopped, step = [], [], None, "finished", 0
 
     def run_validation():
+        """Validation metrics, or None when the stop event cancelled the pass."""
         nonlocal val_ap
-        metrics = validate(net, val_pairs, normalization, device, postprocess, target)
-        net.train()
+        try:
+            metrics = validate(net, val_pairs, normalization, device, postprocess, target, stop=stop)
+        except PredictionCancelled:
+            return None
+        finally:
+            net.train()
         history.append((step, metrics))
         val_ap = metrics["ap50"]
         if val_ap > best["ap"]:
@@ -241,27 +342,56 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
         w = None if w is None else torch.from_numpy(w).to(dev.device)
         # batch-norm statistics change in the forward pass: keep them to undo a broken step
         buffers = [b.detach().clone() for b in net.buffers()]
-        with dev.autocast():
-            logits = net(x, side_outputs=True) if side_outputs else net(x)
-        logits = [o.float() for o in logits] if side_outputs else logits.float()
-        value, parts = loss_fn(logits, y, w)
-        broken = None if torch.isfinite(value) else "loss"
-        if broken is None:
+
+        def undo_step():
             optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-            broken = None if torch.isfinite(grad_norm) else "gradient"
-        if broken:
             with torch.no_grad():
                 for b, saved in zip(net.buffers(), buffers):
                     b.copy_(saved)
-            stopped = f"non-finite {broken} at step {step + 1}"
+
+        broken = None
+        try:
+            with _interruptible(net, stop):
+                with dev.autocast():
+                    logits = net(x, side_outputs=True) if side_outputs else net(x)
+                logits = [o.float() for o in logits] if side_outputs else logits.float()
+                value, parts = loss_fn(logits, y, w)
+                broken = None if torch.isfinite(value) else "loss"
+                if broken is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    value.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+                    broken = None if torch.isfinite(grad_norm) else "gradient"
+        except _StepCancelled:
+            undo_step()
+            stopped = "stopped by user"
+            break
+        except torch.OutOfMemoryError:
+            logits = value = None  # let the failed step's tensors go before retrying
+            undo_step()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size //= 2
+                warnings.append(f"Out of {dev.type.upper()} memory at step {step + 1}: continuing with batch "
+                                f"size {batch_size}.")
+                continue
+            stopped = (f"out of {dev.type.upper()} memory at step {step + 1} even with batch size 1: choose a "
+                       "smaller patch size or train on the CPU")
+            break
+        if broken:
+            undo_step()
+            stopped = (f"non-finite {broken} at step {step + 1}: lower the learning rate, or check the images "
+                       "for NaN/Inf values")
             break
         optimizer.step()
         step += 1
         metrics, improved = None, False
         if step % steps_per_epoch == 0 and val_pairs:
             metrics = run_validation()
+            if metrics is None:
+                stopped = "stopped by user"
+                break
             improved = best["step"] == step
         elapsed = time.perf_counter() - start
         rate = elapsed / step
@@ -276,10 +406,18 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
 
     if stopped in ("finished", "time budget") and val_pairs and (not history or history[-1][0] != step) and step:
         metrics = run_validation()
-        yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0, total_steps,
-                            True, metrics, improved=best["step"] == step)
-    if best["state"] is None:  # no validation: keep the last finite state
-        best.update(state=snapshot(), step=step)
+        if metrics is None:
+            stopped = "stopped by user"
+        else:
+            yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0,
+                                total_steps, True, metrics, improved=best["step"] == step)
+    if stopped.startswith(("non-finite", "out of")):
+        stopped += ("; the best validated model so far is kept" if best["state"] is not None
+                    else "; nothing was validated yet" if val_pairs else "; the last finite weights are kept")
+    if best["state"] is None:  # no validation: keep the last state, unless the weights themselves broke
+        last = snapshot()
+        usable = all(bool(torch.isfinite(v).all()) for v in last.values() if v.is_floating_point())
+        best.update(state=last if usable else initial, step=step if usable else 0)
     net.load_state_dict(best["state"])
     return TrainingResult(best["state"], best["metrics"], best["step"], step, time.perf_counter() - start,
-                          stopped, history)
+                          stopped, history, warnings)

@@ -11,12 +11,16 @@
 - "Show weight map" adds the U-Net paper's weight map of the corrections (w0, sigma in pixels
   or micrometres from the layer's scale), computed in a worker.
 - "Add to training set" stores image + corrections + reviewed region in a training-set folder;
-  from then on every edit is saved again (atomically) a second after the user stops editing.
+  from then on every edit is saved again (atomically) a second after the user stops editing,
+  and once more, at once, when the viewer window closes. A failed save (full disk, a killed
+  worker) leaves the previous files whole and the edits in the layer; they are saved again
+  with the next edit.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import napari.viewer
@@ -25,7 +29,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
 from ._layers import KEY
@@ -61,6 +65,13 @@ class CorrectWidget(Container):
         self._save_timer.setInterval(AUTOSAVE_MS)
         self._save_timer.timeout.connect(self._autosave)
         self._saving = None  # the running autosave worker
+        self._write_lock = threading.Lock()  # one save at a time, in snapshot order
+        self._snapshots = 0  # number of the latest snapshot taken
+        self._written = 0  # number of the latest snapshot written
+        self._close_watch = _CloseWatch(self.flush_now)
+        qt_window = getattr(viewer.window, "_qt_window", None) if viewer.window is not None else None
+        if qt_window is not None:  # the last second of edits is saved when the window closes
+            qt_window.installEventFilter(self._close_watch)
 
         self.source = ComboBox(label="Labels", choices=self._labels_choices,
                                tooltip="The labels to correct (a prediction, or your own layer).")
@@ -426,12 +437,9 @@ class CorrectWidget(Container):
         self._dirty.add(id(layer))
         self._save_timer.start()  # restarts: saves a second after the last edit
 
-    def _autosave(self):
-        """Snapshot the edited layers (Qt thread, a copy) and write them in a worker."""
-        if self._saving is not None:
-            self._save_timer.start()  # a save is still running: try again shortly
-            return
-        jobs = []
+    def _snapshot(self):
+        """Copies of the edited layers (on the Qt thread) and a function that writes them."""
+        jobs, ids = [], []
         for layer in list(self._viewer.layers):
             if id(layer) not in self._dirty:
                 continue
@@ -439,27 +447,77 @@ class CorrectWidget(Container):
             reviewed = self._viewer.layers[meta["reviewed"]] if meta.get("reviewed") in self._viewer.layers else None
             jobs.append((meta["training_set"], meta["entry"], np.array(layer.data, copy=True),
                          None if reviewed is None else np.asarray(reviewed.data) > 0))
+            ids.append(id(layer))
         self._dirty.clear()
-        if not jobs:
-            return
+        self._snapshots += 1
+        number = self._snapshots
 
-        def job():
+        def write():
             from ..trainingset import TrainingSet
 
-            for folder, entry, labels, reviewed in jobs:
-                TrainingSet(folder, create=False).update(entry, labels=labels, reviewed=reviewed)
+            with self._write_lock:
+                if number < self._written:  # a newer snapshot is on disk already (saved at close)
+                    return 0
+                for folder, entry, labels, reviewed in jobs:
+                    TrainingSet(folder, create=False).update(entry, labels=labels, reviewed=reviewed)
+                self._written = number
             return len(jobs)
 
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        return jobs, ids, write
+
+    def _autosave_failed(self, exc, ids):
+        self._dirty.update(ids)  # not saved: the next edit (or closing the window) tries again
+        self._report_error(f"Autosave failed; your edits are still in the layer, the previous files are intact, "
+                           f"and saving is tried again at your next edit: {exc}")
+
+    def _autosave(self):
+        """Snapshot the edited layers (Qt thread, a copy) and write them in a worker."""
+        if self._saving is not None:
+            self._save_timer.start()  # a save is still running: try again shortly
+            return
+        jobs, ids, write = self._snapshot()
+        if not jobs:
+            return
+        worker = create_worker(write, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda n: setattr(self.status, "value", f"saved {n} correction(s)"))
-        worker.errored.connect(lambda exc: self._report_error(f"Autosave failed, your edits are still in the "
-                                                              f"layer and the previous file is intact: {exc}"))
+        worker.errored.connect(lambda exc: self._autosave_failed(exc, ids))
         worker.finished.connect(lambda: setattr(self, "_saving", None))
         self._saving = worker
         worker.start()
 
     def flush(self):
-        """Save pending edits now (used when closing, and by tests)."""
-        if self._save_timer.isActive():
+        """Save pending edits now, in a worker (used by tests)."""
+        if self._dirty:
             self._save_timer.stop()
             self._autosave()
+
+    def flush_now(self):
+        """Save pending edits on this thread, after any save in progress (when the window closes)."""
+        self._save_timer.stop()
+        if not self._dirty:
+            return
+        jobs, ids, write = self._snapshot()
+        try:
+            write()
+        except (OSError, ValueError) as exc:
+            self._dirty.update(ids)
+            log.error("saving corrections on close failed: %s", exc)
+
+
+class _CloseWatch(QObject):
+    """Calls ``callback`` when the watched window is about to close."""
+
+    def __init__(self, callback):
+        import weakref
+
+        super().__init__()
+        self._callback = weakref.WeakMethod(callback)  # the window must not keep a closed widget alive
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        callback = self._callback()
+        if callback is not None and event.type() == QEvent.Type.Close:
+            try:
+                callback()
+            except Exception:  # never block closing the window
+                log.exception("saving corrections on close failed")
+        return False
