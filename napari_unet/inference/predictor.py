@@ -18,6 +18,7 @@ import itertools
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -42,6 +43,40 @@ CPU_TILE_3D = 128
 
 class PredictionCancelled(Exception):
     """Raised inside the generator when the caller's stop event is set."""
+
+
+class StepCancelled(Exception):
+    """The stop event was set in the middle of a forward or backward pass."""
+
+
+@contextmanager
+def interruptible(net: torch.nn.Module, stop: threading.Event | None):
+    """Check ``stop`` before every layer's forward pass and at every layer's backward pass, raising
+    :class:`StepCancelled`: one training step or one large tile of a full-size U-Net takes seconds
+    on a CPU, a layer a fraction of that, so Cancel answers within a second. The hooks live inside the ``with`` block
+    only: a network copied or saved later carries none."""
+    if stop is None:
+        yield
+        return
+
+    def check(*_):
+        if stop.is_set():
+            raise StepCancelled()
+
+    def watch_backward(module, inputs, output):
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(check)  # returns None: the gradient is not changed
+
+    handles = []
+    for module in net.modules():
+        if next(module.children(), None) is None:  # leaves: convolutions, norms, activations
+            handles.append(module.register_forward_pre_hook(check))
+            handles.append(module.register_forward_hook(watch_backward))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -146,6 +181,9 @@ class Predictor:
             raise ValueError(f"tile_size must be at least 16 pixels, got {tile_size}.")
         if halo < 0 or blend < 0:
             raise ValueError("halo and blend cannot be negative.")
+        if not self.model.net.margin and self.tile_size < 2 * halo + 16:
+            raise ValueError(f"A tile of {self.tile_size} px leaves no room inside a halo of {halo} px on each side: "
+                             f"use tile_size >= {2 * halo + 16} (e.g. 'auto') or a smaller halo.")
         self.margin = self.model.net.margin
         if self.margin:  # valid padding: the network's own margin is the context
             self.context, self.blend = self.margin, blend
@@ -278,7 +316,11 @@ class Predictor:
             chunk = tiles[b0:b0 + self.batch_size]
             batch = np.stack([normalize(read_window(plane, [ax.window_start(i) for ax, i in zip(plan.axes, t)],
                                                     plan.window)) for t in chunk])
-            probs = self._forward(batch)
+            try:
+                with interruptible(self.net, stop):
+                    probs = self._forward(batch)
+            except StepCancelled:
+                raise PredictionCancelled() from None
             present = getattr(self.net, "last_object_probability", None)
             if self._tile_object_probability is not None and present is not None:
                 self._tile_object_probability.update(zip(chunk, present.float().cpu().tolist()))
@@ -331,7 +373,10 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
                     done += n
                     yield Progress(done, total, f"plane {p + 1}/{n_planes}" if n_planes > 1 else "tiles", p, n_planes)
                 break
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                # Apple's MPS reports running out of memory as a plain RuntimeError
+                if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+                    raise
                 warnings.append(predictor.recover_from_oom())
                 plan = predictor.plan(prepared.spatial_shape)
                 done = done_before

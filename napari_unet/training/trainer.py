@@ -20,7 +20,6 @@ import copy
 import math
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -29,7 +28,7 @@ import torch
 
 from ..devices import resolve_device
 from ..inference.postprocess import probabilities_to_labels
-from ..inference.predictor import PredictionCancelled, Predictor, predict
+from ..inference.predictor import PredictionCancelled, Predictor, StepCancelled, interruptible, predict
 from ..metrics import evaluate, mean_metrics
 from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
 from .losses import DeepSupervisionLoss, SegmentationLoss
@@ -116,54 +115,16 @@ def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = 
     about one layer's time (even inside a large tile), so a cancel never waits for a validation pass."""
     predictor = Predictor(as_loaded_model(net, normalization, target), device=device)
     scores = []
-    try:
-        with _interruptible(predictor.net, stop):
-            for image, labels in pairs:
-                probs = predict(predictor.model, image, predictor=predictor, stop=stop).probabilities
-                if stop is not None and stop.is_set():
-                    raise PredictionCancelled()
-                scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
-    except _StepCancelled:
-        raise PredictionCancelled() from None
+    for image, labels in pairs:
+        probs = predict(predictor.model, image, predictor=predictor, stop=stop).probabilities
+        if stop is not None and stop.is_set():
+            raise PredictionCancelled()
+        scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
     return mean_metrics(scores)
 
 
 def _state_copy(net: torch.nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
-class _StepCancelled(Exception):
-    """The stop event was set in the middle of a forward or backward pass."""
-
-
-@contextmanager
-def _interruptible(net: torch.nn.Module, stop: threading.Event | None):
-    """Check ``stop`` before every layer's forward pass and at every layer's backward pass, raising
-    :class:`_StepCancelled`: one step of a full-size U-Net takes seconds on a CPU, a layer a
-    fraction of that, so Cancel answers within a second. The hooks live inside the ``with`` block
-    only: a network copied or saved later carries none."""
-    if stop is None:
-        yield
-        return
-
-    def check(*_):
-        if stop.is_set():
-            raise _StepCancelled()
-
-    def watch_backward(module, inputs, output):
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(check)  # returns None: the gradient is not changed
-
-    handles = []
-    for module in net.modules():
-        if next(module.children(), None) is None:  # leaves: convolutions, norms, activations
-            handles.append(module.register_forward_pre_hook(check))
-            handles.append(module.register_forward_hook(watch_backward))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 _lazy_torch_ready = threading.Event()
@@ -351,7 +312,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
 
         broken = None
         try:
-            with _interruptible(net, stop):
+            with interruptible(net, stop):
                 with dev.autocast():
                     logits = net(x, side_outputs=True) if side_outputs else net(x)
                 logits = [o.float() for o in logits] if side_outputs else logits.float()
@@ -362,7 +323,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                     value.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
                     broken = None if torch.isfinite(grad_norm) else "gradient"
-        except _StepCancelled:
+        except StepCancelled:
             undo_step()
             stopped = "stopped by user"
             break

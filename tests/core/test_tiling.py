@@ -134,12 +134,47 @@ def test_stop_event_cancels_between_tiles(tiny_model):
     import threading
 
     stop = threading.Event()
-    gen = predict_iter(tiny_model, np.zeros((400, 400), np.float32), tile_size=64, stop=stop)
+    gen = predict_iter(tiny_model, np.zeros((400, 400), np.float32), tile_size=96, stop=stop)
     next(gen), next(gen)
     stop.set()
     with pytest.raises(PredictionCancelled):
         for _ in gen:
             pass
+
+
+def test_stop_event_cancels_inside_a_tile(tiny_model):
+    """Set while a tile is in the network: the pass stops at the next layer, not after the tile."""
+    import threading
+
+    from napari_unet.inference.predictor import Predictor
+
+    stop = threading.Event()
+    predictor = Predictor(tiny_model, device="cpu", tile_size=4096)
+    calls = []
+
+    def set_stop_in_second_layer(module, inputs):
+        calls.append(module)
+        if len(calls) == 2:
+            stop.set()
+
+    first = next(m for m in predictor.net.modules() if next(m.children(), None) is None)
+    later = [m for m in predictor.net.modules() if next(m.children(), None) is None][3]
+    handles = [first.register_forward_pre_hook(set_stop_in_second_layer),
+               later.register_forward_pre_hook(set_stop_in_second_layer)]
+    try:
+        with pytest.raises(PredictionCancelled):
+            for _ in predict_iter(tiny_model, np.zeros((256, 256), np.float32), predictor=predictor, stop=stop):
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_tiles_smaller_than_their_halo_are_refused(tiny_model):
+    from napari_unet.inference.predictor import Predictor
+
+    with pytest.raises(ValueError, match="leaves no room inside a halo of 32 px.*tile_size >= 80"):
+        Predictor(tiny_model, tile_size=64)
 
 
 def test_out_of_gpu_memory_shrinks_tiles_then_falls_back_to_cpu(tiny_model, monkeypatch):
