@@ -183,6 +183,9 @@ def main(argv=None):
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--classification-weight", type=float, default=0.0,
+                    help="unet3+: weight of the classification-guided module's loss (the paper: 1; 0 leaves the "
+                         "CGM untrained, see scripts/train_cgm.py)")
     ap.add_argument("--steps-per-epoch", type=int, default=100, help="steps between validations")
     ap.add_argument("--gap-weight", type=float, default=5.0,
                     help="cross-entropy weight of the gap pixels between touching nuclei")
@@ -218,7 +221,8 @@ def main(argv=None):
                      lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                      normalization=DEFAULT_NORMALIZATION, device="cpu", image_weights=weights,
                      gap_weight=args.gap_weight, postprocess=val_postprocess(args),
-                     loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision)
+                     loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision,
+                     classification_weight=args.classification_weight)
     recent: list[float] = []
 
     def report(e):

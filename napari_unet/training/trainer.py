@@ -175,7 +175,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                foreground_bias: float = 0.8, image_weights=None, postprocess: dict | None = None,
                gap_weight: float = 1.0, weight_map: dict | None = None,
                target: str = "binary", patience: int | None = None,
-               deep_supervision: bool = False, augment=True) -> Iterator[TrainingEvent]:
+               deep_supervision: bool = False, augment=True,
+               classification_weight: float = 0.0) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -206,6 +207,10 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             :class:`~napari_unet.training.losses.DeepSupervisionLoss` (targets and weights resized
             per level, levels weighted by normalised decaying weights); a ``DeepSupervisionLoss``
             given as ``loss`` is used as it is.
+        classification_weight: networks with a classification-guided module (U-Net 3+): add
+            ``classification_weight x cgm_loss`` (binary cross-entropy of "the patch holds an
+            object", the paper's weight is 1) to the segmentation loss, so the module learns; its
+            share shows in the events' loss parts as ``"cgm"``. 0 (default) leaves it untrained.
         augment: ``True`` for the default augmentation (flips, quarter turns, the paper's elastic
             deformation, scale, intensity, noise), ``False`` for none, or an ``Augmenter``.
 
@@ -225,6 +230,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     train_pairs, val_pairs = list(train_pairs), list(val_pairs)
     if getattr(net, "margin", 0):
         raise ValueError("This trainer handles 'same'-padding networks only (the output must match the patch).")
+    if classification_weight and not hasattr(net, "cgm"):
+        raise ValueError(f"classification_weight needs a network with a classification-guided module (unet3+); "
+                         f"{type(net).__name__} has none.")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -314,9 +322,18 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
         try:
             with interruptible(net, stop):
                 with dev.autocast():
-                    logits = net(x, side_outputs=True) if side_outputs else net(x)
+                    if classification_weight:
+                        logits, present = net(x, side_outputs=side_outputs, with_object_probability=True)
+                    else:
+                        logits = net(x, side_outputs=True) if side_outputs else net(x)
                 logits = [o.float() for o in logits] if side_outputs else logits.float()
                 value, parts = loss_fn(logits, y, w)
+                if classification_weight:
+                    from ..models.unet3p import cgm_loss
+
+                    classification = cgm_loss(present, y)
+                    value = value + classification_weight * classification
+                    parts = {**parts, "cgm": float(classification.detach())}
                 broken = None if torch.isfinite(value) else "loss"
                 if broken is None:
                     optimizer.zero_grad(set_to_none=True)

@@ -330,6 +330,31 @@ def test_short_training_run_with_the_hybrid_loss(deep_supervision):
         assert {"level0", "level1", "level2"} <= set(events[-1].parts)
 
 
+def test_training_with_the_classification_loss_teaches_the_cgm():
+    """classification_weight adds cgm_loss to the step: the CGM's weights move and its loss falls;
+    without it the CGM is not trained at all."""
+    pairs = [fluorescent_nuclei((128, 128), 6, seed=s) for s in range(3)] + \
+        [fluorescent_nuclei((128, 128), 0, seed=10 + s)[:2] for s in range(3)]  # empty fields
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        net = build_model("unet3+", features=(8, 16, 32), cat_channels=4)
+        before = [p.detach().clone() for p in net.cgm.parameters()]
+        events = []
+        run_to_end(train_iter(net, pairs, patch_size=64, batch_size=4, lr=3e-3, epochs=3, steps_per_epoch=10,
+                              seed=0, device="cpu", warmup_steps=5, foreground_bias=0.5,
+                              classification_weight=weight), events.append)
+        moved = any(not torch.equal(a, p) for a, p in zip(before, net.cgm.parameters()))
+        if weight == 0.0:
+            assert not moved and "cgm" not in events[-1].parts
+        else:
+            assert moved
+            cgm = [e.parts["cgm"] for e in events if "cgm" in e.parts]
+            assert len(cgm) == 30 and np.mean(cgm[-10:]) < np.mean(cgm[:10])
+    with pytest.raises(ValueError, match="classification-guided module"):
+        run_to_end(train_iter(build_model("unet", features=(4, 8)), pairs[:1], patch_size=32, epochs=1,
+                              steps_per_epoch=1, device="cpu", classification_weight=1.0))
+
+
 # -- bad configurations ----------------------------------------------------------------------
 
 def test_bad_configurations_say_what_to_change():
