@@ -79,3 +79,40 @@ def test_bad_input_gives_a_message(finetune_widget, click):
     widget.folder.value = str(viewer.window._qt_window.windowTitle()) + "-missing-folder"
     click(widget.train_button)
     assert not widget.running and "not a training set" in widget.status.value
+
+
+def test_finetune_from_a_training_set_folder(finetune_widget, click, qtbot, tmp_path):
+    """A training-set folder written by the Correct widget (here through its API) trains a model
+    with nothing open in the viewer, and the model card names the folder."""
+    from napari_unet.modelfile import read_config
+    from napari_unet.synthetic import fluorescent_nuclei
+    from napari_unet.trainingset import TrainingSet
+
+    viewer, widget = finetune_widget
+    folder = tmp_path / "my training set"
+    ts = TrainingSet(folder)
+    for seed in (1, 2):
+        image, labels = fluorescent_nuclei((192, 192), 14, seed=seed)[:2]
+        reviewed = np.zeros(labels.shape, np.uint8)
+        reviewed[:, : 192 - 40 * seed] = 1  # half-reviewed images teach only what was checked
+        ts.add(image, labels, reviewed, name=f"nuclei {seed}")
+    widget.source.value = "training-set folder"
+    widget.folder.value = str(folder)
+    widget.model.value = "mobile-unet"
+    widget.minutes.value = 0.15
+    widget.name.value = "from folder"
+    click(widget.train_button)
+    assert widget.running
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    result = widget.last_result
+    assert result is not None and result.path is not None, widget.status.value
+    assert "from_folder" in user_models()
+    card = read_config(result.path)
+    assert str(folder) in str(card["provenance"])
+    assert len(viewer.layers) == 0  # nothing was added to, or needed from, the viewer
+    # an empty folder is refused with a message, and nothing is trained
+    empty = tmp_path / "empty"
+    TrainingSet(empty)
+    widget.folder.value = str(empty)
+    click(widget.train_button)
+    assert not widget.running and "is empty: add corrections with the Correct widget" in widget.status.value
