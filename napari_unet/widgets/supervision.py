@@ -12,26 +12,20 @@ Torch and scoring run in thread workers; this module only reads widgets and puts
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from pathlib import Path
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox, Table
+from magicgui.widgets import CheckBox, ComboBox, Label, PushButton, SpinBox, Table
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QBrush, QColor, QFont
 
+from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._layers import KEY, build_layer, put_layer, spatial_transform
 
-log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ALL = "all depths"
 NO_CORRECTIONS = "none"
 SCORE_COLUMNS = ["Dice", "AP@0.5", "objects"]
@@ -56,24 +50,16 @@ def _grid(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-def _meta(layer) -> dict:
-    meta = layer.metadata.get(KEY)
-    return meta if isinstance(meta, dict) else {}
-
-
-class SupervisionWidget(Container):
+class SupervisionWidget(JobWidget):
     """Dock widget: image, deep-supervision model, corrections; per-depth layers and scores."""
 
+    job_name = "The deep-supervision run"
+
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = viewer
-        self._worker = None
-        self._stop: threading.Event | None = None
-        self._progress = None
+        super().__init__(viewer, warm_up=_import_torch_side)
         self._predictors: dict = {}
         self._full_runs: dict = {}
         self._pending_layers: list = []  # (model, device, shape) -> PrunedRun of the full network
-        self._torch_ready = False
         self._visited: set = set()
         self.last_depths = None  # the last DepthPrediction, for scripts and tests
         self.last_scores = None
@@ -141,14 +127,10 @@ class SupervisionWidget(Container):
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)
-        self.device_info.value = "loading PyTorch…"
-        warm_up = create_worker(_import_torch_side, _start_thread=False)
-        warm_up.returned.connect(self._on_torch_ready)
-        warm_up.start()
-        self._warm_up = warm_up
+        if not self._torch_ready:
+            self.device_info.value = "loading PyTorch…"
 
-    def _on_torch_ready(self, *_):
-        self._torch_ready = True
+    def _on_torch_ready(self):
         self.refresh_models()
         self._show_device()
 
@@ -222,20 +204,14 @@ class SupervisionWidget(Container):
         self.prune_depth.enabled = self.prune_button.enabled = prunable
 
     def _show_device(self, *_):
-        if not self._torch_ready:
-            return
-        from ..devices import resolve_device
-
-        try:
-            self.device_info.value = f"runs on: {resolve_device(self.device.value)}"
-        except ValueError as exc:
-            self.device_info.value = str(exc)
+        if self._torch_ready:
+            self.device_info.value = device_line(self.device.value)
 
     # -- running ------------------------------------------------------------------------
     @property
     def running(self) -> bool:
         """True while a job runs or its layers are still being added."""
-        return self._worker is not None or bool(self._pending_layers)
+        return self.job_running or bool(self._pending_layers)
 
     def _on_run_clicked(self, *_):
         if self.running:
@@ -280,42 +256,38 @@ class SupervisionWidget(Container):
                 Predictor(model, device=device)
         return self._predictors[key]
 
-    def _start(self, job, on_result, description: str):
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+    def _on_job_started(self):
         self.run_button.text = "Cancel"
         self.prune_button.enabled = self.next_button.enabled = self.rescore_button.enabled = False
         self.status.value = "starting…"
-        self._progress = progress(total=0, desc=description)
-        worker.start()
+
+    def _on_job_finished(self):
+        self.run_button.text = "Run all depths"
+        self.next_button.enabled = self.rescore_button.enabled = True
+        self._on_model_changed()
 
     def run(self):
         """Predict every depth of the chosen model on the chosen image (in a thread worker)."""
         if self.running:
             return
-        if not self._torch_ready:
-            self._on_torch_ready()
+        self.ensure_torch()
         try:
             layer, data, model = self._inputs()
         except ValueError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
         from ..inference.predictor import PredictionCancelled
         from ..inference.supervision import predict_depths_iter, score_depths
 
         corrections = self.corrections.value
-        stop = self._stop = threading.Event()
+        stop = threading.Event()
         device = self.device.value
         transform = spatial_transform(layer, None)
         base = f"{layer.name} [{Path(str(model)).stem}]"
         try:
             truth, reviewed = self._corrections_data(self._spatial_shape(layer))
         except ValueError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
 
         def job():
@@ -365,7 +337,7 @@ class SupervisionWidget(Container):
                 text += f"; object present (CGM) per tile: {np.nanmin(p):.2f}–{np.nanmax(p):.2f}"
             self.status.value = text + "".join(f"\n{w}" for w in depths.warnings)
 
-        self._start(job, done, f"napari-unet: depths of {layer.name}")
+        self.start_job(job, done, f"napari-unet: depths of {layer.name}", stop=stop)
 
     def _spatial_shape(self, layer):
         shape = tuple(layer.data[0].shape if layer.multiscale else layer.data.shape)
@@ -387,7 +359,7 @@ class SupervisionWidget(Container):
         """Score the last prediction against the corrections as they are now (in a worker)."""
         if self.running or self.last_depths is None:
             if self.last_depths is None:
-                self._report_error("Run all depths first: there is nothing to score yet.")
+                self.report_error("Run all depths first: there is nothing to score yet.")
             return
         from ..modelfile import load_model
 
@@ -395,10 +367,10 @@ class SupervisionWidget(Container):
         try:
             truth, reviewed = self._corrections_data(depths.disagreement().shape)
         except ValueError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
         if truth is None:
-            self._report_error("Choose a corrections layer to score against (Correct widget, or any Labels layer).")
+            self.report_error("Choose a corrections layer to score against (Correct widget, or any Labels layer).")
             return
         model = self._context[3]
         from ..inference.supervision import score_depths
@@ -412,8 +384,7 @@ class SupervisionWidget(Container):
             self._fill_scores(scores)
             self.status.value = "scores updated"
 
-        self._stop = threading.Event()
-        self._start(job, done, "napari-unet: scoring depths")
+        self.start_job(job, done, "napari-unet: scoring depths")
 
     def _fill_scores(self, scores):
         from ..inference.supervision import best_score
@@ -439,19 +410,18 @@ class SupervisionWidget(Container):
         """Predict with U-Net++'s depth-k sub-network only; time it and score it (in a worker)."""
         if self.running:
             return
-        if not self._torch_ready:
-            self._on_torch_ready()
+        self.ensure_torch()
         try:
             layer, data, model = self._inputs()
             truth, reviewed = self._corrections_data(self._spatial_shape(layer))
         except ValueError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
         from ..inference.predictor import PredictionCancelled
         from ..inference.supervision import labels_from, predict_pruned_iter, score_labels
 
         depth = int(self.prune_depth.value)
-        stop = self._stop = threading.Event()
+        stop = threading.Event()
         device = self.device.value
         transform = spatial_transform(layer, None)
         base = f"{layer.name} [{Path(str(model)).stem}]"
@@ -496,7 +466,7 @@ class SupervisionWidget(Container):
             self.status.value = f"depth {depth}: {run.ms_per_megapixel:.0f} ms per megapixel on " \
                                 f"{run.prediction.device}"
 
-        self._start(job, done, f"napari-unet: depth {depth} of {layer.name}")
+        self.start_job(job, done, f"napari-unet: depth {depth} of {layer.name}", stop=stop)
 
     def _add_pruned_row(self, run, score, full):
         """One row per pruned run: its time per megapixel, its speed-up over the full network on
@@ -517,46 +487,6 @@ class SupervisionWidget(Container):
         self.pruned.value = {"data": rows, "index": index, "columns": PRUNE_COLUMNS}
         self.pruned.native.resizeColumnsToContents()
 
-    def cancel(self):
-        if self._worker is None:
-            return
-        self._stop.set()
-        self._worker.quit()
-        self.status.value = "cancelling…"
-
-    def _on_progress(self, event):
-        pct = 100 * event.done / max(event.total, 1)
-        self.status.value = f"{event.message}: {pct:.0f}%"
-        bar = self._progress
-        if bar is not None:
-            if bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
-
-    def _on_error(self, exc):
-        if isinstance(exc, (ValueError, KeyError)):
-            message = str(exc.args[0]) if exc.args else str(exc)
-        else:
-            log.error("deep-supervision run failed", exc_info=exc)
-            message = f"The run failed ({type(exc).__name__}: {exc}). Nothing was changed."
-        self._report_error(message)
-
-    def _on_finished(self):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        cancelled = self._stop is not None and self._stop.is_set()
-        self._worker = None
-        self.run_button.text = "Run all depths"
-        self.next_button.enabled = self.rescore_button.enabled = True
-        self._on_model_changed()
-        if cancelled:
-            self.status.value = "cancelled: nothing was changed"
-
-    def _report_error(self, message: str):
-        self.status.value = message
-        show_error(message)
-
     # -- looking at the results ----------------------------------------------------------
     def _result_layers(self):
         if self._context is None:
@@ -574,7 +504,7 @@ class SupervisionWidget(Container):
         if self.running:
             return
         if self._context is None:
-            self._report_error("Run all depths first: the disagreement between depths says where to look.")
+            self.report_error("Run all depths first: the disagreement between depths says where to look.")
             return
         from ..inference.supervision import regions_to_review
 
@@ -607,8 +537,7 @@ class SupervisionWidget(Container):
                                 f"(plane {', '.join(map(str, region.plane)) or '-'}, rows {region.box[-2].start}–{region.box[-2].stop}, " \
                                 f"columns {region.box[-1].start}–{region.box[-1].stop})"
 
-        self._stop = threading.Event()
-        self._start(job, done, "napari-unet: finding the next region")
+        self.start_job(job, done, "napari-unet: finding the next region")
 
     def _go_to(self, region, transform):
         """Set the sliders to the region's plane and centre and zoom the camera on its block."""
