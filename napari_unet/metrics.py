@@ -44,12 +44,20 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if flat.dtype == bool:
         flat = flat.astype(np.int64)
     if not np.issubdtype(flat.dtype, np.integer):
-        raise ValueError(f"Label images must hold integers, got {flat.dtype}.")
+        if flat.dtype.kind == "f" and np.isfinite(flat).all() and np.array_equal(flat, np.round(flat)):
+            fix = "they hold whole numbers, so convert them with labels.astype(int)"
+        elif flat.dtype.kind == "f":
+            fix = "they hold fractions or NaN, like probabilities: threshold and label them first " \
+                  "(e.g. skimage.measure.label(p > 0.5))"
+        else:
+            fix = "convert them to integer object ids (0 = background, 1, 2, ...)"
+        raise ValueError(f"Label images must hold integers, got {flat.dtype}: {fix}.")
     if flat.size == 0:
         return flat.astype(np.int64), np.zeros(0, np.int64)
     lo, hi = int(flat.min()), int(flat.max())
     if lo < 0:
-        raise ValueError("Label images cannot hold negative values (0 is the background).")
+        raise ValueError(f"Label images cannot hold negative values (found {lo}; 0 is the background): "
+                         "number the objects 1, 2, ... (e.g. skimage.segmentation.relabel_sequential).")
     if hi <= 4 * flat.size + 1024:  # a lookup table is faster than sorting
         present = np.bincount(flat, minlength=1) > 0
         present[0] = True
@@ -58,9 +66,11 @@ def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return lut[flat].astype(np.int64, copy=False), ids.astype(np.int64)
     ids, inverse = np.unique(flat, return_inverse=True)
     if ids[0] != 0:
-        ids = np.concatenate([[0], ids])
+        ids = np.concatenate([np.zeros(1, ids.dtype), ids])  # [0] would turn uint64 ids into float64
         inverse = inverse + 1
-    return inverse.astype(np.int64).ravel(), ids[1:].astype(np.int64)
+    # ids are never negative: uint64 ids above 2**63 stay uint64 rather than wrap around in int64
+    id_type = np.uint64 if ids.dtype == np.uint64 and ids[-1] > np.iinfo(np.int64).max else np.int64
+    return inverse.astype(np.int64).ravel(), ids[1:].astype(id_type)
 
 
 @dataclass
@@ -91,7 +101,8 @@ def overlaps(gt: np.ndarray, pred: np.ndarray) -> Overlaps:
     """The :class:`Overlaps` of two instance label images of the same shape."""
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape:
-        raise ValueError(f"The label images differ in shape: {gt.shape} (truth) vs {pred.shape} (prediction).")
+        raise ValueError(f"The label images differ in shape: {gt.shape} (truth) vs {pred.shape} (prediction): "
+                         "compare the prediction with the ground truth of the same image (same height and width).")
     g, true_ids = _compact(gt)
     p, pred_ids = _compact(pred)
     n_g, n_p = len(true_ids), len(pred_ids)
@@ -196,10 +207,12 @@ def match_instances(gt: np.ndarray, pred: np.ndarray, iou_threshold: float = 0.5
                     _overlaps: Overlaps | None = None) -> Matching:
     """One-to-one matching of ``pred`` to ``gt`` objects at ``IoU >= iou_threshold`` (see module doc)."""
     if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}.")
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}: 0.5 is the usual choice.")
     ov = _overlaps if _overlaps is not None else overlaps(gt, pred)
     chosen = _assign(ov, iou_threshold)
-    pairs = np.stack([ov.true_ids[ov.pairs[chosen, 0]], ov.pred_ids[ov.pairs[chosen, 1]]], axis=1) \
+    id_type = np.uint64 if np.uint64 in (ov.true_ids.dtype, ov.pred_ids.dtype) else np.int64  # never float64
+    pairs = np.stack([ov.true_ids[ov.pairs[chosen, 0]].astype(id_type),
+                      ov.pred_ids[ov.pairs[chosen, 1]].astype(id_type)], axis=1) \
         if chosen.size else np.zeros((0, 2), np.int64)
     return Matching(float(iou_threshold), ov.n_true, ov.n_pred, pairs, ov.iou[chosen])
 
@@ -222,7 +235,7 @@ def mean_matched_iou(gt: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> floa
 def _binary_counts(gt, pred) -> tuple[int, int, int]:
     a, b = np.asarray(gt) > 0, np.asarray(pred) > 0
     if a.shape != b.shape:
-        raise ValueError(f"The masks differ in shape: {a.shape} vs {b.shape}.")
+        raise ValueError(f"The masks differ in shape: {a.shape} vs {b.shape}: compare masks of the same image.")
     inter = int(np.count_nonzero(a & b))
     return inter, int(np.count_nonzero(a)), int(np.count_nonzero(b))
 

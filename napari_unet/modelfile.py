@@ -171,16 +171,38 @@ def _sniff(path: Path) -> None:
         raise ModelFileError(f"{path} is a folder: choose a {SUFFIX} model file inside it.") from None
     except OSError as exc:
         raise ModelFileError(f"Cannot read model file {path}: {exc.strerror}.") from None
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= size:
+        return  # laid out as safetensors (an 8-byte header length, then JSON): never mistaken for a pickle below,
+        # although a header of 640, 896, 1152 or 1408 bytes starts with the bytes of a pickle's opcode
     convert = (" napari-unet never unpickles files, because unpickling can run arbitrary code. If you trust it, "
                "convert it once in Python: build the network with napari_unet.build_model(...), load the state "
                "dict with torch.load(path, weights_only=True), then napari_unet.save_model(...).")
     if head[:2] == b"PK":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any(n.endswith(".h5") or n in ("config.json", "metadata.json") for n in names) and \
+                not any(n.endswith("data.pkl") for n in names):
+            raise ModelFileError(f"{path.name} is a Keras model (.keras zip archive); napari-unet reads {SUFFIX} "
+                                 "model files: choose a napari-unet model, or train one with the Fine-tune widget.")
+        if names and not any(n.endswith("data.pkl") for n in names):
+            raise ModelFileError(f"{path.name} is a zip archive, not a napari-unet model: unpack it and choose the "
+                                 f"{SUFFIX} file inside.")
         raise ModelFileError(f"{path.name} is a PyTorch checkpoint (torch.save zip archive), not a napari-unet model."
                              + convert)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         raise ModelFileError(f"{path.name} is a Python pickle, not a napari-unet model." + convert)
     if head[:4] == b"\x89HDF":
         raise ModelFileError(f"{path.name} is an HDF5 (e.g. Keras) model; napari-unet reads {SUFFIX} model files.")
+    if head[:6] == b"\x93NUMPY":
+        raise ModelFileError(f"{path.name} is a NumPy array file, not a model: choose a {SUFFIX} model file.")
+    if head.lstrip()[:1] in (b"{", b"["):  # (safetensors files returned above)
+        raise ModelFileError(f"{path.name} is a JSON (text) file, not a model: choose the {SUFFIX} file, which "
+                             "holds the config and the weights together.")
     if len(head) < 9:
         raise ModelFileError(f"{path.name} is empty or truncated: it is not a napari-unet model file.")
     (header_len,) = struct.unpack("<Q", head[:8])
@@ -200,11 +222,15 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"{path.name} is a corrupt safetensors file: {exc}") from None
     if METADATA_KEY not in meta:
         raise ModelFileError(f"{path.name} is a safetensors file from another tool (it has no napari-unet config).")
+    fix = "the file was damaged or edited by hand: use the original model file (or train the model again)"
     try:
         config = json.loads(meta[METADATA_KEY])
     except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path.name} has a corrupt config: {exc}.") from None
-    return validate_config(config)
+        raise ModelFileError(f"{path.name} has a corrupt config ({exc}): {fix}.") from None
+    try:
+        return validate_config(config)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path.name}: {str(exc).rstrip('.')}; {fix}.") from None
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -216,13 +242,19 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     config = read_config(path)
     try:
         net = build_model(config["architecture"], **config["arguments"])
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"{path.name}: the config's arguments do not build a network: {exc}") from None
+    except Exception as exc:  # any argument a builder chokes on (TypeError, ValueError, KeyError, IndexError...)
+        raise ModelFileError(f"{path.name}: the config's arguments do not build a network ({str(exc).rstrip('.')}): "
+                             "the file was edited or written by another version; use the original file.") from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
         net.load_state_dict(state, strict=True)
     except Exception as exc:
         raise ModelFileError(f"{path.name}: the weights do not match the architecture: {exc}") from None
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ModelFileError(f"{path.name}: the weights hold NaN or infinite values ({broken[0]}"
+                             f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}): the file is damaged or "
+                             "its training diverged; use another model or train it again.")
     net.eval().to(device)
     return LoadedModel(net=net, config=config, path=path, name=path.stem)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from ..inference.inputs import fit_normalizer
+from ..inference.inputs import check_image_dtype, fit_normalizer
 from .augment import Augmenter
 from .losses import IGNORE
 
@@ -46,6 +46,43 @@ def touching_boundaries(labels: np.ndarray) -> np.ndarray:
     return inner & other & (labels > 0)
 
 
+def check_training_labels(labels, name: str = "") -> np.ndarray:
+    """Instance labels ``(H, W)`` / ``(D, H, W)`` as an integer array a target can be made of.
+
+    Booleans become 0/1, floats holding whole numbers (as labels saved by some tools do) become
+    integers; fractional, non-finite, negative or non-numeric labels raise a ``ValueError`` that
+    says what to do. Ids beyond int64 (uint64 above 2**63) are renumbered 1..N, keeping every
+    object apart. The caller's array is never modified.
+    """
+    where = f" of training image {name}" if name else ""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if labels.dtype.kind == "f":
+        finite = np.isfinite(labels)
+        if not finite.all():
+            raise ValueError(f"The labels{where} hold NaN or infinite values: labels must be whole object ids "
+                             "(0 = background, 1, 2, ... one per object); fill the gaps with 0 first.")
+        if not np.array_equal(labels, np.round(labels)):
+            raise ValueError(f"The labels{where} hold fractional values ({labels.dtype}), like probabilities: labels "
+                             "must be whole object ids (0 = background, 1, 2, ...); threshold and label them first "
+                             "(e.g. skimage.measure.label(p > 0.5)).")
+        if labels.size and max(abs(float(labels.min())), float(labels.max())) > 2.0 ** 53:
+            raise ValueError(f"The labels{where} hold ids too large for a float ({labels.dtype}) to tell apart: "
+                             "save them as integers (uint32), numbered 1..N.")
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"The labels{where} must be integer object ids (0 = background), got data type "
+                         f"{labels.dtype}: convert them to integers first.")
+    if labels.size and labels.dtype.kind == "i" and labels.min() < 0:
+        raise ValueError(f"The labels{where} hold negative ids (smallest {int(labels.min())}): use 0 for background "
+                         "and 1, 2, ... for objects.")
+    if labels.size and labels.dtype == np.uint64 and labels.max() > np.iinfo(np.int64).max:
+        ids, inverse = np.unique(labels, return_inverse=True)
+        labels = (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int64)
+    return labels
+
+
 def binary_target(labels: np.ndarray) -> np.ndarray:
     """Binary target (int8: 0 background, 1 foreground) from instance labels ``(H, W)`` or ``(D, H, W)``.
 
@@ -54,9 +91,7 @@ def binary_target(labels: np.ndarray) -> np.ndarray:
     separate touching nuclei, so connected components (and the watershed split in
     post-processing) see them apart.
     """
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise ValueError(f"Labels must be integers (0 = background), got {labels.dtype}.")
+    labels = check_training_labels(labels)
     target = (labels > 0).astype(np.int8)
     target[touching_boundaries(labels.astype(np.int64))] = 0
     return target
@@ -69,9 +104,7 @@ def boundary_target(labels: np.ndarray) -> np.ndarray:
     always separated by boundary pixels and the interior seeds of the post-processing's watershed
     (``probabilities_to_labels(target="boundary")``) stay apart.
     """
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise ValueError(f"Labels must be integers (0 = background), got {labels.dtype}.")
+    labels = check_training_labels(labels)
     target = (labels > 0).astype(np.int8)
     target[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = 2
     return target
@@ -124,7 +157,8 @@ def as_channels_first(image: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
     if image.ndim == spatial_dims + 1:
         return image
     axes = "(H, W) or (C, H, W)" if spatial_dims == 2 else "(D, H, W) or (C, D, H, W)"
-    raise ValueError(f"{spatial_dims}D training images must be {axes}, got shape {image.shape}.")
+    raise ValueError(f"{spatial_dims}D training images must be {axes}, got shape {image.shape}: slice the data "
+                     "to one plane (or volume) per image, channels first.")
 
 
 def as_chw(image: np.ndarray) -> np.ndarray:
@@ -145,7 +179,7 @@ def _per_axis(size, spatial_dims: int, what: str) -> tuple[int, ...]:
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
                   min_size: int | Sequence[int] = 0, name: str = "", gap_weight: float = 1.0,
                   weight_map: dict | None = None, target: str = "binary",
-                  reviewed: np.ndarray | None = None) -> TrainingImage:
+                  reviewed: np.ndarray | None = None, in_channels: int | None = None) -> TrainingImage:
     """Normalise ``image``, build the target and reflect-pad both to at least ``min_size``.
 
     ``labels`` ``(H, W)`` (2D) or ``(D, H, W)`` (3D) decide the dimensionality; ``image`` is
@@ -164,18 +198,40 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
       i.e. after the gap between touching objects is cut, so that the gap pixels (d1 = d2 = 1)
       get the largest weights, as between the paper's touching cells;
     - ``gap_weight`` > 1: only the gap pixels get that weight (others 1), a cheaper stand-in.
+
+    Input checks (``ValueError`` naming the problem and the fix): labels as in
+    :func:`check_training_labels`; images of a numeric type; an image ``(*labels.shape, 3 or 4)``
+    (colour last, as napari and image files hold it) is taken channels-first; with
+    ``in_channels`` (the network's), a colour image for a one-channel network becomes grey (the
+    mean of R, G, B, as the predictor does) and any other channel mismatch is refused.
     """
     if gap_weight <= 0:
         raise ValueError(f"gap_weight must be positive, got {gap_weight}.")
     if weight_map is not None and gap_weight != 1.0:
         raise ValueError("Choose the paper's weight map or gap_weight, not both.")
-    labels = np.asarray(labels)
+    where = f" of training image {name}" if name else ""
+    labels = check_training_labels(labels, name)
     if labels.ndim not in (2, 3):
-        raise ValueError(f"Labels must be 2D (H, W) or 3D (D, H, W), got shape {labels.shape}"
-                         f"{' (' + name + ')' if name else ''}.")
+        raise ValueError(f"Labels must be 2D (H, W) or 3D (D, H, W), got shape {labels.shape}{where}: give one "
+                         "label image per image (one plane, or one volume for a 3D model).")
+    image = np.asarray(image)
+    given, which = image.shape, f"training image {name}" if name else "the training image"
+    check_image_dtype(image.dtype, which.replace("the ", ""))
+    if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
+            and image.shape[1:] != labels.shape:
+        image = np.moveaxis(image, -1, 0)  # colour last (RGB / RGBA) -> channels first
     chw = as_channels_first(image, labels.ndim)
     if labels.shape != chw.shape[1:]:
-        raise ValueError(f"Labels {labels.shape} do not match the image {chw.shape[1:]}{' (' + name + ')' if name else ''}.")
+        raise ValueError(f"The labels{where} {labels.shape} do not match the image's size {chw.shape[1:]} (image "
+                         f"shape {given}): each image needs labels of its own height and width (and depth), "
+                         "drawn on that image.")
+    if in_channels is not None and chw.shape[0] != in_channels:
+        if in_channels == 1 and chw.shape[0] in (3, 4):
+            chw = chw[:3].mean(axis=0, keepdims=True, dtype=np.float32)
+        else:
+            raise ValueError(f"The model takes {in_channels} channel(s) but {which} has {chw.shape[0]} (shape "
+                             f"{given}): choose a base model for {chw.shape[0]}-channel "
+                             "images, or give images with that many channels (channels first).")
     if target not in TARGET_MAKERS:
         raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGET_MAKERS)}.")
     x = fit_normalizer(chw, normalization)(chw)

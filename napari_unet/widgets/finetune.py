@@ -22,7 +22,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ._layers import KEY
 from ._plot import LossPlot
@@ -57,6 +57,7 @@ class FinetuneWidget(Container):
         self._progress = None
         self._torch_ready = False
         self.last_result = None
+        self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
         defaults = FinetuneSettings()
 
         self.model = ComboBox(label="Base model", choices=self._model_choices,
@@ -138,7 +139,8 @@ class FinetuneWidget(Container):
 
     # -- training data ---------------------------------------------------------------------
     def viewer_triples(self) -> tuple[list, str]:
-        """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer."""
+        """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer, as
+        ``(triples, source)``; the layers' names are kept for :meth:`check_triples`' messages."""
         triples, names = [], []
         for layer in self._viewer.layers:
             meta = _meta(layer)
@@ -146,21 +148,24 @@ class FinetuneWidget(Container):
                 continue
             image_name, reviewed_name = meta.get("source"), meta.get("reviewed")
             if image_name not in self._viewer.layers:
-                raise ValueError(f"The image of '{layer.name}' ({image_name}) is no longer in the viewer.")
+                raise ValueError(f"The image of '{layer.name}' ({image_name}) is no longer in the viewer: open it "
+                                 "again under that name, or remove the corrections layer.")
             image_layer = self._viewer.layers[image_name]
             reviewed = (np.asarray(self._viewer.layers[reviewed_name].data) > 0
                         if reviewed_name in self._viewer.layers else np.zeros(layer.data.shape, bool))
             if not reviewed.any():
                 continue
-            image = np.array(image_layer.data, copy=True)
+            data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+            image = np.array(data, copy=True)
             if image_layer.rgb:
                 image = np.moveaxis(image, -1, 0)
             triples.append((image, np.array(layer.data, copy=True), reviewed))
-            names.append(layer.name)
+            names.append((layer.name, image_name))
         if not triples:
             raise ValueError("No reviewed corrections in the viewer: use the Correct widget (Correct, edit, "
                              "mark reviewed), or train on a training-set folder.")
-        return triples, "layers " + ", ".join(names)
+        self._triple_names = names
+        return triples, "layers " + ", ".join(n for n, _ in names)
 
     def folder_triples(self) -> tuple[list, str]:
         from ..trainingset import TrainingSet
@@ -168,7 +173,62 @@ class FinetuneWidget(Container):
         ts = TrainingSet(Path(self.folder.value), create=False)
         if not len(ts):
             raise ValueError(f"The training set {ts.folder} is empty: add corrections with the Correct widget.")
+        self._triple_names = [(f"masks/{n}", f"images/{n}") for n in ts.names()]
         return ts.triples(), str(ts.folder)
+
+    def _base_model_inputs(self) -> tuple[int, int]:
+        """``(in_channels, spatial_dims)`` of the chosen base model, from its config (no weights)."""
+        from ..modelfile import read_config, resolve_model_path
+        from ..models import get_spec
+
+        config = read_config(resolve_model_path(self.model.value))
+        dims = config["arguments"].get("spatial_dims", get_spec(config["architecture"]).spatial_dims)
+        return int(config["input"]["channels"]), int(dims)
+
+    def check_triples(self, triples: list, in_channels: int, spatial_dims: int) -> tuple[list, list[str]]:
+        """The triples made fit for the base model, and what was changed (for the user).
+
+        Colour images (channels first, 3 or 4 of them) become grey for a one-channel model, as
+        the Segment widget does; everything else that does not fit raises a ``ValueError`` that
+        names the layers: unusable labels, labels and image of different sizes, channel counts
+        and dimensions the model cannot take.
+        """
+        from ..inference.inputs import check_image_dtype
+        from ..trainingset import check_labels
+
+        names = self._triple_names if len(self._triple_names) == len(triples) else \
+            [(f"corrections {i}", f"image {i}") for i in range(len(triples))]
+        checked, notes = [], []
+        for (image, labels, reviewed), (labels_name, image_name) in zip(triples, names):
+            try:
+                labels = check_labels(labels)
+            except ValueError as exc:
+                raise ValueError(f"'{labels_name}': {exc.args[0]}") from None
+            if labels.ndim not in (2, 3):
+                raise ValueError(f"'{labels_name}' has {labels.ndim} dimensions {labels.shape}: the models train on "
+                                 "2D images, stacks of them and volumes.")
+            image = np.asarray(image)
+            check_image_dtype(image.dtype, f"image '{image_name}'")
+            if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
+                    and image.shape[1:] != labels.shape:
+                image = np.moveaxis(image, -1, 0)
+            if image.shape[-labels.ndim:] != labels.shape or image.ndim - labels.ndim not in (0, 1):
+                raise ValueError(f"The corrections '{labels_name}' {labels.shape} do not fit the image "
+                                 f"'{image_name}' {image.shape}: correct a labels layer made from this image "
+                                 "(Segment it, then Correct), or open the image the corrections were drawn on.")
+            channels = image.shape[0] if image.ndim == labels.ndim + 1 else 1
+            if channels != in_channels:
+                if in_channels == 1 and channels in (3, 4):
+                    image = image[:3].mean(axis=0, dtype=np.float32)
+                    notes.append(f"The colour image '{image_name}' was converted to grey for this one-channel model.")
+                else:
+                    raise ValueError(f"The base model takes {in_channels} channel(s) but the image '{image_name}' has "
+                                     f"{channels}: choose a base model made for {channels}-channel images.")
+            if labels.ndim == 2 and spatial_dims == 3:
+                raise ValueError(f"The base model is 3D (it trains on volumes) but '{labels_name}' is a 2D image: "
+                                 "choose a 2D base model such as 'unet', or correct a stack.")
+            checked.append((image, labels, reviewed))
+        return checked, notes
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -196,10 +256,15 @@ class FinetuneWidget(Container):
         try:
             if not self.model.value:
                 raise ValueError("Choose a base model.")
+            if not self._torch_ready:
+                self._on_torch_ready()
             triples, source = self.viewer_triples() if self.source.value == FROM_VIEWER else self.folder_triples()
+            triples, notes = self.check_triples(triples, *self._base_model_inputs())
         except (ValueError, KeyError) as exc:
             self._report_error(str(exc.args[0]) if exc.args else str(exc))
             return
+        for note in notes:
+            show_warning(note)
         from ..finetune import finetune_iter
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None

@@ -235,10 +235,16 @@ class SegmentWidget(Container):
     def _predictor(self, model: str, device: str, tile: str):
         """The cached predictor for these settings (called in the worker thread: model loading and
         batch-norm folding stay off the Qt thread). A model file rewritten since is reloaded."""
+        from ..catalog import ModelFileError, resolve_model_path
         from ..inference.predictor import Predictor
-        from ..catalog import resolve_model_path
 
-        key = (model, device, tile, resolve_model_path(model).stat().st_mtime_ns)
+        path = resolve_model_path(model)
+        try:
+            modified = path.stat().st_mtime_ns
+        except OSError:
+            raise ModelFileError(f"The model file {path} is gone (moved, renamed or deleted): load it again with "
+                                 "'Load model file…', or choose another model.") from None
+        key = (model, device, tile, modified)
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, Predictor(model, device=device, tile_size=tile if tile == "auto" else int(tile)))
         return self._cached[1]
