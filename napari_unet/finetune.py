@@ -97,7 +97,9 @@ def _planes(triples: Sequence, spatial_dims: int) -> list[tuple]:
                 if reviewed[z].any():
                     out.append((image[:, z] if chw else image[z], labels[z], reviewed[z]))
             continue
-        raise ValueError(f"Labels of {labels.ndim} dimensions do not fit a {spatial_dims}D model.")
+        raise ValueError(f"Labels of {labels.ndim} dimensions do not fit a {spatial_dims}D model: "
+                         + ("choose a 2D base model (e.g. unet), or correct a stack (Z, Y, X)." if spatial_dims == 3
+                            else "choose a 3D base model (e.g. unet-3d) for volumes, or correct single planes."))
     return out
 
 

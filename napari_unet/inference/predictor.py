@@ -176,7 +176,10 @@ class Predictor:
         self.budget_tiles = tile_size == "auto" and self.spatial_dims == 3
         if tile_size == "auto":
             tile_size = _auto_tile(self.model.net, self.device)
-        self.tile_size = int(tile_size)
+        try:
+            self.tile_size = int(tile_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"tile_size must be a number of pixels or 'auto', got {tile_size!r}.") from None
         if self.tile_size < 16:
             raise ValueError(f"tile_size must be at least 16 pixels, got {tile_size}.")
         if halo < 0 or blend < 0:
@@ -191,6 +194,8 @@ class Predictor:
             self.blend = min(blend, halo // 2)
             self.context = halo - self.blend
         self.batch_size = (1 if self.device.type == "cpu" else 4) if batch_size == "auto" else int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 tile per forward pass (or 'auto'), got {batch_size!r}.")
         self.warnings: list[str] = []
 
     def _inference_net(self) -> nn.Module:

@@ -261,7 +261,10 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             return stopped_before_training()
         images.append(prepare_image(pair[0], pair[1], normalization, patch, name=str(i), gap_weight=gap_weight,
                                     weight_map=weight_map, target=target,
-                                    reviewed=pair[2] if len(pair) > 2 else None))
+                                    reviewed=pair[2] if len(pair) > 2 else None, in_channels=net.in_channels))
+    for i, pair in enumerate(val_pairs):  # the same checks now, not after the first epoch
+        prepare_image(pair[0], pair[1], normalization, name=f"{i} (validation)", target=target,
+                      in_channels=net.in_channels)
     sampler = PatchSampler(images, patch, rng, foreground_bias, augment=augment, image_weights=image_weights)
     loss_fn = loss or SegmentationLoss()
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):

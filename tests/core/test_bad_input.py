@@ -210,13 +210,9 @@ PREDICTOR_SETTINGS = [
     ("tile-size-too-small", {"tile_size": 8}, r"tile_size must be at least 16"),
     ("negative-halo", {"halo": -1}, r"halo and blend cannot be negative"),
     ("unknown-device", {"device": "tpu"}, r"tpu"),
-    pytest.param("tile-size-not-a-number", {"tile_size": "big"}, r"tile_size.*'big'.*auto",
-                 marks=pytest.mark.xfail(strict=True, reason="needs fix in predictor.py: Predictor.__init__ does "
-                                         "int(tile_size) and lets 'invalid literal for int()' through")),
+    ("tile-size-not-a-number", {"tile_size": "big"}, r"tile_size.*auto.*'big'"),
     ("tile-size-within-twice-the-halo", {"tile_size": 64}, r"tile_size.*halo"),  # else 2-px tile cores
-    pytest.param("batch-size-zero", {"batch_size": 0}, r"batch_size.*at least 1",
-                 marks=pytest.mark.xfail(strict=True, reason="needs fix in predictor.py: batch_size 0 is accepted "
-                                         "and predict fails later with 'range() arg 3 must not be zero'")),
+    ("batch-size-zero", {"batch_size": 0}, r"batch_size.*at least 1"),
 ]
 
 
@@ -392,26 +388,17 @@ def test_colour_last_training_images_become_grey_for_a_one_channel_model(nuclei)
         prepare_training_image(np.stack([image] * 2), labels, PERCENTILE, in_channels=1)
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in trainer.py: train_iter should pass in_channels=net.in_channels to "
-                                       "patches.prepare_image (then colour images are trained as grey, like predict)")
 def test_train_iter_on_colour_images_with_a_one_channel_model(nuclei):
     image, labels = nuclei
     assert _train([(np.stack([image] * 3, axis=-1), labels)]).steps == 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in trainer.py: train_iter should pass in_channels=net.in_channels to "
-                                       "patches.prepare_image; today the plain U-Net raises torch's RuntimeError "
-                                       "'expected input[2, 2, 32, 32] to have 1 channels' (no ValueError, no fix)")
 def test_train_iter_on_two_channel_images_with_a_one_channel_model(nuclei):
     image, labels = nuclei
     with pytest.raises(ValueError, match=r"takes 1 channel\(s\).*has 2.*choose a base model"):
         _train([(np.stack([image] * 2), labels)])
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in trainer.py: validation pairs are not checked (labels nor shape) "
-                                       "before training; the mismatch surfaces after the first epoch as metrics' "
-                                       "'(truth) vs (prediction)'. Run patches.check_training_labels and the shape "
-                                       "check of patches.prepare_image on val_pairs up front")
 def test_validation_pair_of_another_shape_is_refused_before_training(nuclei):
     image, labels = nuclei
     with pytest.raises(ValueError, match=r"validation.*do not match"):
@@ -447,11 +434,8 @@ REFUSED_FINETUNING = [
      r"Cannot write models to .*NAPARI_UNET_MODEL_DIR"),
     ("corrupt-base-model", lambda f: (lambda p: (p.write_bytes(p.read_bytes()[:100]), p)[1])(f("ft-cut")),
      lambda im, lab: [(im, lab, None)], lambda t: t, r"truncated|corrupt"),
-    pytest.param("2d-labels-3d-model", lambda f: f("ft-3d", spatial_dims=3, features=(4, 8)),
-                 lambda im, lab: [(im, lab, None)], lambda t: t, r"2 dimensions.*3D model.*choose a 2D",
-                 marks=pytest.mark.xfail(strict=True, reason="needs fix in finetune.py (_planes): 'Labels of 2 "
-                                         "dimensions do not fit a 3D model.' names no fix; add ': choose a 2D base "
-                                         "model (e.g. unet), or correct a stack (Z, Y, X)'")),
+    ("2d-labels-3d-model", lambda f: f("ft-3d", spatial_dims=3, features=(4, 8)),
+     lambda im, lab: [(im, lab, None)], lambda t: t, r"2 dimensions.*3D model.*choose a 2D"),
 ]
 
 
