@@ -2,6 +2,7 @@
 
     napari-unet models
     napari-unet predict [MODEL] INPUT... -o OUTDIR [--device auto] [--probabilities]
+                        [--format tif|zarr] [--scheduler ADDRESS] [--block-size 2048]
     napari-unet train MODEL --images DIR --masks DIR -o OUT [--minutes M | --epochs E] [--w0 10 --sigma 5]
                       [--target binary|boundary]
     napari-unet evaluate --pred DIR --gt DIR
@@ -64,10 +65,14 @@ def _read_image(path: Path):
     import numpy as np
     import tifffile
 
-    if not path.is_file():
+    if not _is_input(path):
         raise UsageError(f"{path}: no such file")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if path.is_dir():  # a .zarr store
+            from .inference.large import read_whole
+
+            image = read_whole(path)
+        elif path.suffix.lower() in (".tif", ".tiff"):
             image = tifffile.imread(path)
         elif path.suffix.lower() == ".npy":
             image = np.load(path, allow_pickle=False)
@@ -82,6 +87,11 @@ def _read_image(path: Path):
     return image
 
 
+def _is_input(path: Path) -> bool:
+    """A file, or a zarr store (a folder)."""
+    return path.is_file() or (path.is_dir() and path.suffix.lower() == ".zarr")
+
+
 def cmd_predict(args) -> int:
     from .inference.predictor import Predictor, run_to_end
     from .inference.segment import segment_iter
@@ -89,9 +99,14 @@ def cmd_predict(args) -> int:
     from .modelfile import ModelFileError
 
     inputs = [Path(p) for p in args.inputs]
-    missing = [str(p) for p in inputs if not p.is_file()]
+    missing = [str(p) for p in inputs if not _is_input(p)]
     if missing:
         raise UsageError(f"input not found: {', '.join(missing)}")
+    fmt = args.format or ("zarr" if Path(args.output).suffix.lower() == ".zarr" else "tif")
+    if Path(args.output).suffix.lower() == ".zarr" and fmt != "zarr":
+        raise UsageError(f"-o {args.output} names a zarr store: drop --format {fmt}, or give an output folder")
+    if fmt == "zarr" or args.scheduler:
+        return _predict_in_blocks(args, inputs, fmt)
     outdir = Path(args.output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +135,64 @@ def cmd_predict(args) -> int:
         if args.probabilities:
             write_tif(outdir / f"{path.stem}_probabilities.tif", seg.prediction.foreground)
         print(f"{path.name}: {int(seg.labels.max())} objects -> {outdir / (path.stem + '.tif')}")
+    return 0
+
+
+def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
+    """``predict`` with zarr outputs (images of any size, block by block) and/or on a dask cluster."""
+    from .inference.distributed import FileJob, FileResult, make_runner, segment_files_iter
+    from .inference.predictor import Predictor, Progress
+    from .modelfile import ModelFileError
+
+    out = Path(args.output)
+    if out.suffix.lower() == ".zarr":
+        if len(inputs) > 1:
+            raise UsageError(f"{len(inputs)} inputs need an output folder: -o OUTDIR --format zarr")
+        labels = [out]
+        probabilities = [out.with_name(out.name[:-5] + "_probabilities.zarr")]
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the output folder {out}: {exc.strerror}") from None
+        labels = [out / f"{p.stem}.{fmt}" for p in inputs]
+        probabilities = [out / f"{p.stem}_probabilities.{fmt}" for p in inputs]
+    if len(set(labels)) < len(labels):
+        raise UsageError("two inputs have the same name: their outputs would overwrite each other")
+    jobs = [FileJob(str(i.resolve()), str(lab.resolve()), str(prob.resolve()) if args.probabilities else None, fmt)
+            for i, lab, prob in zip(inputs, labels, probabilities)]
+    settings = {"device": args.device, "tile_size": args.tile_size if args.tile_size == "auto" else int(args.tile_size)}
+    try:
+        predictor = Predictor(args.model, **settings)
+    except ModelFileError as exc:
+        raise UsageError(str(exc)) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    # workers resolve the model themselves: an absolute path for a file, else the (bundled) name
+    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
+    options = {"channel_axis": args.channel_axis, "threshold": args.threshold, "min_size": args.min_size,
+               "split_touching": False if args.no_split else None, "block_size": args.block_size,
+               "label_halo": args.label_halo}
+    runner = make_runner(args.scheduler)
+    try:
+        where = runner.describe() if args.scheduler else str(predictor.device)
+        print(f"model {predictor.model.name} on {where}")
+        show = _progress_printer("predict")
+        for event in segment_files_iter(model, jobs, runner, options, settings, args.threads, predictor):
+            if isinstance(event, Progress):
+                show(event.done, event.total, event.message)
+                continue
+            name = Path(event.image).name
+            if sys.stderr.isatty():
+                print(file=sys.stderr)
+            for warning in event.warnings:
+                print(f"{name}: warning: {warning}", file=sys.stderr)
+            print(f"{name}: {event.n_objects} objects -> {event.labels}")
+    finally:
+        if args.scheduler:
+            runner.close()
     return 0
 
 
@@ -259,17 +332,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list the architectures and the installed models")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("predict", help="segment images into instance labels (OUTDIR/<input stem>.tif)")
+    p = sub.add_parser("predict", help="segment images into instance labels (OUTDIR/<input stem>.tif or .zarr)")
     p.add_argument("model", nargs="?", default="unet", help="a bundled model name (default: unet) or a model file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (TIFF, PNG, NPY...)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (TIFF, PNG, NPY, .zarr...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output folder, or OUT.zarr for one input (labels; probabilities in OUT_probabilities.zarr)")
+    p.add_argument("--format", choices=("tif", "zarr"), default=None,
+                   help="output format (default: zarr when -o ends in .zarr, else tif). zarr predicts block by "
+                        "block from memory-mapped or zarr input: memory stays flat however large the image")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a dask.distributed cluster: its scheduler address (tcp://host:8786) or scheduler "
+                        "file; the blocks of a large image, or the files, become tasks")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="block side in pixels for zarr outputs (default 2048; 256 for 3D models)")
+    p.add_argument("--label-halo", type=int, default=None,
+                   help="pixels around a block that labelling sees (default 128; 32 for 3D models): objects up "
+                        "to this size are labelled exactly as in one pass")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch threads per task (default: a worker's cores divided by its dask threads)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--tile-size", default="auto")
     p.add_argument("--threshold", type=float, default=None, help="foreground probability (default: the model's)")
     p.add_argument("--min-size", type=int, default=None, help="smallest object in pixels (default: the model's)")
     p.add_argument("--no-split", action="store_true", help="do not split touching objects by watershed")
     p.add_argument("--channel-axis", type=int, default=None)
-    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write <stem>_probabilities.tif (.zarr: every foreground class)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("train", help="fine-tune a model on images and instance masks with the same file names")
     p.add_argument("model", help="the starting model: a bundled name (e.g. unet) or a model file")
@@ -309,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # "napari-unet predict image.tif -o out": the single positional is an input, not a model
     if args.command == "predict" and args.model not in ("unet",) and Path(args.model).suffix.lower() in (
-            ".tif", ".tiff", ".png", ".npy", ".jpg") and Path(args.model).is_file():
+            ".tif", ".tiff", ".png", ".npy", ".jpg", ".zarr") and _is_input(Path(args.model)):
         args.inputs.insert(0, args.model)
         args.model = "unet"
     try:

@@ -1,0 +1,283 @@
+"""Bad input everywhere, command line: every refused input is ONE line on stderr naming the
+problem and the fix, exit code 2, no output file written and no input file changed; odd but
+usable inputs are segmented with a warning line. ``pytest --collect-only -q`` lists the cases.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+
+
+def _params(table):
+    """``pytest.param`` per row ``(id, *values)`` (rows may be ``pytest.param`` with marks)."""
+    out = []
+    for case in table:
+        if hasattr(case, "marks"):
+            out.append(pytest.param(*case.values[1:], id=case.values[0], marks=case.marks))
+        else:
+            out.append(pytest.param(*case[1:], id=case[0]))
+    return out
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("napari-unet: error:"), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def cli_models(make_random_model, tmp_path_factory):
+    """Model files: a small 1-channel model, a 2-channel one, and damaged / foreign files."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("cli-models")
+    good = make_random_model("cli-bad-grey")
+    models = {"grey": good, "two-channel": make_random_model("cli-bad-two", in_channels=2),
+              "3d": make_random_model("cli-bad-3d", spatial_dims=3, features=(4, 8))}
+    models["truncated"] = folder / "truncated.safetensors"
+    models["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    models["foreign"] = folder / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(models["foreign"]))
+    models["keras"] = folder / "model.keras"
+    with zipfile.ZipFile(models["keras"], "w") as z:
+        z.writestr("config.json", "{}")
+        z.writestr("model.weights.h5", b"\x89HDF")
+    models["torch-zip"] = folder / "model.pt"
+    torch.save({"w": torch.zeros(3)}, models["torch-zip"])
+    models["pickle"] = folder / "model.pkl"
+    models["pickle"].write_bytes(pickle.dumps({"w": [0.0]}, protocol=4))
+    # the weights of a real model file overwritten with NaN
+    data = bytearray(good.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+    start, end = header[name]["data_offsets"]
+    data[8 + n + start:8 + n + end] = np.full((end - start) // 4, np.nan, np.float32).tobytes()
+    models["nan-weights"] = folder / "nan.safetensors"
+    models["nan-weights"].write_bytes(bytes(data))
+    return models
+
+
+def _write_npy(path, array):
+    np.save(path, array, allow_pickle=True)
+
+
+def _png(path, array):
+    from skimage.io import imsave
+
+    imsave(path, array, check_contrast=False)
+
+
+# (id, input file name, writer(path), model key, extra arguments, regex on the error line)
+REFUSED_PREDICT = [
+    ("image-1d", "signal.npy", lambda p: np.save(p, np.zeros(64)), "grey", [], r"1 dimension.*give a 2D array"),
+    ("image-5d", "tczyx.npy", lambda p: np.save(p, np.zeros((1, 2, 3, 16, 16), np.float32)), "grey", [],
+     r"5 axes besides channels.*Slice the data"),
+    ("image-complex", "fft.npy", lambda p: np.save(p, np.zeros((32, 32), complex)), "grey", [],
+     r"complex128.*np\.abs"),
+    ("image-pickled-npy", "objects.npy", lambda p: _write_npy(p, np.array([{"a": 1}] * 4, dtype=object)), "grey", [],
+     r"cannot read the image"),
+    ("image-truncated-npy", "cut.npy", lambda p: (np.save(p, np.zeros((64, 64))), p.write_bytes(p.read_bytes()[:200])),
+     "grey", [], r"cannot read the image"),
+    ("image-empty-file", "empty.tif", lambda p: p.write_bytes(b""), "grey", [], r"cannot read the image"),
+    ("image-rgb-png-without-channel-axis", "cells.png",
+     lambda p: _png(p, np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)), "grey",
+     [], r"looks like a colour image.*--channel-axis"),
+    ("channel-axis-out-of-range", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "grey",
+     ["--channel-axis", "5"], r"Channel axis 5 does not exist.*choose an axis from -2 to 1"),
+    ("two-channels-one-channel-model", "two.tif", lambda p: tifffile.imwrite(p, np.zeros((2, 32, 32), np.uint8)),
+     "grey", ["--channel-axis", "0"], r"needs 1 input channel\(s\) but the image has 2.*choose a model"),
+    ("2d-image-3d-model", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "3d", [],
+     r"3D model needs at least 3 axes.*choose a 2D model"),
+    ("grey-image-two-channel-model", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)),
+     "two-channel", [], r"needs 2 channels but the image has none marked.*--channel-axis"),
+    ("model-truncated", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "truncated", [],
+     r"truncated\.safetensors.*(truncated|corrupt)"),
+    ("model-from-another-tool", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "foreign", [],
+     r"another tool"),
+    ("model-keras", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "keras", [],
+     r"Keras model.*napari-unet model"),
+    ("model-torch-save-zip", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "torch-zip", [],
+     r"PyTorch checkpoint.*never unpickles"),
+    ("model-plain-pickle", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "pickle", [],
+     r"Python pickle.*never unpickles"),
+    ("model-nan-weights", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "nan-weights", [],
+     r"NaN or infinite.*another model"),
+]
+
+
+@pytest.mark.parametrize("name,write,model,extra,message", _params(REFUSED_PREDICT))
+def test_predict_refuses_with_one_line_and_exit_code_2(tmp_path, cli_models, capsys, name, write, model, extra,
+                                                       message, one_thread):
+    source = tmp_path / "in"
+    source.mkdir()
+    write(source / name)
+    before = _snapshot(source)
+    model_before = Path(cli_models[model]).read_bytes()
+    out = tmp_path / "out"
+    assert main(["predict", str(cli_models[model]), str(source / name), "-o", str(out), *extra]) == 2
+    line = _one_error_line(capsys)
+    assert re.search(message, line), line
+    assert _snapshot(source) == before  # the input is untouched
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+    assert Path(cli_models[model]).read_bytes() == model_before
+
+
+# (id, input file name, writer(path), extra arguments, expected labels shape, regex of a warning line or None)
+ACCEPTED_PREDICT = [
+    ("rgb-png-with-channel-axis", "cells.png",
+     lambda p: _png(p, np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8)),
+     ["--channel-axis", "-1"], (48, 40), r"warning: The colour image was converted to grey"),
+    ("nan-image", "nan.tif", lambda p: tifffile.imwrite(p, np.where(np.eye(40, dtype=bool), np.nan, 1.0)
+                                                         .astype(np.float32) + np.arange(40, dtype=np.float32)),
+     [], (40, 40), r"warning: The image contains NaN"),
+    ("constant-image", "flat.tif", lambda p: tifffile.imwrite(p, np.full((32, 32), 9, np.uint16)), [], (32, 32),
+     r"warning: The image is constant"),
+    ("1x1-image", "dot.npy", lambda p: np.save(p, np.ones((1, 1), np.float32)), [], (1, 1), r"constant"),
+    ("thin-image", "line.npy", lambda p: np.save(p, np.random.default_rng(1).random((2, 300))), [], (2, 300), None),
+    ("uint64-huge-values", "huge.npy", lambda p: np.save(p, (np.uint64(2**63) + np.arange(1024, dtype=np.uint64)
+                                                             * np.uint64(2**40)).reshape(32, 32)), [], (32, 32), None),
+    ("bool-image", "mask.npy", lambda p: np.save(p, np.indices((32, 32)).sum(0) % 3 == 0), [], (32, 32), None),
+]
+
+
+@pytest.mark.parametrize("name,write,extra,shape,warning", _params(ACCEPTED_PREDICT))
+def test_predict_segments_odd_images_with_a_warning(tmp_path, cli_models, capsys, name, write, extra, shape, warning,
+                                                    one_thread):
+    write(tmp_path / name)
+    before = (tmp_path / name).read_bytes()
+    assert main(["predict", str(cli_models["grey"]), str(tmp_path / name), "-o", str(tmp_path / "out"), *extra]) == 0
+    labels = tifffile.imread(tmp_path / "out" / f"{Path(name).stem}.tif")
+    assert labels.shape == shape and labels.dtype == np.int32
+    err = capsys.readouterr().err
+    if warning:
+        assert re.search(warning, err), err
+    else:
+        assert "warning" not in err, err
+    assert (tmp_path / name).read_bytes() == before
+
+
+@pytest.mark.xfail(strict=True, reason="needs fix in cli.py (cmd_predict): an OSError from write_tif (here the output "
+                                       "name is taken by a folder) escapes as a traceback; catch OSError around the "
+                                       "writes and raise UsageError(f'cannot write {path}: {exc.strerror}')")
+def test_predict_output_name_taken_by_a_folder(tmp_path, cli_models, capsys):
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
+    (tmp_path / "out" / "img.tif").mkdir(parents=True)
+    assert main(["predict", str(cli_models["grey"]), str(tmp_path / "img.tif"), "-o", str(tmp_path / "out")]) == 2
+    assert "cannot write" in _one_error_line(capsys)
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+GT = np.zeros((32, 32), np.int32)
+GT[2:10, 2:10], GT[12:20, 12:20] = 1, 2
+
+# (id, writer(gt_dir, pred_dir), regex)
+REFUSED_EVALUATE = [
+    ("gt-folder-missing", lambda g, p: ((g / "a.tif").unlink(), g.rmdir()), r"gt: no such folder"),
+    ("prediction-other-shape", lambda g, p: tifffile.imwrite(p / "a.tif", GT[:16]), r"differs"),
+    ("negative-labels", lambda g, p: tifffile.imwrite(p / "a.tif", -GT), r"negative"),
+    ("fractional-labels", lambda g, p: tifffile.imwrite(p / "a.tif", GT * 0.5), r"integer instance labels"),
+    ("ground-truth-missing", lambda g, p: (g / "a.tif").unlink(), r"no ground truth with the name of 1 image"),
+]
+
+
+@pytest.mark.parametrize("breakage,message", _params(REFUSED_EVALUATE))
+def test_evaluate_refuses_with_one_line_and_exit_code_2(tmp_path, capsys, breakage, message):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for folder in (gt, pred):
+        folder.mkdir()
+    tifffile.imwrite(gt / "a.tif", GT)
+    tifffile.imwrite(pred / "a.tif", GT)
+    breakage(gt, pred)
+    before = _snapshot(tmp_path)
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
+    assert re.search(message, _one_error_line(capsys))
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.xfail(strict=True, reason="needs fix in cli.py (_read_labels): labels.astype(np.int32) wraps uint32 ids "
+                                       "above 2**31 to negative numbers, so a perfect prediction is refused as "
+                                       "'negative'; keep the integer dtype (or use int64)")
+def test_evaluate_uint32_ids_above_2_31(tmp_path, capsys):
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", np.where(GT > 0, GT.astype(np.uint32) + np.uint32(3 << 30), 0)
+                         .astype(np.uint32))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[:2] == ["mean", "1.0000"]
+
+
+# -- train ------------------------------------------------------------------------------------
+@pytest.fixture
+def train_folders(tmp_path):
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for seed in range(2):
+        image, labels = fluorescent_nuclei(shape=(64, 64), n_nuclei=5, seed=seed)
+        tifffile.imwrite(tmp_path / "images" / f"n{seed}.tif", image)
+        tifffile.imwrite(tmp_path / "masks" / f"n{seed}.tif", labels)
+    return tmp_path
+
+
+def _train_args(t, model, out):
+    return ["train", str(model), "--images", str(t / "images"), "--masks", str(t / "masks"), "-o", str(out),
+            "--epochs", "1", "--patch-size", "32", "--batch-size", "2"]
+
+
+REFUSED_TRAIN = [
+    ("negative-masks", lambda t: tifffile.imwrite(t / "masks" / "n1.tif", -np.ones((64, 64), np.int32)), "grey",
+     lambda t: t / "model", r"negative"),
+    ("5d-image", lambda t: tifffile.imwrite(t / "images" / "n1.tif", np.zeros((1, 1, 2, 64, 64), np.uint8)), "grey",
+     lambda t: t / "model", r"differs from its image"),
+    ("corrupt-image", lambda t: (t / "images" / "n1.tif").write_bytes(b"II*\x00broken"), "grey",
+     lambda t: t / "model", r"n1\.tif: cannot read the image"),
+    ("base-model-truncated", lambda t: None, "truncated", lambda t: t / "model", r"truncated|corrupt"),
+    ("base-model-pickle", lambda t: None, "pickle", lambda t: t / "model", r"pickle.*never unpickles"),
+    pytest.param("output-under-a-file", lambda t: (t / "a-file").write_text("mine"), "grey",
+                 lambda t: t / "a-file" / "model", r"cannot write the model",
+                 marks=pytest.mark.xfail(strict=True, reason="needs fix in cli.py (cmd_train): the check "
+                                         "'out.parent.exists() and os.access(W_OK)' passes for a FILE as parent "
+                                         "(and for every folder when run as root); check out.parent.is_dir() and "
+                                         "catch OSError from save_model -> UsageError")),
+    pytest.param("rgb-images-one-channel-model",
+                 lambda t: [tifffile.imwrite(p, np.stack([tifffile.imread(p)] * 3, axis=-1))
+                            for p in (t / "images").iterdir()], "grey", lambda t: t / "model", None,
+                 marks=pytest.mark.xfail(strict=True, reason="needs fix in trainer.py: train_iter should pass "
+                                         "in_channels=net.in_channels to patches.prepare_image so colour images "
+                                         "train as grey, as predict does; today torch's RuntimeError 'expected "
+                                         "input[2, 3, 32, 32] to have 1 channels' escapes main() as a traceback")),
+]
+
+
+@pytest.mark.parametrize("breakage,model,out,message", _params(REFUSED_TRAIN))
+def test_train_refuses_with_one_line_and_exit_code_2(train_folders, cli_models, capsys, breakage, model, out,
+                                                     message, one_thread):
+    t = train_folders
+    breakage(t)
+    before = _snapshot(t)
+    code = main(_train_args(t, cli_models[model], out(t)))
+    if message is None:  # a case that must train
+        assert code == 0, capsys.readouterr().err
+        return
+    assert code == 2
+    assert re.search(message, _one_error_line(capsys))
+    assert _snapshot(t) == before  # no model written, no image or mask changed

@@ -1,0 +1,281 @@
+"""Block-wise prediction into zarr agrees with a single pass; objects keep one id across seams."""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_unet.inference.large import (BlockGrid, labels_from_probabilities_iter, open_image, segment_to_zarr,
+                                         segment_to_zarr_iter, write_zarr)
+from napari_unet.inference.postprocess import probabilities_to_labels
+from napari_unet.inference.predictor import PredictionCancelled, run_to_end
+from napari_unet.inference.segment import segment_iter
+from napari_unet.modelfile import make_config, save_model
+from napari_unet.models import build_model
+from napari_unet.synthetic import fluorescent_nuclei
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _blur_net():
+    """A 3-level U-Net whose foreground probability is sigmoid(24 (blur(x) - 0.3)) of the
+    normalised image x, blurred by four 3x3 box filters: nuclei become objects (touching ones
+    merge, so the watershed split runs), and its receptive field (4 px) fits in the tiles'
+    context, so tiled and block-wise predictions must equal a single pass up to rounding."""
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16, 32))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_()
+                m.running_var.fill_(1 - m.eps)
+                m.weight.fill_(1.0)
+        for conv in (net.encoders[0][0][0], net.encoders[0][1][0], net.decoders[-1][0][0], net.decoders[-1][1][0]):
+            conv.weight[0, 0] = 1 / 9
+        net.head.weight[1, 0, 0, 0] = 24.0
+        net.head.bias[1] = -24.0 * 0.3
+    return net
+
+
+@pytest.fixture(scope="module")
+def blur_model(tmp_path_factory):
+    net = _blur_net()
+    return str(save_model(tmp_path_factory.mktemp("large") / "blur.safetensors", net, make_config(net, "unet")))
+
+
+@pytest.fixture(scope="module")
+def nuclei():
+    return fluorescent_nuclei(shape=(600, 700), n_nuclei=120, seed=3)[0]
+
+
+def _same_up_to_relabelling(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same background, and a one-to-one map between the ids of ``a`` and ``b``."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def _crossing_seams(labels: np.ndarray, block: int) -> list[int]:
+    from scipy import ndimage as ndi
+
+    return [i + 1 for i, box in enumerate(ndi.find_objects(labels))
+            if box is not None and any(s.start // block != (s.stop - 1) // block for s in box)]
+
+
+def test_blocks_equal_a_single_pass(blur_model, nuclei, tmp_path):
+    single = run_to_end(segment_iter(blur_model, nuclei, device="cpu", tile_size=256))
+    result = segment_to_zarr(blur_model, nuclei, tmp_path / "labels.zarr", tmp_path / "probs.zarr", device="cpu",
+                             tile_size=256, block_size=256, label_halo=64)
+    assert result.n_blocks == 9
+    probs = zarr.open_array(str(tmp_path / "probs.zarr"), mode="r")[...]
+    assert probs.shape == nuclei.shape and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, single.prediction.foreground, atol=1e-5)
+    labels = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[...]
+    assert labels.dtype == np.int32 and labels.shape == nuclei.shape
+    assert result.n_objects == [int(single.labels.max())] and single.labels.max() > 50
+    assert labels.max() == single.labels.max() and len(np.unique(labels)) == labels.max() + 1  # ids 1..N
+    assert _same_up_to_relabelling(single.labels, labels)
+    crossing = _crossing_seams(single.labels, 256)
+    assert len(crossing) >= 5  # the comparison covers objects cut by block seams
+    for i in crossing:
+        assert len(np.unique(labels[single.labels == i])) == 1
+
+
+def _discs(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = np.zeros(shape, bool)
+    for cy, cx in centres:
+        out |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    return out
+
+
+def _smooth_probabilities(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(mask.astype(np.float32), 1.5)
+
+
+def test_labels_from_probabilities_agree_across_seams(tmp_path):
+    """Post-processing is exact for objects within the label halo; larger ones keep one id."""
+    shape = (300, 400)
+    rng = np.random.default_rng(0)
+    centres = [(int(y), int(x)) for y, x in rng.uniform(10, 290, (50, 2)) * [1, 4 / 3]]
+    # pairs of touching discs straddling the seams at 64 px, so the watershed split runs there
+    centres += [(64, 60), (64, 76), (128, 190), (143, 190), (10, 128), (26, 128)]
+    mask = _discs(shape, centres, 8)
+    probs = _smooth_probabilities(mask)
+    write_zarr(tmp_path / "p.zarr", probs, chunks=(64, 64))
+    counts = run_to_end(labels_from_probabilities_iter(tmp_path / "p.zarr", tmp_path / "l.zarr", block_size=64,
+                                                       label_halo=32, min_size=16))
+    labels = zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[...]
+    single = probabilities_to_labels(probs[None], min_size=16)
+    assert counts == [int(single.max())]
+    assert _same_up_to_relabelling(single, labels)
+    assert len(_crossing_seams(single, 64)) >= 10
+
+    # a bar longer than the label halo crossing three seams: one object all the same
+    bar = np.zeros(shape, bool)
+    bar[100:112, 20:300] = True
+    write_zarr(tmp_path / "bar.zarr", _smooth_probabilities(bar), chunks=(64, 64))
+    run_to_end(labels_from_probabilities_iter(tmp_path / "bar.zarr", tmp_path / "lbar.zarr", block_size=64,
+                                              label_halo=16, split_touching=False))
+    lbar = zarr.open_array(str(tmp_path / "lbar.zarr"), mode="r")[...]
+    assert lbar.max() == 1 and np.array_equal(lbar > 0, probabilities_to_labels(_smooth_probabilities(bar)[None],
+                                                                                   split_touching=False) > 0)
+
+
+def test_boundary_target_and_stacks(tmp_path):
+    """Three-class (interior, boundary) probabilities of a 2-plane stack, labelled per plane."""
+    shape = (160, 200)
+    planes = []
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        centres = [(int(y), int(x)) for y, x in rng.uniform(12, 150, (14, 2)) * [1, 1.25]]
+        interior = _smooth_probabilities(_discs(shape, centres, 6))
+        boundary = np.clip(_smooth_probabilities(_discs(shape, centres, 9)) - interior, 0, 1)
+        planes.append(np.stack([interior, boundary]))
+    probs = np.stack(planes)  # (2, 2, Y, X): planes, classes
+    write_zarr(tmp_path / "p.zarr", probs, chunks=(1, 2, 64, 64))
+    counts = run_to_end(labels_from_probabilities_iter(tmp_path / "p.zarr", tmp_path / "l.zarr", target="boundary",
+                                                       block_size=64, label_halo=32, min_size=8))
+    labels = zarr.open_array(str(tmp_path / "l.zarr"), mode="r")[...]
+    assert labels.shape == (2,) + shape
+    for p in range(2):
+        single = probabilities_to_labels(probs[p], target="boundary", min_size=8)
+        assert counts[p] == single.max() > 5
+        assert _same_up_to_relabelling(single, labels[p])
+
+
+def test_stack_and_colour_input_from_a_file(blur_model, tmp_path):
+    """A (Z, Y, X) stack from a compressed TIFF, and an RGB image turned grey per window."""
+    image = np.stack([fluorescent_nuclei(shape=(200, 260), n_nuclei=20, seed=s)[0] for s in (4, 5)])
+    tifffile.imwrite(tmp_path / "stack.tif", image, compression="zlib")
+    result = segment_to_zarr(blur_model, tmp_path / "stack.tif", tmp_path / "stack.zarr", device="cpu",
+                             block_size=128, label_halo=48)
+    single = run_to_end(segment_iter(blur_model, image, device="cpu"))
+    labels = result.labels[...]
+    assert labels.shape == image.shape and result.n_objects == [int(single.labels[p].max()) for p in range(2)]
+    for p in range(2):
+        assert _same_up_to_relabelling(single.labels[p], labels[p])
+
+    rgb = np.repeat(image[0][..., None], 3, axis=-1)
+    colour = segment_to_zarr(blur_model, rgb, tmp_path / "rgb.zarr", rgb=True, device="cpu", block_size=128)
+    assert _same_up_to_relabelling(single.labels[0], colour.labels[...])
+    assert any("grey" in w for w in colour.warnings)
+
+
+def test_memory_mapped_input_is_not_loaded_whole(blur_model, tmp_path, monkeypatch):
+    """The numpy memory (traced) of the block pipeline is flat in the image size and smaller than
+    the image, while a single pass holds several image-sized arrays. Traced after the intensity
+    statistics, whose sample has a fixed bound (``inputs.MAX_STAT_SAMPLES``) at any size."""
+    from napari_unet.inference import large
+    from napari_unet.inference.distributed import LocalRunner
+
+    tile = fluorescent_nuclei(shape=(192, 192), n_nuclei=10, seed=6)[0]
+    segment_to_zarr(blur_model, tile[:64, :64], tmp_path / "warm.zarr", device="cpu")  # imports, untraced
+    fit = large.fit_normalizer
+
+    def fit_then_reset(*args, **kwargs):
+        normalizer = fit(*args, **kwargs)
+        tracemalloc.reset_peak()
+        return normalizer
+
+    monkeypatch.setattr(large, "fit_normalizer", fit_then_reset)
+    peaks, sources = {}, {}
+    for size in (384, 768):
+        tifffile.imwrite(tmp_path / f"{size}.tif", np.tile(tile, (size // 192, size // 192)))
+        sources[size] = open_image(tmp_path / f"{size}.tif")
+        assert isinstance(sources[size], np.memmap)
+        tracemalloc.start()
+        try:
+            result = segment_to_zarr(blur_model, tmp_path / f"{size}.tif", tmp_path / f"{size}.zarr", device="cpu",
+                                     block_size=128, label_halo=32, tile_size=256, runner=LocalRunner(1))
+            peaks[size] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.n_objects[0] > 6 * (size // 192) ** 2
+    tracemalloc.start()
+    try:
+        run_to_end(segment_iter(blur_model, sources[384], device="cpu", tile_size=256))
+        peak_single = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peaks[768] < 1.25 * peaks[384], peaks  # flat: 4x the pixels, the same memory
+    assert peaks[768] < sources[768].size * 4, peaks  # less than one float32 copy of the image
+    assert peak_single > 2 * sources[384].size * 4  # while a single pass holds the image
+
+
+def test_outputs_are_atomic_and_checked(blur_model, nuclei, tmp_path):
+    small = nuclei[:200, :200]
+    out = tmp_path / "out.zarr"
+    first = segment_to_zarr(blur_model, small, out, device="cpu", block_size=128)
+    assert first.labels_path == out and first.probabilities is None
+    before = first.labels[...]
+    assert before.max() > 3
+    assert zarr.open_array(str(out), mode="r").attrs["napari_unet"]["target"] == "binary"
+    # a cancelled run leaves the previous output as it was, and no temporary store
+    stop = threading.Event()
+    gen = segment_to_zarr_iter(blur_model, np.flipud(small), out, device="cpu", block_size=64, stop=stop)
+    next(gen)
+    next(gen)
+    stop.set()
+    with pytest.raises(PredictionCancelled):
+        run_to_end(gen)
+    assert np.array_equal(zarr.open_array(str(out), mode="r")[...], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    # a finished run replaces it
+    segment_to_zarr(blur_model, np.flipud(small), out, device="cpu", block_size=128)
+    assert not np.array_equal(zarr.open_array(str(out), mode="r")[...], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+    # never over something that is not a zarr store, and only to .zarr names
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not a zarr store"):
+        segment_to_zarr(blur_model, small, tmp_path / "notes.zarr", device="cpu")
+    with pytest.raises(ValueError, match=r"\.zarr"):
+        segment_to_zarr(blur_model, small, tmp_path / "labels.tif", device="cpu")
+    assert (tmp_path / "notes.zarr" / "mine.txt").read_text() == "keep"
+
+
+def test_block_grid_geometry():
+    grid = BlockGrid((600, 700), (256, 256))
+    assert grid.counts == (3, 3) and grid.n_blocks == 9
+    assert grid.core((2, 2)) == (slice(512, 600), slice(512, 700))
+    assert grid.neighbour((0, 2), 1, 1) is None and grid.neighbour((0, 2), 0, 1) == (1, 2)
+    covered = np.zeros((600, 700), int)
+    for index in grid.indices():
+        covered[grid.core(index)] += 1
+    assert np.all(covered == 1)
+
+
+def test_in_place_store_for_a_viewer_layer(blur_model, nuclei):
+    """Without an output path the store is written in place: a layer can show it while it fills."""
+    import dask.array as da
+
+    from napari_unet.inference.large import BlockProgress, needs_blocks
+
+    lazy = da.from_array(nuclei[:300, :300], chunks=100)
+    assert needs_blocks(lazy) and not needs_blocks(nuclei) and needs_blocks(np.zeros((1, 9000, 9000), np.uint8))
+    gen = segment_to_zarr_iter(blur_model, lazy, device="cpu", block_size=128)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as end:
+            result = end.value
+            break
+    assert all(isinstance(e, BlockProgress) for e in events)
+    live = {e.labels_path for e in events}
+    assert live == {str(result.labels_path)}
+    numbered = [e.region for e in events if e.stage == "number"]
+    assert len(numbered) == 9 and (slice(256, 300), slice(256, 300)) in numbered
+    single = run_to_end(segment_iter(blur_model, nuclei[:300, :300], device="cpu"))
+    assert _same_up_to_relabelling(single.labels, result.labels[...])
+    assert sorted(p.name for p in result.labels_path.parent.iterdir()) == ["labels.zarr"]  # no probabilities left
