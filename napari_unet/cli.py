@@ -112,6 +112,10 @@ def cmd_predict(args) -> int:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {outdir}: {exc.strerror}") from None
+    for path in inputs:  # before any work: an output name taken by a folder cannot be written
+        for name in (f"{path.stem}.tif",) + ((f"{path.stem}_probabilities.tif",) if args.probabilities else ()):
+            if (outdir / name).is_dir():
+                raise UsageError(f"cannot write {outdir / name}: a folder has that name; choose another -o folder")
     try:
         predictor = Predictor(args.model, device=args.device,
                               tile_size=args.tile_size if args.tile_size == "auto" else int(args.tile_size))
@@ -131,9 +135,14 @@ def cmd_predict(args) -> int:
             print(file=sys.stderr)
         for warning in seg.prediction.warnings:
             print(f"{path.name}: warning: {warning}", file=sys.stderr)
-        write_tif(outdir / f"{path.stem}.tif", seg.labels)
-        if args.probabilities:
-            write_tif(outdir / f"{path.stem}_probabilities.tif", seg.prediction.foreground)
+        target = outdir / f"{path.stem}.tif"
+        try:
+            write_tif(target, seg.labels)
+            if args.probabilities:
+                target = outdir / f"{path.stem}_probabilities.tif"
+                write_tif(target, seg.prediction.foreground)
+        except OSError as exc:
+            raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
         print(f"{path.name}: {int(seg.labels.max())} objects -> {outdir / (path.stem + '.tif')}")
     return 0
 
@@ -225,7 +234,9 @@ def _read_labels(path: Path, shape=None):
         raise UsageError(f"{path}: masks must not hold negative labels")
     if shape is not None and labels.shape != shape:
         raise UsageError(f"{path}: mask shape {labels.shape} differs from its image's {shape}")
-    return labels.astype(np.int32)
+    # integer ids as they are (uint32 above 2**31 must not wrap), whole-number floats as int64
+    return labels.astype(np.uint8) if labels.dtype == bool else labels if np.issubdtype(labels.dtype, np.integer) \
+        else labels.astype(np.int64)
 
 
 def cmd_train(args) -> int:
@@ -241,7 +252,7 @@ def cmd_train(args) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
-    if not out.parent.exists() or not os.access(out.parent, os.W_OK):
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write the model to {out.parent}: the folder is missing or not writable")
     pairs = []
     for image_path, mask_path in _pairs(Path(args.images), Path(args.masks)):
@@ -282,9 +293,15 @@ def cmd_train(args) -> int:
         return make_config(net, base.config["architecture"], args.target, base.normalization, provenance,
                            card=f"Fine-tuned from {base.name} by `napari-unet train` ({stopped}).")
 
+    def save(config):
+        try:
+            return save_model(out, net, config)
+        except OSError as exc:
+            raise UsageError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
+
     def on_event(event):
         if event.improved:  # checkpoint: a crash or kill later still leaves the best model so far
-            save_model(out, net, config_now("checkpoint", event.val_metrics or {}, event.step, event.step, 0.0))
+            save(config_now("checkpoint", event.val_metrics or {}, event.step, event.step, 0.0))
         if event.total_steps:
             val = f" val AP50 {event.val_ap:.3f}" if event.val_ap is not None else ""
             show(event.step, event.total_steps, f"loss {event.loss:.3f}{val}")
@@ -304,8 +321,14 @@ def cmd_train(args) -> int:
         signal.signal(signal.SIGINT, previous)
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.stopped.startswith(("non-finite", "out of")) and not result.metrics:
+        print(f"napari-unet: error: training broke off ({result.stopped}); no model was written", file=sys.stderr)
+        return 1
     config = config_now(result.stopped, result.metrics, result.best_step, result.steps, result.seconds)
-    path = save_model(out, net.eval(), config)
+    net.eval()
+    path = save(config)
     print(f"saved {path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
           f"{result.best_step} of {result.steps}; {result.stopped})")
     return 0

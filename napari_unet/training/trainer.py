@@ -116,7 +116,10 @@ def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = 
     predictor = Predictor(as_loaded_model(net, normalization, target), device=device)
     scores = []
     for image, labels in pairs:
-        probs = predict(predictor.model, image, predictor=predictor, stop=stop).probabilities
+        # colour last, as image files hold it: the predictor makes it grey for one-channel networks
+        rgb = np.ndim(image) == np.ndim(labels) + 1 and np.shape(image)[:-1] == np.shape(labels) \
+            and np.shape(image)[-1] in (3, 4) and net.in_channels in (1, 3, 4)
+        probs = predict(predictor.model, image, predictor=predictor, stop=stop, rgb=rgb).probabilities
         if stop is not None and stop.is_set():
             raise PredictionCancelled()
         scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))

@@ -174,9 +174,6 @@ def test_predict_segments_odd_images_with_a_warning(tmp_path, cli_models, capsys
     assert (tmp_path / name).read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in cli.py (cmd_predict): an OSError from write_tif (here the output "
-                                       "name is taken by a folder) escapes as a traceback; catch OSError around the "
-                                       "writes and raise UsageError(f'cannot write {path}: {exc.strerror}')")
 def test_predict_output_name_taken_by_a_folder(tmp_path, cli_models, capsys):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))
     (tmp_path / "out" / "img.tif").mkdir(parents=True)
@@ -212,9 +209,6 @@ def test_evaluate_refuses_with_one_line_and_exit_code_2(tmp_path, capsys, breaka
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason="needs fix in cli.py (_read_labels): labels.astype(np.int32) wraps uint32 ids "
-                                       "above 2**31 to negative numbers, so a perfect prediction is refused as "
-                                       "'negative'; keep the integer dtype (or use int64)")
 def test_evaluate_uint32_ids_above_2_31(tmp_path, capsys):
     for folder in ("gt", "pred"):
         (tmp_path / folder).mkdir()
@@ -252,19 +246,11 @@ REFUSED_TRAIN = [
      lambda t: t / "model", r"n1\.tif: cannot read the image"),
     ("base-model-truncated", lambda t: None, "truncated", lambda t: t / "model", r"truncated|corrupt"),
     ("base-model-pickle", lambda t: None, "pickle", lambda t: t / "model", r"pickle.*never unpickles"),
-    pytest.param("output-under-a-file", lambda t: (t / "a-file").write_text("mine"), "grey",
-                 lambda t: t / "a-file" / "model", r"cannot write the model",
-                 marks=pytest.mark.xfail(strict=True, reason="needs fix in cli.py (cmd_train): the check "
-                                         "'out.parent.exists() and os.access(W_OK)' passes for a FILE as parent "
-                                         "(and for every folder when run as root); check out.parent.is_dir() and "
-                                         "catch OSError from save_model -> UsageError")),
-    pytest.param("rgb-images-one-channel-model",
-                 lambda t: [tifffile.imwrite(p, np.stack([tifffile.imread(p)] * 3, axis=-1))
-                            for p in (t / "images").iterdir()], "grey", lambda t: t / "model", None,
-                 marks=pytest.mark.xfail(strict=True, reason="needs fix in trainer.py: train_iter should pass "
-                                         "in_channels=net.in_channels to patches.prepare_image so colour images "
-                                         "train as grey, as predict does; today torch's RuntimeError 'expected "
-                                         "input[2, 3, 32, 32] to have 1 channels' escapes main() as a traceback")),
+    ("output-under-a-file", lambda t: (t / "a-file").write_text("mine"), "grey",
+     lambda t: t / "a-file" / "model", r"cannot write the model"),
+    ("rgb-images-one-channel-model",
+     lambda t: [tifffile.imwrite(p, np.stack([tifffile.imread(p)] * 3, axis=-1)) for p in (t / "images").iterdir()],
+     "grey", lambda t: t / "model", None),
 ]
 
 
