@@ -58,6 +58,8 @@ class JobWidget(Container):
 
     #: what the jobs are called in error messages ("Segmentation", "Fine-tuning"...)
     job_name = "The run"
+    #: the status line after a cancel (None: keep what the job's result said)
+    cancelled_message: str | None = "cancelled: nothing was changed"
 
     def __init__(self, viewer, warm_up=None):
         super().__init__(labels=True)
@@ -139,8 +141,8 @@ class JobWidget(Container):
             self._progress = None
         self._worker = None
         self._on_job_finished()
-        if self.cancelled:
-            self.status.value = "cancelled: nothing was changed"
+        if self.cancelled and self.cancelled_message:
+            self.status.value = self.cancelled_message
 
     def _on_job_started(self):
         """Hook: the job has started (turn Run into Cancel...)."""

@@ -4,58 +4,45 @@ Training data are either the corrected layers in the viewer (made by the Correct
 their reviewed regions and images) or a training-set folder. The arrays are copied on the Qt
 thread when Train is clicked, so the user can keep painting while the model trains. The work
 runs in a thread worker that drains :func:`napari_unet.finetune.finetune_iter`; this module
-only updates the chart, the progress bar and the status line. Cancel stops after the current
-step and keeps the best model so far; the result is saved in the user's model folder and shows
+only updates the chart, the progress bar and the status line. Cancel stops within about a
+second and keeps the best model so far; the result is saved in the user's model folder and shows
 up at once in the Segment widget's model list.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
 from napari.layers import Labels
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 
-from ._layers import KEY
+from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._plot import LossPlot
-
-log = logging.getLogger(__name__)
 
 FROM_VIEWER = "corrected layers in the viewer"
 FROM_FOLDER = "training-set folder"
 SAME_TARGET = "as the base model"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _import_torch_side():
     from .. import devices, finetune, modelfile  # noqa: F401
 
 
-def _meta(layer) -> dict:
-    meta = layer.metadata.get(KEY)
-    return meta if isinstance(meta, dict) else {}
-
-
-class FinetuneWidget(Container):
+class FinetuneWidget(JobWidget):
     """Dock widget: base model, training data, loss, budget; Train/Cancel with a live chart."""
+
+    job_name = "Fine-tuning"
+    cancelled_message = None  # the result says what was kept
 
     def __init__(self, viewer: napari.viewer.Viewer):
         from ..finetune import LOSS_PRESETS, FinetuneSettings
 
-        super().__init__(labels=True)
-        self._viewer = viewer
-        self._worker = None
-        self._stop: threading.Event | None = None
-        self._progress = None
-        self._torch_ready = False
+        super().__init__(viewer, warm_up=_import_torch_side)  # PyTorch loads in a worker
         self.last_result = None
         self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
         defaults = FinetuneSettings()
@@ -103,14 +90,10 @@ class FinetuneWidget(Container):
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)
-        warm_up = create_worker(_import_torch_side, _start_thread=False)
-        warm_up.returned.connect(self._on_torch_ready)
-        warm_up.start()
-        self._warm_up = warm_up
-        self.device_info.value = "loading PyTorch…"
+        if not self._torch_ready:
+            self.device_info.value = "loading PyTorch…"
 
-    def _on_torch_ready(self, *_):
-        self._torch_ready = True
+    def _on_torch_ready(self):
         self._show_device()
 
     def _model_choices(self, _widget=None):
@@ -122,14 +105,8 @@ class FinetuneWidget(Container):
         self.model.reset_choices()
 
     def _show_device(self, *_):
-        if not self._torch_ready:
-            return
-        from ..devices import resolve_device
-
-        try:
-            self.device_info.value = f"trains on: {resolve_device(self.device.value)}"
-        except ValueError as exc:
-            self.device_info.value = str(exc)
+        if self._torch_ready:
+            self.device_info.value = device_line(self.device.value, "trains on")
 
     def _on_loss_changed(self, *_):
         from ..finetune import LOSS_PRESETS
@@ -233,7 +210,7 @@ class FinetuneWidget(Container):
     # -- running ---------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._worker is not None
+        return self.job_running
 
     def _on_train_clicked(self, *_):
         if self.running:
@@ -256,46 +233,39 @@ class FinetuneWidget(Container):
         try:
             if not self.model.value:
                 raise ValueError("Choose a base model.")
-            if not self._torch_ready:
-                self._on_torch_ready()
+            self.ensure_torch()
             triples, source = self.viewer_triples() if self.source.value == FROM_VIEWER else self.folder_triples()
             triples, notes = self.check_triples(triples, *self._base_model_inputs())
         except (ValueError, KeyError) as exc:
-            self._report_error(str(exc.args[0]) if exc.args else str(exc))
+            self.report_error(str(exc.args[0]) if exc.args else str(exc))
             return
         for note in notes:
             show_warning(note)
         from ..finetune import finetune_iter
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
-        stop = self._stop = threading.Event()
+        stop = threading.Event()
 
         def job():
             return (yield from finetune_iter(base, triples, settings, name=name, stop=stop, source=source))
 
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
         self._started = time.perf_counter()
         self._budget = settings.minutes * 60 if settings.minutes else None
         self.plot.clear()
         self.train_button.text = "Cancel"
         self.run_button.enabled = False
+        self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
         self.status.value = f"preparing {len(triples)} image(s) and scoring the base model…"
-        self._progress = progress(total=100, desc="napari-unet: fine-tuning")
-        worker.start()
 
     def cancel(self):
-        """Stop after the current step; the best model so far is kept."""
+        """Stop within about a second; the best model so far is kept (the job returns normally,
+        so the worker is not aborted)."""
         if self._worker is None:
             return
         self._stop.set()
-        self.status.value = "stopping after this step (the best model so far is kept)…"
+        self.status.value = "stopping (the best model so far is kept)…"
 
-    def _on_event(self, event):
+    def _on_progress(self, event):
         if event.step == 0:
             if event.val_ap is not None:
                 self.plot.set_baseline(event.val_ap)
@@ -323,29 +293,16 @@ class FinetuneWidget(Container):
         best = result.metrics.get("ap50")
         gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
         self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): validation AP@0.5 "
-                             f"{best if best is not None else float('nan'):.3f}{gain}")
+                             f"{best if best is not None else float('nan'):.3f}{gain}") + \
+            "".join(f"\n{warning}" for warning in result.warnings)
+        for warning in result.warnings:
+            show_warning(warning)
         notify_models_changed()
         self.run_button.enabled = True
         show_info(f"napari-unet: fine-tuned model '{result.name}' saved.")
 
-    def _on_error(self, exc):
-        if isinstance(exc, (ValueError, KeyError)):
-            message = str(exc.args[0]) if exc.args else str(exc)
-        else:
-            log.error("fine-tuning failed", exc_info=exc)
-            message = f"Fine-tuning failed ({type(exc).__name__}: {exc}). The base model is unchanged."
-        self._report_error(message)
-
-    def _on_finished(self):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self._worker = None
+    def _on_job_finished(self):
         self.train_button.text = "Train"
-
-    def _report_error(self, message: str):
-        self.status.value = message
-        show_error(message)
 
     def run_new_model(self, *_):
         """Open (or reuse) the Segment widget, choose the new model and run it on the current image."""

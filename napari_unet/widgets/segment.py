@@ -7,25 +7,20 @@ shows progress and puts results into layers (on the Qt thread, in the worker's c
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import napari.viewer
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
-from napari.qt.threading import create_worker
-from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
+from ._base import DEVICES, JobWidget, device_line
 from ._layers import KEY, build_layer, layer_kind, put_layer, spatial_transform
 
-log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
 
@@ -45,15 +40,13 @@ class _Ready:
     probabilities: object
 
 
-class SegmentWidget(Container):
+class SegmentWidget(JobWidget):
     """Dock widget: image layer, model, device, tiles and post-processing, Run/Cancel."""
 
+    job_name = "Segmentation"
+
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
-        self._viewer = viewer
-        self._worker = None
-        self._stop: threading.Event | None = None
-        self._progress = None
+        super().__init__(viewer, warm_up=_import_torch_side)  # PyTorch loads in a worker
         self._job_done = False
         self._pending_ui = False
         self._cached = None  # (settings, Predictor) of the last run
@@ -101,16 +94,10 @@ class SegmentWidget(Container):
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)  # a fine-tuned model shows up at once
-        # PyTorch loads in a worker: opening the widget does not freeze napari for ~2 s
-        self._torch_ready = False
-        self.model_info.value = self.device_info.value = "loading PyTorch…"
-        warm_up = create_worker(_import_torch_side, _start_thread=False)
-        warm_up.returned.connect(self._on_torch_ready)
-        warm_up.start()
-        self._warm_up = warm_up  # keep a reference while it runs
+        if not self._torch_ready:
+            self.model_info.value = self.device_info.value = "loading PyTorch…"
 
-    def _on_torch_ready(self, *_):
-        self._torch_ready = True
+    def _on_torch_ready(self):
         self._on_model_changed()
         self._show_device()
 
@@ -187,27 +174,21 @@ class SegmentWidget(Container):
         try:
             read_config(path)
         except ModelFileError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
         self._extra_models[path] = None
         self.model.reset_choices()
         self.model.value = path
 
     def _show_device(self, *_):
-        if not self._torch_ready:
-            return
-        from ..devices import resolve_device
-
-        try:
-            self.device_info.value = f"runs on: {resolve_device(self.device.value)}"
-        except ValueError as exc:
-            self.device_info.value = str(exc)
+        if self._torch_ready:
+            self.device_info.value = device_line(self.device.value)
 
     # -- running ------------------------------------------------------------------------
     @property
     def running(self) -> bool:
         """True while a job runs or its results are still being put into layers."""
-        return self._worker is not None or self._pending_ui
+        return self.job_running or self._pending_ui
 
     def _on_run_clicked(self, *_):
         if self.running:
@@ -253,22 +234,20 @@ class SegmentWidget(Container):
         """Start segmenting the chosen layer in a thread worker (returns at once)."""
         if self.running:
             return
-        if not self._torch_ready:  # clicked within the first seconds: finish loading here
-            self._on_torch_ready()
+        self.ensure_torch()
         try:
             layer, data, model = self._check_inputs()
         except ValueError as exc:
-            self._report_error(str(exc))
+            self.report_error(str(exc))
             return
         from ..inference.predictor import PredictionCancelled
         from ..inference.segment import segment_iter
 
         channel_axis = None if layer.rgb else self.channels.value
-        self._stop = threading.Event()
+        stop = threading.Event()
         settings = dict(threshold=float(self.threshold.value), min_size=int(self.min_size.value),
                         split_touching=bool(self.split.value), channel_axis=channel_axis, rgb=bool(layer.rgb))
         started = time.perf_counter()
-        stop = self._stop
 
         want_probabilities = bool(self.add_probabilities.value)
         transform = spatial_transform(layer, channel_axis)
@@ -292,43 +271,21 @@ class SegmentWidget(Container):
                                             blending="additive", contrast_limits=(0.0, 1.0), **transform)
             return _Ready(seg, int(seg.labels.max()), labels, probabilities)
 
-        # errors are shown by _on_error; without _ignore_errors they would also be re-raised in Qt
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_result(result, layer, started))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        self.start_job(job, lambda result: self._on_result(result, layer, started), f"napari-unet: {layer.name}",
+                       stop=stop)
+
+    def _on_job_started(self):
         self._job_done = False
         self.run_button.text = "Cancel"
         self.status.value = "starting…"
-        self._progress = progress(total=0, desc=f"napari-unet: {layer.name}")
-        worker.start()
-
-    def cancel(self):
-        """Stop the running job at the next tile; no layer is changed."""
-        if self._worker is None:
-            return
-        self._stop.set()
-        self._worker.quit()
-        self.status.value = "cancelling…"
 
     def _on_progress(self, event):
-        if self._job_done:  # a late progress event must not hide the result line
-            return
-        pct = 100 * event.done / max(event.total, 1)
-        self.status.value = f"{event.message}: {pct:.0f}%"
-        # last: updating napari's progress bar may process Qt events (and so later signals)
-        bar = self._progress
-        if bar is not None:
-            if bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
-            bar.set_description(f"napari-unet: {event.message}")
+        if not self._job_done:  # a late progress event must not hide the result line
+            super()._on_progress(event)
 
     def _on_result(self, ready, layer, started):
         self._job_done = True
-        if ready is None or (self._stop is not None and self._stop.is_set()):
+        if ready is None or self.cancelled:
             return
         if layer not in self._viewer.layers:
             show_warning(f"'{layer.name}' was removed while it was being segmented; the result was discarded.")
@@ -354,26 +311,7 @@ class SegmentWidget(Container):
 
             QTimer.singleShot(0, add_probabilities)
 
-    def _on_error(self, exc):
-        if isinstance(exc, (ValueError, KeyError)):
-            message = str(exc.args[0]) if exc.args else str(exc)
-        else:
-            log.error("segmentation failed", exc_info=exc)
-            message = f"Segmentation failed ({type(exc).__name__}: {exc}). Nothing was changed."
-        self._report_error(message)
-
-    def _on_finished(self):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        cancelled = self._stop is not None and self._stop.is_set()
-        self._worker = None
+    def _on_job_finished(self):
         self.run_button.text = "Run"
-        if cancelled:
-            self.status.value = "cancelled: nothing was changed"
-
-    def _report_error(self, message: str):
-        self.status.value = message
-        show_error(message)
 
 
