@@ -19,15 +19,7 @@ import tifffile
 from napari_unet.cli import main
 
 
-def _params(table):
-    """``pytest.param`` per row ``(id, *values)`` (rows may be ``pytest.param`` with marks)."""
-    out = []
-    for case in table:
-        if hasattr(case, "marks"):
-            out.append(pytest.param(*case.values[1:], id=case.values[0], marks=case.marks))
-        else:
-            out.append(pytest.param(*case[1:], id=case[0]))
-    return out
+from _helpers import params as _params  # noqa: E402
 
 
 def _snapshot(folder: Path) -> dict:

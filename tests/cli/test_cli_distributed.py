@@ -8,8 +8,9 @@ import zarr
 
 from napari_unet.cli import main
 from napari_unet.modelfile import make_config, save_model
-from napari_unet.models import build_model
 from napari_unet.synthetic import fluorescent_nuclei
+
+from _helpers import blur_net  # noqa: E402
 
 distributed = pytest.importorskip("distributed")
 
@@ -26,20 +27,7 @@ def cluster():
 def model_file(tmp_path_factory):
     """A 3-level U-Net whose foreground is a thresholded blur of the image (meaningful objects,
     fast, and a receptive field inside the tiles' context)."""
-    torch.manual_seed(0)
-    net = build_model("unet", features=(8, 16, 32))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.zero_()
-                m.running_var.fill_(1 - m.eps)
-                m.weight.fill_(1.0)
-        for conv in (net.encoders[0][0][0], net.encoders[0][1][0], net.decoders[-1][0][0], net.decoders[-1][1][0]):
-            conv.weight[0, 0] = 1 / 9
-        net.head.weight[1, 0, 0, 0] = 24.0
-        net.head.bias[1] = -24.0 * 0.3
+    net = blur_net()
     return str(save_model(tmp_path_factory.mktemp("dist") / "blur.safetensors", net, make_config(net, "unet")))
 
 

@@ -28,6 +28,7 @@ from napari_unet.models import build_model
 from napari_unet.synthetic import fluorescent_nuclei
 from napari_unet.training import train_iter
 from napari_unet.training.patches import check_training_labels, prepare_image as prepare_training_image
+from _helpers import params as _params  # noqa: E402
 
 PERCENTILE = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
@@ -40,17 +41,6 @@ def models(make_random_model):
         "two-channel": load_model(make_random_model("bad-two", in_channels=2)),
         "3d": load_model(make_random_model("bad-3d", spatial_dims=3, features=(4, 8))),
     }
-
-
-def _params(table):
-    """``pytest.param`` per row of a case table ``(id, *values)`` (rows may be ``pytest.param`` with marks)."""
-    out = []
-    for case in table:
-        if hasattr(case, "marks"):  # already a pytest.param: its first value is the id
-            out.append(pytest.param(*case.values[1:], id=case.values[0], marks=case.marks))
-        else:
-            out.append(pytest.param(*case[1:], id=case[0]))
-    return out
 
 
 def _same(a, b) -> bool:

@@ -15,37 +15,18 @@ from napari_unet.inference.postprocess import probabilities_to_labels
 from napari_unet.inference.predictor import PredictionCancelled, run_to_end
 from napari_unet.inference.segment import segment_iter
 from napari_unet.modelfile import make_config, save_model
-from napari_unet.models import build_model
 from napari_unet.synthetic import fluorescent_nuclei
+
+from _helpers import blur_net  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _blur_net():
-    """A 3-level U-Net whose foreground probability is sigmoid(24 (blur(x) - 0.3)) of the
-    normalised image x, blurred by four 3x3 box filters: nuclei become objects (touching ones
-    merge, so the watershed split runs), and its receptive field (4 px) fits in the tiles'
-    context, so tiled and block-wise predictions must equal a single pass up to rounding."""
-    torch.manual_seed(0)
-    net = build_model("unet", features=(8, 16, 32))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.zero_()
-                m.running_var.fill_(1 - m.eps)
-                m.weight.fill_(1.0)
-        for conv in (net.encoders[0][0][0], net.encoders[0][1][0], net.decoders[-1][0][0], net.decoders[-1][1][0]):
-            conv.weight[0, 0] = 1 / 9
-        net.head.weight[1, 0, 0, 0] = 24.0
-        net.head.bias[1] = -24.0 * 0.3
-    return net
 
 
 @pytest.fixture(scope="module")
 def blur_model(tmp_path_factory):
-    net = _blur_net()
+    net = blur_net()
     return str(save_model(tmp_path_factory.mktemp("large") / "blur.safetensors", net, make_config(net, "unet")))
 
 

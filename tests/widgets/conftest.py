@@ -18,6 +18,15 @@ def segment_widget(make_napari_viewer, qtbot):
     return viewer, widget
 
 
+@pytest.fixture
+def finetune_widget(make_napari_viewer, qtbot):
+    """A viewer with the Fine-tune widget docked through the plugin manifest (PyTorch loaded)."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
+    return viewer, widget
+
+
 def _click(button):
     """Click a magicgui push button like a user (a real Qt click)."""
     button.native.click()

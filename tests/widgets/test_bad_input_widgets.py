@@ -16,15 +16,7 @@ import pytest
 from napari_unet.catalog import user_model_dir, user_models
 
 
-def _params(table):
-    """``pytest.param`` per row ``(id, *values)`` (rows may be ``pytest.param`` with marks)."""
-    out = []
-    for case in table:
-        if hasattr(case, "marks"):
-            out.append(pytest.param(*case.values[1:], id=case.values[0], marks=case.marks))
-        else:
-            out.append(pytest.param(*case[1:], id=case[0]))
-    return out
+from _helpers import params as _params  # noqa: E402
 
 
 @pytest.fixture
@@ -199,12 +191,6 @@ def test_segment_odd_layers_with_a_warning_where_needed(installed, segment_widge
 
 
 # -- Fine-tune widget ---------------------------------------------------------------------------
-@pytest.fixture
-def finetune_widget(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
-    return viewer, widget
 
 
 def _corrections(viewer, image, labels, name="cells", rgb=False):

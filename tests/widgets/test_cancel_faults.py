@@ -95,12 +95,6 @@ def test_segment_cancel_at_random_moments_changes_no_layer(tiny_installed, segme
 
 # -- Fine-tune -----------------------------------------------------------------------------
 
-@pytest.fixture
-def finetune_widget(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
-    return viewer, widget
 
 
 def test_finetune_cancel_within_a_second_keeps_models_and_training_set(finetune_widget, tiny_installed, click,

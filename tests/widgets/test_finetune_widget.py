@@ -20,12 +20,6 @@ def _corrections(viewer, click):
     return image
 
 
-@pytest.fixture
-def finetune_widget(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
-    return viewer, widget
 
 
 def test_finetune_on_corrections_then_run_the_new_model(finetune_widget, click, qtbot):
