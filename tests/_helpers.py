@@ -40,3 +40,27 @@ def blur_net():
         net.head.weight[1, 0, 0, 0] = 24.0
         net.head.bias[1] = -24.0 * 0.3
     return net
+
+
+def randomise_batchnorm(net):
+    """Non-trivial batch-norm statistics, so that folding them into the convolutions is exercised."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def calibrate(net, x):
+    """Batch-norm statistics of ``x`` (random initial ones make the output almost constant)."""
+    import torch
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        net.train()(x)
+    return net.eval()

@@ -107,3 +107,38 @@ def center_crop(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
 def head(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
     """A 1x1 convolution that maps features to class logits."""
     return conv_nd(spatial_dims)(in_channels, out_channels, 1)
+
+
+# -- shared argument checks -------------------------------------------------------------------
+
+def check_features(features: Sequence[int], min_levels: int = 2, max_levels: int | None = None) -> list[int]:
+    """``features`` as a list of positive ints with ``min_levels .. max_levels`` entries."""
+    try:
+        features = [int(f) for f in features]
+    except (TypeError, ValueError):
+        raise ValueError(f"features must be a list of channel counts, got {features!r}.") from None
+    if len(features) < min_levels or any(f < 1 for f in features):
+        raise ValueError(f"features needs at least {min_levels} positive channel counts, one per level top to bottom "
+                         f"(a U-Net needs at least two positive levels), got {features}.")
+    if max_levels is not None and len(features) > max_levels:
+        raise ValueError(f"features has {len(features)} entries but this encoder has at most {max_levels - 1} "
+                         f"downsamplings: give at most {max_levels} channel counts.")
+    return features
+
+
+def check_common(spatial_dims: int, in_channels: int, out_channels: int) -> None:
+    _check_dims(spatial_dims)
+    if int(in_channels) < 1 or int(out_channels) < 1:
+        raise ValueError("in_channels and out_channels must be at least 1.")
+
+
+def check_strides(strides, n_poolings: int, spatial_dims: int) -> list[tuple[int, ...]]:
+    """Pooling factor per level as one tuple per axis (default 2 everywhere); ``ValueError`` for
+    a wrong count or a non-positive factor."""
+    strides = [2] * n_poolings if strides is None else list(strides)
+    if len(strides) != n_poolings:
+        raise ValueError(f"strides needs one entry per pooling ({n_poolings}), got {len(strides)}.")
+    tuples = [as_tuple(s, spatial_dims) for s in strides]
+    if any(s < 1 for st in tuples for s in st):
+        raise ValueError(f"strides must be positive, got {strides}.")
+    return tuples

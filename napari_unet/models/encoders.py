@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SegmentationNet
-from .blocks import ConvNormAct, UpConv, _check_dims, as_tuple, conv_nd, head, norm_layer
+from .blocks import (ConvNormAct, UpConv, _check_dims, as_tuple, check_common, check_features,  # noqa: F401
+                     conv_nd, head, norm_layer)
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU}
 UPSAMPLING = ("transpose", "nearest", "linear")
@@ -361,26 +362,6 @@ def full_resolution_skip(spatial_dims: int, in_channels: int, channels: int, nor
 
 
 # -- shared checks --------------------------------------------------------------------------------
-
-def check_features(features: Sequence[int], min_levels: int = 2, max_levels: int | None = None) -> list[int]:
-    """``features`` as a list of positive ints with ``min_levels .. max_levels`` entries."""
-    try:
-        features = [int(f) for f in features]
-    except (TypeError, ValueError):
-        raise ValueError(f"features must be a list of channel counts, got {features!r}.") from None
-    if len(features) < min_levels or any(f < 1 for f in features):
-        raise ValueError(f"features needs at least {min_levels} positive channel counts, got {features}.")
-    if max_levels is not None and len(features) > max_levels:
-        raise ValueError(f"features has {len(features)} entries but this encoder has at most {max_levels - 1} "
-                         f"downsamplings: give at most {max_levels} channel counts.")
-    return features
-
-
-def check_common(spatial_dims: int, in_channels: int, out_channels: int) -> None:
-    _check_dims(spatial_dims)
-    if int(in_channels) < 1 or int(out_channels) < 1:
-        raise ValueError("in_channels and out_channels must be at least 1.")
-
 
 def check_input(net, x: torch.Tensor) -> None:
     """A clear ``ValueError`` for inputs a network cannot take (instead of a shape error deep inside)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import SegmentationNet
-from .blocks import DoubleConv, UpConv, as_tuple, center_crop, head, max_pool_nd
+from .blocks import DoubleConv, UpConv, center_crop, check_common, check_features, check_strides, head, max_pool_nd
 
 
 class UNet(SegmentationNet):
@@ -39,16 +39,10 @@ class UNet(SegmentationNet):
                  features: Sequence[int] = (16, 32, 64, 128, 256), padding: str = "same",
                  norm: str = "batch", strides: Sequence[int | Sequence[int]] | None = None):
         super().__init__()
-        features = [int(f) for f in features]
-        if len(features) < 2 or any(f < 1 for f in features):
-            raise ValueError(f"features needs at least two positive channel counts, got {features}.")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError("in_channels and out_channels must be at least 1.")
+        check_common(spatial_dims, in_channels, out_channels)
+        features = check_features(features)
         depth = len(features) - 1
-        strides = [2] * depth if strides is None else list(strides)
-        if len(strides) != depth:
-            raise ValueError(f"strides needs one entry per pooling ({depth}), got {len(strides)}.")
-        self.strides = [as_tuple(s, spatial_dims) for s in strides]
+        self.strides = check_strides(strides, depth, spatial_dims)
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
         self.padding = padding
         self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SegmentationNet
-from .blocks import ConvNormAct, DoubleConv, as_tuple, conv_nd, max_pool_nd
+from .blocks import ConvNormAct, DoubleConv, check_common, check_features, check_strides, conv_nd, max_pool_nd
 
 #: Foreground probabilities of a sample the CGM calls empty are multiplied by this (not 0, so
 #: the gated logits stay finite).
@@ -189,25 +189,14 @@ class UNet3Plus(SegmentationNet):
                  strides: Sequence[int | Sequence[int]] | None = None, classification_guided: bool = False,
                  upsample_first: bool = False):
         super().__init__()
-        try:
-            features = [int(f) for f in features]
-        except (TypeError, ValueError):
-            raise ValueError(f"features must be a list of channel counts, got {features!r}.") from None
-        if len(features) < 2 or any(f < 1 for f in features):
-            raise ValueError(f"features needs at least two positive channel counts (top to bottom), got {features}.")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError("in_channels and out_channels must be at least 1.")
+        check_common(spatial_dims, in_channels, out_channels)
+        features = check_features(features)
         if isinstance(cat_channels, bool) or not isinstance(cat_channels, int) or cat_channels < 1:
             raise ValueError(f"cat_channels must be a positive integer (the paper uses 64), got {cat_channels!r}.")
         if not isinstance(upsample_first, bool):
             raise ValueError(f"upsample_first must be True or False, got {upsample_first!r}.")
         levels = len(features)
-        strides = [2] * (levels - 1) if strides is None else list(strides)
-        if len(strides) != levels - 1:
-            raise ValueError(f"strides needs one entry per pooling ({levels - 1}), got {len(strides)}.")
-        self.strides = [as_tuple(s, spatial_dims) for s in strides]
-        if any(s < 1 for st in self.strides for s in st):
-            raise ValueError(f"strides must be positive, got {strides}.")
+        self.strides = check_strides(strides, levels - 1, spatial_dims)
         self.levels = levels
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
         self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .base import SegmentationNet
-from .blocks import DoubleConv, UpConv, as_tuple, head, max_pool_nd
+from .blocks import DoubleConv, UpConv, check_common, check_features, check_strides, head, max_pool_nd
 
 MODES = ("final", "accurate")
 
@@ -76,21 +76,10 @@ class UNetPlusPlus(SegmentationNet):
                  strides: Sequence[int | Sequence[int]] | None = None, mode: str = "final",
                  prune_depth: int | None = None):
         super().__init__()
-        try:
-            features = [int(f) for f in features]
-        except (TypeError, ValueError):
-            raise ValueError(f"features must be a list of channel counts, got {features!r}.") from None
-        if len(features) < 2 or any(f < 1 for f in features):
-            raise ValueError(f"features needs at least two positive channel counts (top to bottom), got {features}.")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError("in_channels and out_channels must be at least 1.")
+        check_common(spatial_dims, in_channels, out_channels)
+        features = check_features(features)
         depth = len(features) - 1
-        strides = [2] * depth if strides is None else list(strides)
-        if len(strides) != depth:
-            raise ValueError(f"strides needs one entry per pooling ({depth}), got {len(strides)}.")
-        self.strides = [as_tuple(s, spatial_dims) for s in strides]
-        if any(s < 1 for st in self.strides for s in st):
-            raise ValueError(f"strides must be positive, got {strides}.")
+        self.strides = check_strides(strides, depth, spatial_dims)
         self.depth = depth
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
         self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,

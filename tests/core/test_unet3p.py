@@ -20,15 +20,9 @@ from napari_unet.synthetic import fluorescent_nuclei
 from napari_unet.training import IGNORE, DeepSupervisionLoss, SegmentationLoss, train_iter
 
 
+from _helpers import calibrate as _calibrate, randomise_batchnorm as _randomise_batchnorm  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is as fast
-
-
-def _randomise_batchnorm(net):
-    for m in net.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net
 
 
 def _net(**kw):
@@ -36,17 +30,6 @@ def _net(**kw):
     kw.setdefault("features", (4, 8, 16, 32))
     kw.setdefault("cat_channels", 4)
     return _randomise_batchnorm(build_model("unet3+", **kw)).eval()
-
-
-def _calibrate(net, x):
-    """Batch-norm statistics of ``x`` (random initial ones make the output almost constant)."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        net.train()(x)
-    return net.eval()
 
 
 def _force_cgm(net, present: bool):
