@@ -343,6 +343,15 @@ class Predictor:
             yield len(chunk)
 
 
+PREDICTOR_ARGUMENTS = ("device", "tile_size", "halo", "blend", "batch_size")
+
+
+def take_predictor_arguments(kwargs: dict) -> dict:
+    """Remove and return the :class:`Predictor` arguments among ``kwargs`` (the rest are for
+    :func:`predict_iter`), for the generators that build a predictor when given none."""
+    return {k: kwargs.pop(k) for k in PREDICTOR_ARGUMENTS if k in kwargs}
+
+
 def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = False, device: str = "auto",
                  tile_size: int | str = "auto", halo: int = DEFAULT_HALO, blend: int = DEFAULT_BLEND,
                  batch_size: int | str = "auto", stop: threading.Event | None = None,

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 from .postprocess import probabilities_to_labels
-from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter
+from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter, take_predictor_arguments
 
 
 @dataclass
@@ -31,8 +31,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     ``tile_size``, ``halo``...).
     """
     if predictor is None:
-        predictor = Predictor(model, **{k: predict_kwargs.pop(k) for k in
-                                        ("device", "tile_size", "halo", "blend", "batch_size") if k in predict_kwargs})
+        predictor = Predictor(model, **take_predictor_arguments(predict_kwargs))
     tuned = predictor.model.postprocess
     threshold = tuned["threshold"] if threshold is None else threshold
     min_size = tuned["min_size"] if min_size is None else min_size

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from .postprocess import probabilities_to_labels
-from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter
+from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter, take_predictor_arguments
 
 
 @dataclass
@@ -121,9 +121,8 @@ def predict_depths_iter(model, image, *, predictor: Predictor | None = None, sto
     the predictor (``device``, ``tile_size``, ``halo``...) and to
     :func:`~napari_unet.inference.predictor.predict_iter` (``channel_axis``, ``rgb``).
     """
-    predictor_keys = ("device", "tile_size", "halo", "blend", "batch_size")
     if predictor is None:
-        predictor = deep_supervision_predictor(model, **{k: kwargs.pop(k) for k in predictor_keys if k in kwargs})
+        predictor = deep_supervision_predictor(model, **take_predictor_arguments(kwargs))
     elif not predictor.side_outputs:
         raise ValueError("The predictor must be made with side_outputs=True (deep_supervision_predictor).")
     prediction: Prediction = yield from predict_iter(predictor.model, image, predictor=predictor, stop=stop, **kwargs)
@@ -163,9 +162,8 @@ def predict_pruned_iter(model, image, depth: int | None, *, predictor: Predictor
     ``depth`` needs; return a :class:`PrunedRun` (prediction and time per megapixel).
 
     The time is that of the tiled pass alone (the model is loaded and prepared before it)."""
-    predictor_keys = ("device", "tile_size", "halo", "blend", "batch_size")
     if predictor is None:
-        predictor = Predictor(model, **{k: kwargs.pop(k) for k in predictor_keys if k in kwargs})
+        predictor = Predictor(model, **take_predictor_arguments(kwargs))
     prune(predictor, depth)
     prediction: Prediction = yield from predict_iter(predictor.model, image, predictor=predictor, stop=stop, **kwargs)
     foreground = prediction.foreground

@@ -58,6 +58,7 @@ class SupervisionWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer, warm_up=_import_torch_side)
         self._predictors: dict = {}
+        self._supervised: dict = {}  # (model path, mtime) -> has deep supervision
         self._full_runs: dict = {}
         self._pending_layers: list = []  # (model, device, shape) -> PrunedRun of the full network
         self._visited: set = set()
@@ -160,10 +161,13 @@ class SupervisionWidget(JobWidget):
         names = []
         for name, path in models.items():
             try:
-                if get_spec(read_config(path)["architecture"]).deep_supervision:
-                    names.append(name)
-            except (ModelFileError, KeyError):
+                key = (str(path), path.stat().st_mtime_ns)
+                if key not in self._supervised:  # napari re-reads choices on every layer event
+                    self._supervised[key] = get_spec(read_config(path)["architecture"]).deep_supervision
+            except (OSError, ModelFileError, KeyError):
                 continue
+            if self._supervised[key]:
+                names.append(name)
         return names
 
     def refresh_models(self):
