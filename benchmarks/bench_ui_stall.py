@@ -3,6 +3,9 @@
 A 5 ms QTimer records when the event loop gets to run; the longest gap between two ticks while
 the worker runs (and while the result layers are added) is the worst freeze a user would feel.
 Run under a display, e.g. ``xvfb-run -a .venv/bin/python benchmarks/bench_ui_stall.py``.
+``--lazy`` makes the layer a dask array, so the widget takes the large-image path: blocks into a
+zarr-backed labels layer that is shown and refreshed while it fills (multiscale above 4096 px), e.g.
+``--lazy --size 6144 --runs 1``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--runs", type=int, default=2, help="run 1 adds the layers, later runs update them")
+    parser.add_argument("--lazy", action="store_true", help="a dask-backed layer (the large-image path)")
     args = parser.parse_args()
     import napari
     from qtpy.QtCore import QTimer
@@ -32,7 +36,12 @@ def main():
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
-    viewer.add_image(synthetic_image(args.size), name="nuclei")
+    image = synthetic_image(args.size)
+    if args.lazy:
+        import dask.array as da
+
+        image = da.from_array(image, chunks=1024)
+    viewer.add_image(image, name="nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     widget.add_probabilities.value = True
     app = QApplication.instance()

@@ -8,7 +8,10 @@ goes into a new layer instead.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -63,8 +66,8 @@ def put_layer(viewer, layer):
     """Put a :func:`build_layer` layer into the viewer (Qt thread); returns the layer shown.
 
     An untouched plugin layer of the same name (or ``name (2)``...) and shape is updated in
-    place; otherwise ``layer`` is added under a free name. Layers the user made or edited are
-    never written to.
+    place; otherwise (and always for a lazy result, which has no checksum) ``layer`` is added under
+    a free name. Layers the user made or edited are never written to.
     """
     name, kind = layer.name, layer_kind(layer)
     candidates = [name] + [f"{name} ({i})" for i in range(2, len(viewer.layers) + 2)]
@@ -72,6 +75,8 @@ def put_layer(viewer, layer):
         if candidate not in viewer.layers:
             continue
         target = viewer.layers[candidate]
+        if layer.metadata[KEY].get("checksum") is None:
+            break  # a lazy (zarr-backed) result always gets a layer of its own
         if layer_kind(target) == kind and is_untouched_plugin_layer(target) and target.data.shape == layer.data.shape:
             target.data = layer.data
             target.metadata[KEY] = layer.metadata[KEY]
@@ -80,3 +85,38 @@ def put_layer(viewer, layer):
     layer.name = next(c for c in candidates if c not in viewer.layers)
     viewer.layers.append(layer)
     return layer
+
+
+# -- results on disk ---------------------------------------------------------------------------
+#: Temporary folders behind zarr-backed result layers; removed with their last layer, or at exit.
+_TEMPORARY: set[str] = set()
+
+
+def temporary_folder() -> str:
+    """A new temporary folder for a result layer's zarr stores (see :func:`release_temporary`)."""
+    folder = tempfile.mkdtemp(prefix="napari-unet-")
+    keep_temporary(folder)
+    return folder
+
+
+def keep_temporary(folder) -> None:
+    """Remove ``folder`` when napari exits, unless :func:`release_temporary` did it before."""
+    _TEMPORARY.add(str(folder))
+
+
+def release_temporary(folder, viewer=None) -> bool:
+    """Remove a temporary folder unless a layer of ``viewer`` still shows it; True if removed."""
+    folder = str(folder)
+    if viewer is not None and any(layer.metadata.get(KEY, {}).get("temporary") == folder
+                                  for layer in viewer.layers if isinstance(layer.metadata.get(KEY), dict)):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    _TEMPORARY.discard(folder)
+    return True
+
+
+@atexit.register
+def _remove_temporary():
+    for folder in list(_TEMPORARY):
+        shutil.rmtree(folder, ignore_errors=True)
+    _TEMPORARY.clear()

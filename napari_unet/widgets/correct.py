@@ -188,7 +188,7 @@ class CorrectWidget(Container):
         if _meta(source).get("kind") == "corrections":
             layer = source
         else:
-            data = np.asarray(source.data)
+            data = np.asarray(source.data[0] if source.multiscale else source.data)  # full resolution
             if not np.issubdtype(data.dtype, np.integer):
                 raise ValueError(f"'{source.name}' holds {data.dtype} values, not object ids.")
             dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16

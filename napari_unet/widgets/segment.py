@@ -3,6 +3,13 @@
 All torch work happens in a napari thread worker that drains
 :func:`napari_unet.inference.segment.segment_iter`; this module only reads widget values,
 shows progress and puts results into layers (on the Qt thread, in the worker's callbacks).
+
+Large images (a dask-, zarr- or memory-map-backed layer, or planes above 64 Mpx) go through
+:func:`napari_unet.inference.large.segment_to_zarr_iter` instead: the image is read block by
+block, never whole, and the labels are a zarr store in a temporary folder, shown as a layer as
+soon as the run starts and refreshed while blocks are written. Above 4096 px a side the layer is
+multiscale (:class:`napari_unet.inference.pyramid.Pyramid`), so redrawing reads only what is on
+screen. The folder goes away with the layer, or when napari exits.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import napari.viewer
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import KEY, build_layer, layer_kind, put_layer, spatial_transform
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, put_layer, release_temporary,
+                      spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
@@ -40,6 +49,112 @@ class _Ready:
     probabilities: object
 
 
+@dataclass
+class _Live:
+    """The first event of a large run: its labels layer (zarr-backed, still filling) comes along."""
+
+    progress: object
+    layer: object
+
+
+@dataclass
+class _LargeReady:
+    """A finished large run: the result and its probabilities layer (None unless asked for)."""
+
+    segmentation: object
+    probabilities: object
+
+
+#: Seconds between two refreshes of a filling labels layer (at most).
+REFRESH_EVERY = 0.5
+
+
+def _segment_large(predictor, data, settings: dict, stop, want_probabilities: bool, name: str, meta: dict,
+                   transform: dict):
+    """Thread-worker job for a large image: yields the core's :class:`BlockProgress` events (the
+    first wrapped in :class:`_Live` with the labels layer) and keeps the layer's pyramid up to date;
+    returns a :class:`_LargeReady`, or None when cancelled."""
+    import zarr
+
+    from ..inference.large import segment_to_zarr_iter
+    from ..inference.predictor import PredictionCancelled, Progress
+    from ..inference.pyramid import Pyramid, needs_pyramid
+
+    probs_folder = temporary_folder() if want_probabilities else None
+    probs_path = None if probs_folder is None else Path(probs_folder) / "probabilities.zarr"
+    gen = segment_to_zarr_iter(predictor.model, data, None, probs_path, predictor=predictor, stop=stop, **settings)
+    pyramid, shown = None, False
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as end:
+                result = end.value
+                break
+            if not shown and event.labels_path:
+                shown = True
+                folder = Path(event.labels_path).parent
+                keep_temporary(folder)
+                store = zarr.open_array(str(event.labels_path), mode="r")
+                pyramid = Pyramid(store, folder / "pyramid") if needs_pyramid(store.shape) else None
+                if pyramid is not None and not pyramid.coarse:
+                    pyramid = None
+                layer = build_layer(pyramid.levels if pyramid else store, "labels", name,
+                                    {**meta, "temporary": str(folder), "store": str(event.labels_path)},
+                                    multiscale=pyramid is not None, **transform)
+                event = _Live(event, layer)
+            elif pyramid is not None and event.stage in ("label", "number") and event.region is not None:
+                pyramid.update(event.region)
+            yield event
+        probabilities = None
+        if want_probabilities:
+            yield Progress(event.done, event.total, "preparing the probabilities layer")
+            probabilities = _probability_layer(result, predictor.model.spatial_dims, probs_folder, name.replace(" labels", " probabilities"),
+                                               {**meta, "kind": "probabilities", "temporary": probs_folder},
+                                               transform)
+        return _LargeReady(result, probabilities)
+    except PredictionCancelled:
+        if probs_folder:
+            release_temporary(probs_folder)
+        return None
+    except BaseException:
+        if probs_folder:
+            release_temporary(probs_folder)
+        raise
+
+
+def _probability_layer(result, spatial_dims: int, folder: str, name: str, meta: dict, transform: dict):
+    """The foreground probability of a large run as an image layer: lazy (dask) at full resolution,
+    through a pyramid written here, block by block, when the planes are large."""
+    import dask.array as da
+
+    from ..inference.large import DEFAULT_BLOCK_2D
+    from ..inference.pyramid import Pyramid, needs_pyramid
+
+    store, shape = result.probabilities, tuple(result.labels.shape)
+    axis = len(shape) - spatial_dims if store.ndim > len(shape) else None  # the class axis, if any
+
+    def read(region):
+        index = region if axis is None else region[:axis] + (slice(None),) + region[axis:]
+        block = np.asarray(store[index])
+        return block if axis is None else block.sum(axis=axis)  # foreground = sum of the classes
+
+    base = da.from_zarr(store)
+    if axis is not None:
+        base = base.sum(axis=axis)
+    levels = [base]
+    if needs_pyramid(shape):
+        pyramid = Pyramid(base, Path(folder) / "pyramid", read=read, dtype=np.float32, shape=shape)
+        step = DEFAULT_BLOCK_2D
+        for lead in np.ndindex(*shape[:-2]):
+            for y in range(0, shape[-2], step):
+                for x in range(0, shape[-1], step):
+                    pyramid.update(tuple(slice(i, i + 1) for i in lead) + (slice(y, y + step), slice(x, x + step)))
+        levels = pyramid.levels
+    return build_layer(levels if len(levels) > 1 else base, "image", name, meta, multiscale=len(levels) > 1,
+                       colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), **transform)
+
+
 class SegmentWidget(JobWidget):
     """Dock widget: image layer, model, device, tiles and post-processing, Run/Cancel."""
 
@@ -51,7 +166,9 @@ class SegmentWidget(JobWidget):
         self._pending_ui = False
         self._cached = None  # (settings, Predictor) of the last run
         self._extra_models: dict[str, None] = {}  # model files the user loaded, in order
-        self.last_result = None  # the last Segmentation, for scripts and tests
+        self.last_result = None  # the last Segmentation (LargeSegmentation for large images)
+        self._live = None  # the labels layer a large run is filling
+        self._live_refreshed = 0.0
 
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True,
                               tooltip="The image layer to segment (defaults to the selected layer).")
@@ -89,6 +206,7 @@ class SegmentWidget(JobWidget):
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._refresh_layers)
+        events.removed.connect(self._on_layer_removed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
         from ..catalog import on_models_changed
@@ -254,15 +372,21 @@ class SegmentWidget(JobWidget):
 
         device, tile = self.device.value, self.tile_size.value  # read widgets here, on the Qt thread
 
+        meta = {"source": layer.name, "model": str(model), "kind": "labels"}
+        base = f"{layer.name} [{Path(str(model)).stem}]"
+
         def job():
+            from ..inference.large import needs_blocks
+
             predictor = self._predictor(model, device, tile)
+            if needs_blocks(data, predictor.model.spatial_dims):  # never loaded whole
+                return (yield from _segment_large(predictor, data, settings, stop, want_probabilities,
+                                                  f"{base} labels", meta, transform))
             try:
                 seg = yield from segment_iter(predictor.model, data, predictor=predictor, stop=stop, **settings)
             except PredictionCancelled:
                 return None
             # layers are built here: their array work stays off the Qt thread
-            meta = {"source": layer.name, "model": str(model), "kind": "labels"}
-            base = f"{layer.name} [{Path(str(model)).stem}]"
             labels = build_layer(seg.labels, "labels", f"{base} labels", meta, **transform)
             probabilities = None
             if want_probabilities:
@@ -280,12 +404,34 @@ class SegmentWidget(JobWidget):
         self.status.value = "starting…"
 
     def _on_progress(self, event):
+        if isinstance(event, _Live):  # a large run's labels layer: shown while it fills
+            self._live = put_layer(self._viewer, event.layer)
+            self._live_refreshed = time.perf_counter()
+            event = event.progress
+        elif self._live is not None and getattr(event, "stage", "") in ("label", "number") \
+                and time.perf_counter() - self._live_refreshed > REFRESH_EVERY:
+            self._live.refresh()
+            self._live_refreshed = time.perf_counter()
         if not self._job_done:  # a late progress event must not hide the result line
             super()._on_progress(event)
+
+    def _on_layer_removed(self, event):
+        """A large run's layer removed: while it fills, that cancels the run; after, its folder goes."""
+        removed = event.value
+        if removed is self._live and self.job_running:
+            self.cancel()
+            return
+        folder = removed.metadata.get(KEY, {}).get("temporary") if isinstance(removed.metadata.get(KEY), dict) \
+            else None
+        if folder:
+            release_temporary(folder, self._viewer)
 
     def _on_result(self, ready, layer, started):
         self._job_done = True
         if ready is None or self.cancelled:
+            return
+        if isinstance(ready, _LargeReady):
+            self._on_large_result(ready, layer, started)
             return
         if layer not in self._viewer.layers:
             show_warning(f"'{layer.name}' was removed while it was being segmented; the result was discarded.")
@@ -311,7 +457,31 @@ class SegmentWidget(JobWidget):
 
             QTimer.singleShot(0, add_probabilities)
 
+    def _on_large_result(self, ready, layer, started):
+        result, live = ready.segmentation, self._live
+        self._live = None
+        self.last_result = result
+        if live is None or live not in self._viewer.layers:
+            return  # removed by the user meanwhile (which removed its folder)
+        live.refresh()
+        self._viewer.layers.selection.active = live
+        n = int(sum(result.n_objects))
+        where = live.metadata[KEY]["temporary"]
+        self.status.value = (f"{n} objects in {time.perf_counter() - started:.1f} s on {result.device}, "
+                             f"{result.n_blocks} block(s) per plane. The labels are a zarr store in {where}, "
+                             "removed with the layer or when napari closes: save the layer to keep it."
+                             + "".join(f"\n{message}" for message in result.warnings))
+        for message in result.warnings:
+            show_warning(message)
+        show_info(f"napari-unet: {n} objects found in '{layer.name}'.")
+        if ready.probabilities is not None:
+            put_layer(self._viewer, ready.probabilities)
+            self._viewer.layers.selection.active = live
+
     def _on_job_finished(self):
         self.run_button.text = "Run"
+        live, self._live = self._live, None
+        if live is not None and live in self._viewer.layers:  # cancelled or failed: nothing stays behind
+            self._viewer.layers.remove(live)
 
 

@@ -181,7 +181,7 @@ def test_segment_odd_layers_with_a_warning_where_needed(installed, segment_widge
     labels = viewer.layers["odd [tiny] labels"]
     assert labels.data.shape == shape, widget.status.value
     assert "objects in" in widget.status.value
-    assert _unchanged(viewer, before + [(labels.name, labels.data)])  # the image layer is untouched
+    assert _unchanged(viewer, before + [(labels.name, np.asarray(labels.data))])  # the image layer is untouched
     warnings = [m for s, m in notes() if "warning" in s]
     if warning:
         assert any(re.search(warning, m) for m in warnings), notes()

@@ -1,0 +1,116 @@
+"""Large (dask/zarr-backed) layers in the Segment widget: predicted block by block, never loaded
+whole, into a zarr-backed labels layer that is shown while it fills."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_unet.inference import large, pyramid
+from napari_unet.modelfile import user_model_dir
+
+da = pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture
+def tiny_in_list(make_random_model):
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(make_random_model("tiny"), folder / "tiny.safetensors")
+    return "tiny"
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 128 px and pyramids above 256 px, so a small image takes every path of a big one."""
+    monkeypatch.setattr(large, "DEFAULT_BLOCK_2D", 128)
+    monkeypatch.setattr(pyramid, "PYRAMID_ABOVE", 256)
+    monkeypatch.setattr(pyramid, "MIN_SIDE", 64)
+
+
+def _nuclei_stack():
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    planes = [fluorescent_nuclei(shape=(300, 340), n_nuclei=25, seed=s)[0] for s in range(2)]
+    return np.stack(planes).astype(np.float32)
+
+
+def _add_lazy(viewer, image, reads):
+    """A dask-backed layer that records the shape of every chunk read from it."""
+    def read(block):
+        reads.append(block.shape)
+        return block
+
+    lazy = da.from_array(image, chunks=(1, 100, 100)).map_blocks(read, dtype=image.dtype)
+    return viewer.add_image(lazy, name="lazy", scale=(3.0, 0.5, 0.5))
+
+
+def test_a_dask_layer_becomes_a_zarr_labels_layer_filled_while_it_runs(tiny_in_list, segment_widget, run_and_wait,
+                                                                       qtbot, small_blocks):
+    from napari_unet.inference.predictor import run_to_end
+    from napari_unet.inference.segment import segment_iter
+
+    viewer, widget = segment_widget
+    image, reads = _nuclei_stack(), []
+    _add_lazy(viewer, image, reads)
+    widget.model.value = tiny_in_list
+    widget.add_probabilities.value = True
+    seen_while_running = []
+    viewer.layers.events.inserted.connect(lambda e: seen_while_running.append((e.value.name, widget.job_running)))
+    run_and_wait(widget)
+
+    assert [layer.name for layer in viewer.layers] == ["lazy", "lazy [tiny] labels", "lazy [tiny] probabilities"]
+    labels = viewer.layers["lazy [tiny] labels"]
+    assert ("lazy [tiny] labels", True) in seen_while_running  # shown while it filled
+    assert labels.multiscale and isinstance(labels.data[0], zarr.Array)
+    full = np.asarray(labels.data[0][:])
+    expected = run_to_end(segment_iter(str(user_model_dir() / "tiny.safetensors"), image, device="cpu",
+                                       threshold=widget.threshold.value, min_size=widget.min_size.value,
+                                       split_touching=widget.split.value)).labels
+    assert full.max() > 0
+    assert np.array_equal(full > 0, expected > 0) and full.max() == expected.max()  # same objects as one pass
+    for k, level in enumerate(labels.data):  # every pyramid level is the finished labels, subsampled
+        assert np.array_equal(np.asarray(level), full[:, :: 2 ** k, :: 2 ** k]), k
+    assert tuple(labels.scale) == (3.0, 0.5, 0.5)
+    assert max(np.prod(shape) for shape in reads) <= 100 * 100  # the image was read chunk by chunk
+
+    probs = viewer.layers["lazy [tiny] probabilities"]
+    assert probs.multiscale and probs.data[0].shape == image.shape
+    folder = Path(labels.metadata["napari_unet"]["temporary"])
+    assert folder.is_dir() and str(folder) in widget.status.value
+    assert viewer.layers.selection.active is labels
+
+    viewer.layers.remove(labels)  # the folder goes with its layer
+    assert not folder.exists()
+    assert isinstance(widget.last_result, large.LargeSegmentation)
+
+
+def test_cancelling_a_large_run_leaves_no_layer_and_no_folder(tiny_in_list, segment_widget, run_and_wait, qtbot,
+                                                               click, small_blocks):
+    viewer, widget = segment_widget
+    _add_lazy(viewer, _nuclei_stack(), [])
+    widget.model.value = tiny_in_list
+    widget.tile_size.value = "256"
+    click(widget.run_button)
+    qtbot.waitUntil(lambda: widget._live is not None, timeout=60_000)
+    folder = Path(widget._live.metadata["napari_unet"]["temporary"])
+    click(widget.run_button)  # Cancel
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert [layer.name for layer in viewer.layers] == ["lazy"]
+    assert "cancelled" in widget.status.value and not folder.exists()
+    run_and_wait(widget)  # and the next run works
+    assert "lazy [tiny] labels" in viewer.layers
+
+
+def test_deleting_the_filling_layer_cancels_the_run(tiny_in_list, segment_widget, qtbot, click, small_blocks):
+    viewer, widget = segment_widget
+    _add_lazy(viewer, _nuclei_stack(), [])
+    widget.model.value = tiny_in_list
+    click(widget.run_button)
+    qtbot.waitUntil(lambda: widget._live is not None, timeout=60_000)
+    folder = Path(widget._live.metadata["napari_unet"]["temporary"])
+    viewer.layers.remove(widget._live)
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert [layer.name for layer in viewer.layers] == ["lazy"] and not folder.exists()
