@@ -93,6 +93,11 @@ def make_config(net: SegmentationNet, architecture: str | None = None, target: s
         raise ValueError("Name the architecture: this network was not built by build_model().")
     if target not in TARGETS:
         raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGETS)}.")
+    classes = TARGETS[target]
+    if net.out_channels != len(classes):
+        raise ValueError(f"A {target} target has {len(classes)} classes ({', '.join(classes)}) but this network has "
+                         f"{net.out_channels} output channels: build it with out_channels={len(classes)} "
+                         "(or net.set_out_channels).")
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -245,6 +250,13 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     except Exception as exc:  # any argument a builder chokes on (TypeError, ValueError, KeyError, IndexError...)
         raise ModelFileError(f"{path.name}: the config's arguments do not build a network ({str(exc).rstrip('.')}): "
                              "the file was edited or written by another version; use the original file.") from None
+    out, inp = config["output"], config["input"]
+    if net.out_channels != len(out["classes"]) or net.in_channels != inp["channels"]:
+        raise ModelFileError(
+            f"{path.name}: the config does not describe its network ({inp['channels']} input channel(s) and "
+            f"{len(out['classes'])} classes for the {out['target']!r} target, but the network takes "
+            f"{net.in_channels} and gives {net.out_channels}): the file was edited or written by another version; "
+            "use the original file.")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}

@@ -260,3 +260,25 @@ def test_in_place_store_for_a_viewer_layer(blur_model, nuclei):
     single = run_to_end(segment_iter(blur_model, nuclei[:300, :300], device="cpu"))
     assert _same_up_to_relabelling(single.labels, result.labels[...])
     assert sorted(p.name for p in result.labels_path.parent.iterdir()) == ["labels.zarr"]  # no probabilities left
+
+
+def test_pyramid_levels_equal_the_subsampled_base_whatever_the_regions(tmp_path):
+    """Blocks written in any order, not aligned to the levels' steps, give the exact subsampling."""
+    import zarr
+
+    from napari_unet.inference.pyramid import Pyramid, level_shapes, needs_pyramid
+
+    assert level_shapes((3000, 5000), min_side=1024) == [(1500, 2500), (750, 1250), (375, 625)]
+    assert level_shapes((900, 1000), min_side=1024) == []
+    assert needs_pyramid((2, 100, 5000)) and not needs_pyramid((9000, 100, 100))
+    full = np.random.default_rng(0).integers(0, 100, (2, 700, 530)).astype(np.int32)
+    base = zarr.create(shape=full.shape, chunks=(1, 128, 128), dtype=np.int32, store=str(tmp_path / "b.zarr"))
+    pyramid = Pyramid(base, tmp_path / "pyramid", min_side=50)
+    regions = [(z, slice(y, y + 170), slice(x, x + 150)) for z in range(2) for y in range(0, 700, 170)
+               for x in range(0, 530, 150)]
+    for i in np.random.default_rng(1).permutation(len(regions)):
+        base[regions[i]] = full[regions[i]]
+        pyramid.update(regions[i])
+    assert len(pyramid.levels) == 5
+    for k, level in enumerate(pyramid.levels):
+        assert np.array_equal(level[:], full[:, :: 2 ** k, :: 2 ** k]), k

@@ -119,6 +119,9 @@ def _rewrite_config(path, change):
     (lambda c: c["arguments"].update(features=[4, 8, 16]), "do not build a network"),
     (lambda c: c["arguments"].update(features=[4, 16]), "weights do not match"),
     (lambda c: c["input"].update(channels=0), "input.channels"),
+    (lambda c: c["output"].update(target="boundary", classes=["background", "interior", "boundary"]),
+     "does not describe its network.*3 classes"),
+    (lambda c: c["input"].update(channels=3), "does not describe its network.*3 input"),
 ])
 def test_invalid_configs_are_explained(tmp_path, change, match):
     net = _net()
@@ -126,6 +129,11 @@ def test_invalid_configs_are_explained(tmp_path, change, match):
     _rewrite_config(path, change)
     with pytest.raises(ModelFileError, match=match):
         load_model(path)
+
+
+def test_a_config_whose_target_does_not_fit_the_network_is_not_written():
+    with pytest.raises(ValueError, match="3 classes .* 2 output channels: build it with out_channels=3"):
+        make_config(_net(), "unet", target="boundary")
 
 
 def test_names_resolve_to_user_models(tmp_path):

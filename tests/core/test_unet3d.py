@@ -81,9 +81,9 @@ def test_bad_shapes_and_configurations_say_what_to_change():
         build_model("unet-3d", features=(4, 0, 16), strides=TINY["strides"])
 
 
-def _roundtrip(tmp_path, net, name):
+def _roundtrip(tmp_path, net, name, target="binary"):
     net.eval()
-    path = save_model(tmp_path / name, net, make_config(net))
+    path = save_model(tmp_path / name, net, make_config(net, target=target))
     loaded = load_model(path)
     assert loaded.net.config == net.config and loaded.spatial_dims == 3
     return loaded
@@ -106,7 +106,7 @@ def test_save_load_roundtrip_set_out_channels_and_in_channels(tmp_path):
     net.set_out_channels(3)
     assert net.config["out_channels"] == 3 and net(x).shape == (1, 3, 4, 16, 12)
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in kept.items())
-    reloaded = _roundtrip(tmp_path, net, "u3d-3")
+    reloaded = _roundtrip(tmp_path, net, "u3d-3", target="boundary")
     with torch.no_grad():
         torch.testing.assert_close(reloaded.net(x), net(x), rtol=0, atol=0)
 

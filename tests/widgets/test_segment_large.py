@@ -114,3 +114,23 @@ def test_deleting_the_filling_layer_cancels_the_run(tiny_in_list, segment_widget
     viewer.layers.remove(widget._live)
     qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
     assert [layer.name for layer in viewer.layers] == ["lazy"] and not folder.exists()
+
+
+def test_boundary_models_show_the_foreground_probability(make_random_model, segment_widget, run_and_wait,
+                                                         small_blocks):
+    """A 3-class model's probabilities store has a class axis; the layer shows their foreground sum."""
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(make_random_model("tiny3", target="boundary", out_channels=3), folder / "tiny3.safetensors")
+    viewer, widget = segment_widget
+    _add_lazy(viewer, _nuclei_stack(), [])
+    widget.refresh_models()
+    widget.model.value = "tiny3"
+    widget.add_probabilities.value = True
+    run_and_wait(widget)
+    assert "objects in" in widget.status.value, widget.status.value
+    probs = viewer.layers["lazy [tiny3] probabilities"]
+    stored = np.asarray(widget.last_result.probabilities[:])
+    assert stored.shape == (2, 2, 300, 340)  # (planes, interior/boundary, y, x)
+    assert np.allclose(np.asarray(probs.data[0]), stored.sum(axis=1), atol=1e-6)
+    assert np.allclose(np.asarray(probs.data[1]), stored.sum(axis=1)[:, ::2, ::2], atol=1e-6)
