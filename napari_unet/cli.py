@@ -69,7 +69,7 @@ def _read_image(path: Path):
         raise UsageError(f"{path}: no such file")
     try:
         if path.is_dir():  # a .zarr store
-            from .inference.large import read_whole
+            from .inference.lazyio import read_whole
 
             image = read_whole(path)
         elif path.suffix.lower() in (".tif", ".tiff"):
@@ -149,7 +149,7 @@ def cmd_predict(args) -> int:
 
 def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
     """``predict`` with zarr outputs (images of any size, block by block) and/or on a dask cluster."""
-    from .inference.distributed import FileJob, FileResult, make_runner, segment_files_iter
+    from .inference.distributed import FileJob, make_runner, segment_files_iter
     from .inference.predictor import Predictor, Progress
     from .modelfile import ModelFileError
 

@@ -280,7 +280,8 @@ def segment_file(job: FileJob, model: str | None, settings: dict, options: dict,
 
 def _segment_file(job: FileJob, predictor: Predictor, options: dict) -> FileResult:
     from ..io import write_tif
-    from .large import read_whole, segment_to_zarr
+    from .large import segment_to_zarr
+    from .lazyio import read_whole
     from .predictor import run_to_end
     from .segment import segment_iter
 
@@ -313,8 +314,8 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
     ``model`` is a bundled name or a model file (workers load it once each); ``predictor`` (this
     process's) gives the model's geometry and runs the work when ``runner`` is local.
     """
-    from .large import (DEFAULT_BLOCK_2D, DEFAULT_BLOCK_3D, _check_output, _shape_probe, open_image,
-                        segment_to_zarr_iter)
+    from .large import DEFAULT_BLOCK_2D, DEFAULT_BLOCK_3D, segment_to_zarr_iter
+    from .lazyio import _check_output, _shape_probe, open_image
     from .inputs import prepare_image
 
     settings = settings or {}

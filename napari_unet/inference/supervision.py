@@ -15,7 +15,6 @@ The job behind the Deep-supervision widget (and usable from Python):
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Iterator
 

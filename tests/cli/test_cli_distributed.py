@@ -94,7 +94,7 @@ def test_unreachable_scheduler_is_one_line_and_exit_code_2(model_file, tmp_path,
 
 
 def test_zarr_input_and_output_checks(model_file, tmp_path, capsys):
-    from napari_unet.inference.large import write_zarr
+    from napari_unet.inference.lazyio import write_zarr
 
     image = fluorescent_nuclei(shape=(150, 170), n_nuclei=10, seed=9)[0]
     write_zarr(tmp_path / "img.zarr", image, chunks=(64, 64))
