@@ -282,3 +282,23 @@ def test_pyramid_levels_equal_the_subsampled_base_whatever_the_regions(tmp_path)
     assert len(pyramid.levels) == 5
     for k, level in enumerate(pyramid.levels):
         assert np.array_equal(level[:], full[:, :: 2 ** k, :: 2 ** k]), k
+
+
+def test_3d_blocks_equal_a_single_pass(tmp_path):
+    """A volume cut into 8 blocks of 16 x 32 x 32 voxels gives the single pass's probabilities and objects."""
+    from napari_unet.synthetic import nuclei_3d
+
+    net = blur_net(spatial_dims=3)
+    model = str(save_model(tmp_path / "blur3d.safetensors", net, make_config(net, "unet-3d")))
+    volume = nuclei_3d(shape=(28, 56, 60), n_nuclei=12, seed=2)[0]
+    tiles = dict(device="cpu", tile_size=64, halo=12)  # tiles mirror at the borders, like a block's halo
+    single = run_to_end(segment_iter(model, volume, **tiles))
+    result = segment_to_zarr(model, volume, tmp_path / "labels.zarr", tmp_path / "probs.zarr",
+                             block_size=(16, 32, 32), label_halo=16, **tiles)
+    assert result.n_blocks == 8
+    probs = zarr.open_array(str(tmp_path / "probs.zarr"), mode="r")[...]
+    np.testing.assert_allclose(probs, single.prediction.foreground, atol=1e-5)
+    labels = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[...]
+    assert single.labels.max() > 5 and result.n_objects == [int(single.labels.max())]
+    assert _same_up_to_relabelling(single.labels, labels)
+    assert _crossing_seams(single.labels, 32)  # some objects are cut by a seam in y or x
