@@ -152,6 +152,25 @@ def test_stack_and_colour_input_from_a_file(blur_model, tmp_path):
     assert any("grey" in w for w in colour.warnings)
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_inputs_of_either_format_and_ome_zarr_groups(blur_model, nuclei, tmp_path, zarr_format):
+    """zarr v2 and v3 stores, as an array and as an OME-Zarr group (level 0 is read)."""
+    image = nuclei[:256, :320]
+    single = run_to_end(segment_iter(blur_model, image, device="cpu"))
+    array = zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(128, 128),
+                              dtype=image.dtype, zarr_format=zarr_format)
+    array[...] = image
+    group = zarr.open_group(str(tmp_path / "ome.zarr"), mode="w", zarr_format=zarr_format)
+    group.attrs["multiscales"] = [{"datasets": [{"path": "0"}, {"path": "1"}]}]
+    group.create_array("0", shape=image.shape, chunks=(128, 128), dtype=image.dtype)[...] = image
+    group.create_array("1", shape=(128, 160), chunks=(128, 128), dtype=image.dtype)[...] = image[::2, ::2]
+    for source in ("image.zarr", "ome.zarr"):
+        assert open_image(tmp_path / source).shape == image.shape
+        result = segment_to_zarr(blur_model, tmp_path / source, tmp_path / f"{source}-labels.zarr", device="cpu",
+                                 block_size=128, label_halo=48)
+        assert _same_up_to_relabelling(single.labels, result.labels[...]), source
+
+
 def test_memory_mapped_input_is_not_loaded_whole(blur_model, tmp_path, monkeypatch):
     """The numpy memory (traced) of the block pipeline is flat in the image size and smaller than
     the image, while a single pass holds several image-sized arrays. Traced after the intensity
