@@ -9,17 +9,22 @@ Layout of a training-set folder::
 
 Every file is written atomically (temporary file, fsync, rename), so a crash, a kill or a full
 disk mid-write leaves the previous version of that file readable. :meth:`TrainingSet.update`
-rewrites the masks, then the reviewed region, then the index of an entry: the widgets call it
-while the user paints (autosave). A kill between those writes leaves new masks beside the
-previous reviewed region, each file whole; the next autosave brings them level. Changes go
-through a lock per folder and re-read the index first, so an autosave in a worker thread and
-an "Add" on the Qt thread never drop each other's entries.
+(the widgets' autosave while the user paints) never writes over the files the index points to:
+it writes the new masks and reviewed region as new revisions (``masks/<name>@<n>.tif``), then
+the index, which is the one write that switches the entry over, then removes the old revisions.
+A kill at any point leaves the entry's previous pair or its new pair, never one of each; files
+of an update that never reached the index are removed the next time the folder is opened.
+Changes go through a lock per folder, held across threads and processes (an ``fcntl``/``msvcrt``
+lock on ``.lock``), and re-read the index first, so an autosave in a worker thread, an "Add" on
+the Qt thread and another napari or ``napari-unet train`` on the same folder never drop each
+other's entries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -31,16 +36,78 @@ from .io import atomic_write, write_tif
 
 FORMAT = "napari-unet-training-set"
 VERSION = 1
+LOCK_FILE = ".lock"
 
-_locks: dict[Path, threading.RLock] = {}
+_locks: dict[Path, "FolderLock"] = {}
 _locks_guard = threading.Lock()
 
 
-def _folder_lock(folder: Path) -> threading.RLock:
+class FolderLock:
+    """A re-entrant lock on a training-set folder: a thread lock within this process, and an OS
+    file lock on ``<folder>/.lock`` against other processes (skipped where the folder is read-only
+    or the file system has no locks)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._thread = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self):
+        self._thread.acquire()
+        if self._depth == 0:
+            self._fd = _lock_file(self.folder / LOCK_FILE)
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            _unlock_file(self._fd)
+            self._fd = None
+        self._thread.release()
+
+
+def _lock_file(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return None
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock_file(fd: int) -> None:
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _folder_lock(folder: Path) -> FolderLock:
     """One lock per training-set folder, shared by every TrainingSet object of this process."""
     key = folder.resolve()
     with _locks_guard:
-        return _locks.setdefault(key, threading.RLock())
+        return _locks.setdefault(key, FolderLock(key))
 
 
 @dataclass
@@ -55,10 +122,15 @@ class Entry:
     reviewed_fraction: float = 0.0
     objects: int = 0
     extra: dict = field(default_factory=dict)
+    revisions: dict = field(default_factory=dict)  # masks / reviewed: how many times rewritten
 
     @property
     def files(self) -> dict[str, str]:
-        return {kind: f"{kind}/{self.name}.tif" for kind in ("images", "masks", "reviewed")}
+        return {kind: self.file(kind, self.revisions.get(kind, 0)) for kind in ("images", "masks", "reviewed")}
+
+    def file(self, kind: str, revision: int = 0) -> str:
+        """The path of revision ``revision`` of this entry's ``kind`` file ('@' is never in a name)."""
+        return f"{kind}/{self.name}.tif" if revision == 0 else f"{kind}/{self.name}@{revision}.tif"
 
 
 def safe_name(text: str) -> str:
@@ -105,11 +177,13 @@ class TrainingSet:
         self._lock = _folder_lock(self.folder)
         index = self.folder / "index.json"
         if index.exists():
-            self.entries = self._read_index()
+            with self._lock:
+                self.entries = self._read_index()
+                self._remove_unfinished()
         elif create:
             if self.folder.exists() and not self.folder.is_dir():
                 raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
-            if self.folder.exists() and any(p.name not in ("images", "masks", "reviewed")
+            if self.folder.exists() and any(p.name not in ("images", "masks", "reviewed", LOCK_FILE)
                                             for p in self.folder.iterdir()):
                 raise ValueError(f"{self.folder} holds other files: choose an empty or new folder for a new "
                                  "training set, so nothing of yours is overwritten.")
@@ -118,8 +192,9 @@ class TrainingSet:
                     (self.folder / kind).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ValueError(f"Cannot create the training set in {self.folder}: {exc.strerror}.") from None
-            self.entries = []
-            self._write_index()
+            with self._lock:
+                self.entries = []
+                self._write_index()
         else:
             raise ValueError(f"{self.folder} is not a training set (no index.json).")
 
@@ -136,6 +211,18 @@ class TrainingSet:
             return [Entry(**e) for e in data.get("entries", [])]
         except TypeError as exc:
             raise ValueError(f"{index} has an entry this version cannot read: {exc}") from None
+
+    def _remove_unfinished(self) -> None:
+        """Remove revision files that no index entry points to: an update killed before its index
+        write (under the lock, so never another process's update in progress)."""
+        kept = {rel for e in self.entries for rel in e.files.values()}
+        for kind in ("masks", "reviewed"):
+            for path in (self.folder / kind).glob("*@*.tif"):
+                if f"{kind}/{path.name}" not in kept:
+                    try:
+                        path.unlink()
+                    except OSError:
+                        pass
 
     def _refresh(self) -> None:
         """Re-read the index (under the folder's lock): another TrainingSet object, maybe in another
@@ -174,9 +261,9 @@ class TrainingSet:
         return f"{base}-{i}"
 
     # -- files -----------------------------------------------------------------------------
-    def _write(self, entry: Entry, kind: str, array: np.ndarray) -> None:
+    def _write(self, entry: Entry, kind: str, array: np.ndarray, rel: str | None = None) -> None:
         try:
-            write_tif(self.folder / entry.files[kind], array)
+            write_tif(self.folder / (rel or entry.files[kind]), array)
         except OSError as exc:
             raise ValueError(f"Cannot save {kind} of {entry.name!r} to {self.folder}: {exc.strerror}. "
                              "The previous version is kept.") from None
@@ -213,14 +300,27 @@ class TrainingSet:
                 labels = check_labels(labels, shape)
             if reviewed is not None:
                 reviewed = self._check_reviewed(reviewed, shape)
-            if labels is not None:
-                self._write(entry, "masks", labels)
-            if reviewed is not None:
-                self._write(entry, "reviewed", reviewed.astype(np.uint8))
-            entry.updated = dt.datetime.now().isoformat(timespec="seconds")
-            self._stats(entry, labels, reviewed)
-            self._write_index()
-        return entry
+            # new revisions beside the current files; the index write switches the entry over
+            new: dict[str, int] = {}
+            try:
+                for kind, array in (("masks", labels), ("reviewed", reviewed)):
+                    if array is not None:
+                        new[kind] = entry.revisions.get(kind, 0) + 1
+                        self._write(entry, kind, array.astype(np.uint8) if kind == "reviewed" else array,
+                                    entry.file(kind, new[kind]))
+                replaced = [entry.files[kind] for kind in new]
+                entry.revisions.update(new)
+                entry.updated = dt.datetime.now().isoformat(timespec="seconds")
+                self._stats(entry, labels, reviewed)
+                self._write_index()
+            except BaseException:  # the index was not written: the entry keeps its previous pair
+                for kind, revision in new.items():
+                    (self.folder / entry.file(kind, revision)).unlink(missing_ok=True)
+                self._refresh()
+                raise
+            for rel in replaced:
+                (self.folder / rel).unlink(missing_ok=True)
+        return self.entry(name)
 
     def remove(self, name: str) -> None:
         """Forget entry ``name`` (its files are kept on disk, renamed with a ``.removed`` suffix)."""

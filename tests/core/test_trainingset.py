@@ -76,3 +76,50 @@ def test_a_failed_write_keeps_the_previous_masks(tmp_path, monkeypatch):
     _, lab, _ = TrainingSet(tmp_path / "set").load(entry.name)
     np.testing.assert_array_equal(lab, labels)
     assert not [p for p in (tmp_path / "set" / "masks").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_update_that_fails_half_way_keeps_the_previous_pair(tmp_path, monkeypatch):
+    import napari_unet.trainingset as module
+
+    ts = TrainingSet(tmp_path / "set")
+    ts.add(np.zeros((16, 16), np.float32), np.ones((16, 16), np.uint16), np.ones((16, 16), bool), name="e")
+    ts.update("e", labels=np.full((16, 16), 2, np.uint16))  # a first autosave: revision files
+    real = module.write_tif
+
+    def full_disk(path, data):
+        if "reviewed" in str(path):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(module, "write_tif", full_disk)
+    with pytest.raises(ValueError, match="No space left"):
+        ts.update("e", labels=np.full((16, 16), 3, np.uint16), reviewed=np.zeros((16, 16), bool))
+    monkeypatch.undo()
+    for opened in (ts, TrainingSet(tmp_path / "set", create=False)):
+        _, labels, reviewed = opened.load("e")
+        assert (labels == 2).all() and reviewed.all()  # the previous pair, whole
+    assert sorted(p.name for p in (tmp_path / "set" / "masks").iterdir()) == ["e@1.tif"]
+
+
+def _add_many(folder, worker, n):
+    from napari_unet.trainingset import TrainingSet
+
+    ts = TrainingSet(folder, create=False)
+    for i in range(n):
+        ts.add(np.zeros((8, 8), np.float32), np.ones((8, 8), np.uint16), name=f"w{worker}-{i}")
+
+
+def test_two_processes_adding_to_one_folder_lose_no_entry(tmp_path):
+    """The folder lock holds across processes (a second napari, or the CLI, on the same set)."""
+    import multiprocessing
+
+    TrainingSet(tmp_path / "set")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_many, args=(tmp_path / "set", w, 20)) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    assert sorted(TrainingSet(tmp_path / "set", create=False).names()) == sorted(
+        f"w{w}-{i}" for w in range(2) for i in range(20))
