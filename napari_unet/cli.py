@@ -239,6 +239,31 @@ def _read_labels(path: Path, shape=None):
         else labels.astype(np.int64)
 
 
+def _training_data(args) -> tuple[list, str]:
+    """The training pairs (``--images``/``--masks``) or triples with reviewed regions
+    (``--training-set``), and what to call them in the model card."""
+    if args.training_set:
+        if args.images or args.masks:
+            raise UsageError("give either --training-set or --images and --masks, not both")
+        from .trainingset import TrainingSet
+
+        try:
+            ts = TrainingSet(Path(args.training_set), create=False)
+            if not len(ts):
+                raise ValueError(f"{ts.folder}: the training set is empty: add corrections with the Correct widget")
+            return ts.triples(), str(ts.folder.resolve())  # pixels nobody reviewed are ignored by the loss
+        except ValueError as exc:
+            raise UsageError(str(exc).rstrip(".")) from None
+    if not (args.images and args.masks):
+        raise UsageError("give --images DIR and --masks DIR, or --training-set DIR (a folder of the Correct widget)")
+    pairs = []
+    for image_path, mask_path in _pairs(Path(args.images), Path(args.masks)):
+        image = _read_image(image_path)
+        pairs.append((image, _read_labels(mask_path, image.shape[:2] if image.ndim == 3 and image.shape[-1] in (3, 4)
+                                          else image.shape)))
+    return pairs, str(Path(args.images).resolve())
+
+
 def cmd_train(args) -> int:
     import signal
     import threading
@@ -254,18 +279,24 @@ def cmd_train(args) -> int:
         out = out.with_name(out.name + ".safetensors")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
         raise UsageError(f"cannot write the model to {out.parent}: the folder is missing or not writable")
-    pairs = []
-    for image_path, mask_path in _pairs(Path(args.images), Path(args.masks)):
-        image = _read_image(image_path)
-        pairs.append((image, _read_labels(mask_path, image.shape[:2] if image.ndim == 3 and image.shape[-1] in (3, 4)
-                                          else image.shape)))
+    pairs, data = _training_data(args)
     try:
         base = load_model(args.model)
     except ModelFileError as exc:
         raise UsageError(str(exc)) from None
-    # hold out whole images for validation: every 5th image, at least one when there are two or more
-    val = pairs[::5] if len(pairs) >= 2 else pairs
-    train = [p for i, p in enumerate(pairs) if i % 5] if len(pairs) >= 2 else pairs
+    if args.training_set:  # the Fine-tune widget's split: whole images, or a reviewed strip of each
+        from .finetune import _planes, split_by_region
+
+        try:
+            train, val = split_by_region(_planes(pairs, base.spatial_dims))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not val:
+            print("warning: no image or fully reviewed strip to hold out: training without validation",
+                  file=sys.stderr)
+    else:  # hold out whole images for validation: every 5th image, at least one when there are two or more
+        val = pairs[::5] if len(pairs) >= 2 else pairs
+        train = [p for i, p in enumerate(pairs) if i % 5] if len(pairs) >= 2 else pairs
     try:
         loss = SegmentationLoss.from_spec(args.loss)
     except ValueError as exc:
@@ -285,7 +316,7 @@ def cmd_train(args) -> int:
     show = _progress_printer("train")
 
     def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float) -> dict:
-        provenance = {"trained": True, "base_model": base.name, "data": str(Path(args.images).resolve()),
+        provenance = {"trained": True, "base_model": base.name, "data": data,
                       "train_images": len(train), "val_images": len(val), "loss": args.loss,
                       "weight_map": weight_map, "target": args.target, "steps": steps, "best_step": best_step,
                       "stopped": stopped, "val_ap50": metrics.get("ap50"), "seconds": round(seconds, 1),
@@ -384,8 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("train", help="fine-tune a model on images and instance masks with the same file names")
     p.add_argument("model", help="the starting model: a bundled name (e.g. unet) or a model file")
-    p.add_argument("--images", required=True, metavar="DIR")
-    p.add_argument("--masks", required=True, metavar="DIR", help="instance labels (0 = background), same names")
+    p.add_argument("--images", metavar="DIR", help="training images")
+    p.add_argument("--masks", metavar="DIR", help="instance labels (0 = background), same names as the images")
+    p.add_argument("--training-set", metavar="DIR",
+                   help="instead of --images/--masks: a training-set folder of the Correct widget (its reviewed "
+                        "regions are honoured: pixels nobody reviewed are ignored)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model file to write (.safetensors)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="wall-time budget (default 5)")

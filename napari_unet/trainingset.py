@@ -338,13 +338,15 @@ class TrainingSet:
         """``(image, labels, reviewed bool)`` of entry ``name``."""
         import tifffile
 
-        entry = self.entry(name)
-        try:
-            image = tifffile.imread(self.folder / entry.files["images"])
-            labels = tifffile.imread(self.folder / entry.files["masks"])
-            reviewed = tifffile.imread(self.folder / entry.files["reviewed"]).astype(bool)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"Entry {name!r} of {self.folder} cannot be read: {exc}") from None
+        with self._lock:  # the current revisions, never ones an autosave elsewhere is replacing
+            self._refresh()
+            entry = self.entry(name)
+            try:
+                image = tifffile.imread(self.folder / entry.files["images"])
+                labels = tifffile.imread(self.folder / entry.files["masks"])
+                reviewed = tifffile.imread(self.folder / entry.files["reviewed"]).astype(bool)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"Entry {name!r} of {self.folder} cannot be read: {exc}") from None
         return image, labels, reviewed
 
     def triples(self) -> list[tuple]:

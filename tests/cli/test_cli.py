@@ -88,6 +88,34 @@ def test_train_then_predict_then_evaluate(train_folders, make_random_model, caps
     assert main(["evaluate", "--pred", str(t / "pred"), "--gt", str(t / "masks")]) == 0
 
 
+def test_train_on_a_training_set_folder_of_the_correct_widget(train_folders, make_random_model, capsys):
+    from napari_unet.modelfile import load_model
+    from napari_unet.trainingset import TrainingSet
+
+    t = train_folders
+    ts = TrainingSet(t / "corrections")
+    for path in sorted((t / "images").iterdir()):
+        reviewed = np.zeros((96, 96), bool)
+        reviewed[:, :64] = True  # half reviewed: the rest is ignored by the loss
+        ts.add(tifffile.imread(path), tifffile.imread(t / "masks" / path.name), reviewed, name=path.stem)
+    ts.update("n0", labels=tifffile.imread(t / "masks" / "n0.tif"))  # an autosaved revision
+    assert main(["train", str(make_random_model("cli-base")), "--training-set", str(t / "corrections"), "-o",
+                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2"]) == 0
+    provenance = load_model(t / "tuned.safetensors").config["provenance"]
+    assert provenance["data"] == str((t / "corrections").resolve()) and provenance["train_images"] == 2  # 1 held out
+    for args, message in ([], "--training-set DIR"),  \
+            (["--training-set", str(t / "corrections"), "--images", str(t / "images")], "not both"), \
+            (["--training-set", str(t / "images")], "not a training set"), \
+            (["--training-set", str(t / "none")], "not a training set"):
+        capsys.readouterr()
+        assert main(["train", "unet", *args, "-o", str(t / "bad"), "--epochs", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    TrainingSet(t / "empty")
+    assert main(["train", "unet", "--training-set", str(t / "empty"), "-o", str(t / "bad"), "--epochs", "1"]) == 2
+    assert "is empty" in capsys.readouterr().err and not (t / "bad.safetensors").exists()
+
+
 @pytest.mark.parametrize("breakage,message", [
     (lambda t: (t / "masks" / "n1.tif").unlink(), "no masks with the name"),
     (lambda t: tifffile.imwrite(t / "masks" / "n1.tif", np.full((96, 96), 0.5, np.float32)), "integer instance"),
