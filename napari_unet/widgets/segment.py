@@ -109,7 +109,8 @@ def _segment_large(predictor, data, settings: dict, stop, want_probabilities: bo
         probabilities = None
         if want_probabilities:
             yield Progress(event.done, event.total, "preparing the probabilities layer")
-            probabilities = _probability_layer(result, predictor.model.spatial_dims, probs_folder, name.replace(" labels", " probabilities"),
+            probabilities = _probability_layer(result, predictor.model.spatial_dims, probs_folder,
+                                               name.replace(" labels", " probabilities"),
                                                {**meta, "kind": "probabilities", "temporary": probs_folder},
                                                transform)
         return _LargeReady(result, probabilities)
@@ -406,6 +407,7 @@ class SegmentWidget(JobWidget):
     def _on_progress(self, event):
         if isinstance(event, _Live):  # a large run's labels layer: shown while it fills
             self._live = put_layer(self._viewer, event.layer)
+            self._live.editable = False  # no brush strokes into blocks that are still being written
             self._live_refreshed = time.perf_counter()
             event = event.progress
         elif self._live is not None and getattr(event, "stage", "") in ("label", "number") \
@@ -463,6 +465,11 @@ class SegmentWidget(JobWidget):
         self.last_result = result
         if live is None or live not in self._viewer.layers:
             return  # removed by the user meanwhile (which removed its folder)
+        if not live.multiscale:  # napari paints single-scale layers only: now into the store itself
+            import zarr
+
+            live.data = zarr.open_array(live.metadata[KEY]["store"], mode="r+")
+            live.editable = True
         live.refresh()
         self._viewer.layers.selection.active = live
         n = int(sum(result.n_objects))

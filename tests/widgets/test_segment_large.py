@@ -104,6 +104,19 @@ def test_cancelling_a_large_run_leaves_no_layer_and_no_folder(tiny_in_list, segm
     assert "lazy [tiny] labels" in viewer.layers
 
 
+def test_a_finished_single_scale_layer_takes_brush_strokes_into_its_store(tiny_in_list, segment_widget,
+                                                                         run_and_wait):
+    viewer, widget = segment_widget
+    _add_lazy(viewer, _nuclei_stack()[:, :200, :200], [])  # below the pyramid size: one level
+    widget.model.value = tiny_in_list
+    run_and_wait(widget)
+    labels = viewer.layers["lazy [tiny] labels"]
+    assert not labels.multiscale and labels.editable and isinstance(labels.data, zarr.Array)
+    labels.paint((0, 10, 10), 77, refresh=True)
+    stored = zarr.open_array(labels.metadata["napari_unet"]["store"], mode="r")
+    assert stored[0, 10, 10] == 77
+
+
 def test_deleting_the_filling_layer_cancels_the_run(tiny_in_list, segment_widget, qtbot, click, small_blocks):
     viewer, widget = segment_widget
     _add_lazy(viewer, _nuclei_stack(), [])
