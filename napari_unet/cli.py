@@ -308,11 +308,16 @@ def cmd_train(args) -> int:
 
         net.set_out_channels(len(TARGETS[args.target]))  # a new head; encoder and decoder are kept
         print(f"{base.name} predicts a {base.target} target: its output layer was replaced for {args.target}")
+    resume_file = out.with_name(out.name + ".resume")  # the run's state after every epoch (not a model file)
+    if args.resume and not resume_file.is_file():
+        raise UsageError(f"nothing to resume: {resume_file} does not exist (it is written after every epoch of a "
+                         "run with the same -o)")
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop and keep the best
     print(f"training {base.name} on {len(train)} image(s), validating on {len(val)}; "
           f"{'w0=%g, sigma=%g px weight map' % (args.w0, args.sigma) if weight_map else 'no weight map'}, "
-          f"loss {args.loss}; Ctrl-C stops and keeps the best model")
+          f"loss {args.loss}; Ctrl-C stops and keeps the best model"
+          + (f"; resuming from {resume_file.name}" if args.resume else ""))
     show = _progress_printer("train")
 
     def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float) -> dict:
@@ -344,7 +349,7 @@ def cmd_train(args) -> int:
                                        lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
                                        device=args.device, loss=loss, weight_map=weight_map,
                                        normalization=base.normalization, seed=args.seed, target=args.target,
-                                       patience=args.patience),
+                                       patience=args.patience, checkpoint=resume_file, resume=args.resume),
                             on_event)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -440,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run where its last epoch ended (weights, optimizer, schedule, "
+                        "best model), from OUT.safetensors.resume; --minutes/--epochs count the whole run")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="AP@0.5, F1, matched IoU, Dice per image and mean")
     p.add_argument("--pred", required=True, metavar="DIR", help="predicted instance labels")

@@ -179,7 +179,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                gap_weight: float = 1.0, weight_map: dict | None = None,
                target: str = "binary", patience: int | None = None,
                deep_supervision: bool = False, augment=True,
-               classification_weight: float = 0.0) -> Iterator[TrainingEvent]:
+               classification_weight: float = 0.0, checkpoint=None,
+               resume: bool = False) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -216,6 +217,11 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             share shows in the events' loss parts as ``"cgm"``. 0 (default) leaves it untrained.
         augment: ``True`` for the default augmentation (flips, quarter turns, the paper's elastic
             deformation, scale, intensity, noise), ``False`` for none, or an ``Augmenter``.
+        checkpoint: a file to write after every epoch (atomically): weights, AdamW state, step,
+            time spent, best weights and validation history, random state (see
+            :mod:`.checkpoint`).
+        resume: continue from ``checkpoint`` where it stood (same data and settings; ``epochs`` /
+            ``minutes`` count the whole run, the part before included).
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -284,6 +290,26 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     initial = snapshot()  # the fallback when training breaks before anything better exists
     best = {"state": None, "metrics": {}, "step": 0, "ap": -1.0}
     history, warnings, val_ap, stopped, step = [], [], None, "finished", 0
+    if resume:
+        from pathlib import Path
+
+        from .checkpoint import load_checkpoint
+
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise ValueError(f"Nothing to resume from: the checkpoint {checkpoint} does not exist; train without "
+                             "resuming (it is written after every epoch).")
+        saved, saved_best = load_checkpoint(checkpoint, net, optimizer, rng)
+        step, batch_size, history = saved.step, saved.batch_size, saved.history
+        start -= saved.seconds  # the budget counts the whole run
+        best.update(state=saved_best, metrics=saved.best_metrics, step=saved.best_step, ap=saved.best_ap)
+        val_ap = history[-1][1]["ap50"] if history else None
+
+    def save_state():
+        from .checkpoint import TrainingState, save_checkpoint
+
+        state = TrainingState(step, time.perf_counter() - start, batch_size, best["step"], best["ap"],
+                              best["metrics"], history)
+        save_checkpoint(checkpoint, net, optimizer, state, best["state"], rng)
 
     def run_validation():
         """Validation metrics, or None when the stop event cancelled the pass."""
@@ -377,6 +403,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                 stopped = "stopped by user"
                 break
             improved = best["step"] == step
+        if checkpoint is not None and step % steps_per_epoch == 0:
+            save_state()
         elapsed = time.perf_counter() - start
         rate = elapsed / step
         left = [budget - elapsed] if budget else []

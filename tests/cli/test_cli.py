@@ -116,6 +116,24 @@ def test_train_on_a_training_set_folder_of_the_correct_widget(train_folders, mak
     assert "is empty" in capsys.readouterr().err and not (t / "bad.safetensors").exists()
 
 
+def test_train_resume_continues_where_the_last_epoch_ended(train_folders, make_random_model, capsys):
+    from napari_unet.modelfile import load_model
+
+    t = train_folders
+    args = ["train", str(make_random_model("cli-base")), "--images", str(t / "images"), "--masks", str(t / "masks"),
+            "-o", str(t / "tuned"), "--patch-size", "64", "--batch-size", "2"]
+    assert main([*args, "--epochs", "2", "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main([*args, "--epochs", "1"]) == 0
+    assert (t / "tuned.safetensors.resume").is_file()
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from tuned.safetensors.resume" in out
+    assert "step 100:" in out and "step 50:" not in out  # only the second epoch ran
+    assert load_model(t / "tuned.safetensors").config["provenance"]["steps"] == 100  # 50 before, 50 after
+
+
 @pytest.mark.parametrize("breakage,message", [
     (lambda t: (t / "masks" / "n1.tif").unlink(), "no masks with the name"),
     (lambda t: tifffile.imwrite(t / "masks" / "n1.tif", np.full((96, 96), 0.5, np.float32)), "integer instance"),

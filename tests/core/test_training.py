@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 
@@ -266,3 +267,46 @@ def test_early_stopping_and_improved_events(nuclei_pairs, one_thread):
                                    epochs=20, steps_per_epoch=2, seed=0, device="cpu", patience=2), events.append)
     assert result.stopped.startswith("early stop") and result.steps == 6
     assert [e.step for e in events if e.improved] == [2]
+
+
+def test_a_resumed_run_takes_the_same_steps_as_one_that_never_stopped(nuclei_pairs, tmp_path):
+    """Checkpoint after every epoch; a 3-epoch run stopped after epoch 2 and resumed ends with the
+    weights and best model of an uninterrupted run (same steps, learning rates and patches)."""
+    torch.manual_seed(0)
+    start = build_model("unet", features=(4, 8))
+    settings = dict(patch_size=64, batch_size=2, steps_per_epoch=4, seed=3, device="cpu", warmup_steps=2,
+                    lr=3e-3)
+    straight = copy.deepcopy(start)
+    whole = run_to_end(train_iter(straight, nuclei_pairs[:3], nuclei_pairs[3:], epochs=3,
+                                  checkpoint=tmp_path / "straight.safetensors", **settings))
+    part, stop = copy.deepcopy(start), threading.Event()  # stopped (or killed) after epoch 2
+    run_to_end(train_iter(part, nuclei_pairs[:3], nuclei_pairs[3:], epochs=3, checkpoint=tmp_path / "run.safetensors",
+                          stop=stop, **settings), lambda e: e.step == 8 and stop.set())
+    resumed = copy.deepcopy(start)  # a fresh process: only the checkpoint carries the run over
+    events = []
+    result = run_to_end(train_iter(resumed, nuclei_pairs[:3], nuclei_pairs[3:], epochs=3, resume=True,
+                                   checkpoint=tmp_path / "run.safetensors", **settings), events.append)
+    assert [e.step for e in events if e.loss == e.loss] == [9, 10, 11, 12]  # only the third epoch ran
+    assert result.steps == whole.steps == 12 and result.best_step == whole.best_step
+    assert [s for s, _ in result.history] == [s for s, _ in whole.history] == [4, 8, 12]
+    for key, value in whole.state.items():
+        torch.testing.assert_close(result.state[key], value, rtol=1e-4, atol=1e-5)
+    from safetensors.torch import load_file  # the last weights and AdamW state, not only the best
+
+    after_straight, after_resumed = load_file(tmp_path / "straight.safetensors"), load_file(tmp_path / "run.safetensors")
+    assert after_straight.keys() == after_resumed.keys() and any(k.startswith("optim/") for k in after_straight)
+    for key, value in after_straight.items():
+        if key != "rng/torch":
+            torch.testing.assert_close(after_resumed[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_resume_without_a_checkpoint_or_with_another_network_is_refused(nuclei_pairs, tmp_path):
+    net = build_model("unet", features=(4, 8))
+    with pytest.raises(ValueError, match="Nothing to resume from"):
+        next(train_iter(net, nuclei_pairs[:1], epochs=1, resume=True, checkpoint=tmp_path / "none.safetensors"))
+    run_to_end(train_iter(net, nuclei_pairs[:1], epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1,
+                          device="cpu", checkpoint=tmp_path / "c.safetensors"))
+    other = build_model("unet", features=(4, 8, 16))
+    with pytest.raises(ValueError, match="belongs to another network"):
+        next(train_iter(other, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, device="cpu",
+                        resume=True, checkpoint=tmp_path / "c.safetensors"))
