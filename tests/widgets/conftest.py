@@ -27,6 +27,19 @@ def finetune_widget(make_napari_viewer, qtbot):
     return viewer, widget
 
 
+@pytest.fixture
+def tiny_in_list(make_random_model):
+    """The tiny random model installed as a user model, so it shows in the model list."""
+    import shutil
+
+    from napari_unet.modelfile import user_model_dir
+
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(make_random_model("tiny"), folder / "tiny.safetensors")
+    return "tiny"
+
+
 def _click(button):
     """Click a magicgui push button like a user (a real Qt click)."""
     button.native.click()

@@ -15,14 +15,6 @@ zarr = pytest.importorskip("zarr")
 
 
 @pytest.fixture
-def tiny_in_list(make_random_model):
-    folder = user_model_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(make_random_model("tiny"), folder / "tiny.safetensors")
-    return "tiny"
-
-
-@pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 128 px and pyramids above 256 px, so a small image takes every path of a big one."""
     monkeypatch.setattr(large, "DEFAULT_BLOCK_2D", 128)

@@ -3,19 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.modelfile import bundled_models, user_model_dir
-
-
-
-@pytest.fixture
-def tiny_in_list(make_random_model):
-    """The tiny random model installed as a user model, so it shows in the model list."""
-    import shutil
-
-    folder = user_model_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(make_random_model("tiny"), folder / "tiny.safetensors")
-    return "tiny"
+from napari_unet.modelfile import bundled_models
 
 
 def layer_names(viewer):
