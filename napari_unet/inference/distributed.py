@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .predictor import PredictionCancelled, Predictor, Progress
+from .predictor import PredictionCancelled, Predictor, Progress, relay
 
 # -- one model per worker process ----------------------------------------------------------------
 _PREDICTORS: dict[tuple, Predictor] = {}
@@ -353,15 +353,12 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
                                    threshold=options.get("threshold"), min_size=options.get("min_size"),
                                    split_touching=options.get("split_touching"), torch_threads=torch_threads,
                                    stop=stop, **settings)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as end:
-                result = end.value
-                break
-            except ValueError as exc:
-                raise ValueError(f"{Path(job.image).name}: {exc}") from None
-            yield Progress(done + event.done / max(event.total, 1), total, f"{Path(job.image).name}: {event.message}")
+        name = Path(job.image).name
+        try:
+            result = yield from relay(gen, lambda e: Progress(done + e.done / max(e.total, 1), total,
+                                                              f"{name}: {e.message}"))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
         done += 1
         yield FileResult(job.image, job.labels, max(result.n_objects, default=0), result.warnings, os.getpid(),
                          model_loads())

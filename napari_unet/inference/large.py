@@ -48,7 +48,7 @@ import numpy as np
 
 from .inputs import Normalizer, fit_normalizer, prepare_image
 from .postprocess import probabilities_to_labels
-from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress
+from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay
 from .lazyio import (MAX_CHUNK_2D, MAX_CHUNK_3D, SourcePlane, _check_output, _commit, _create_array,
                      _drop_mapped_pages, _is_zarr_array, _open_array, _open_source, as_lazy)
 from .tiling import read_window
@@ -298,6 +298,9 @@ class SeamJoiner:
         return tables, counts
 
 
+_STAGE_MESSAGE = {"label": "finding objects", "number": "numbering objects"}
+
+
 def _label_passes(plan: LargePlan, jobs: list, runner, stop) -> Iterator[tuple[str, int, tuple]]:
     """Passes 2 and 3 over ``jobs`` ((plane, block) pairs); yields (stage, plane, block) per block
     done, returns the number of objects per plane."""
@@ -360,16 +363,13 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
         n_planes = int(np.prod(planes, dtype=np.int64))
         jobs = [(p, b) for p in range(n_planes) for b in grid.indices()]
         total, done = 2 * len(jobs), 0
-        gen = _label_passes(plan, jobs, runner, stop)
-        while True:
-            try:
-                stage, plane, _ = next(gen)
-            except StopIteration as end:
-                counts = end.value
-                break
+
+        def labelled(step):
+            nonlocal done
             done += 1
-            yield Progress(done, total, "finding objects" if stage == "label" else "numbering objects", plane,
-                           n_planes)
+            return Progress(done, total, _STAGE_MESSAGE[step[0]], step[1], n_planes)
+
+        counts = yield from relay(_label_passes(plan, jobs, runner, stop), labelled)
         _commit(tmp, labels_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -607,15 +607,12 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
                 yield event("predict", 0, None, f"block {done}/{len(jobs)}")
 
         # passes 2 and 3: labels per block, then one id per object across seams
-        gen = _label_passes(plan, jobs, runner, stop)
-        while True:
-            try:
-                stage, plane, block = next(gen)
-            except StopIteration as end:
-                counts = end.value
-                break
+        def labelled(step):
+            nonlocal done
             done += 1
-            yield event(stage, plane, block, "finding objects" if stage == "label" else "numbering objects")
+            return event(*step, _STAGE_MESSAGE[step[0]])
+
+        counts = yield from relay(_label_passes(plan, jobs, runner, stop), labelled)
 
         if not in_place:
             _commit(tmp_labels, labels_path)

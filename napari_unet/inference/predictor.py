@@ -417,6 +417,20 @@ def run_to_end(gen: Iterator, on_progress: Callable[[object], None] | None = Non
             on_progress(event)
 
 
+def relay(gen: Iterator, transform: Callable[[object], object]):
+    """Yield ``transform(event)`` for every event of the progress generator ``gen`` and return its
+    return value: ``result = yield from relay(gen, f)``. Closing the relay closes ``gen``."""
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield transform(event)
+    finally:
+        gen.close()
+
+
 def predict(model, image, **kwargs) -> Prediction:
     """Blocking form of :func:`predict_iter`."""
     return run_to_end(predict_iter(model, image, **kwargs))

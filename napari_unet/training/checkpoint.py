@@ -41,7 +41,6 @@ class TrainingState:
     best_ap: float = -1.0
     best_metrics: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # (step, metrics) of every validation
-    numpy_rng: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -99,5 +98,5 @@ def load_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: to
     state = TrainingState(step=int(meta["step"]), seconds=float(meta["seconds"]), batch_size=int(meta["batch_size"]),
                           best_step=int(meta["best_step"]), best_ap=float(meta["best_ap"]),
                           best_metrics=dict(meta["best_metrics"]),
-                          history=[(int(s), dict(m)) for s, m in meta["history"]], numpy_rng=meta["numpy_rng"])
+                          history=[(int(s), dict(m)) for s, m in meta["history"]])
     return state, best

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -291,11 +292,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     best = {"state": None, "metrics": {}, "step": 0, "ap": -1.0}
     history, warnings, val_ap, stopped, step = [], [], None, "finished", 0
     if resume:
-        from pathlib import Path
-
         from .checkpoint import load_checkpoint
 
-        if checkpoint is None or not Path(checkpoint).is_file():
+        if checkpoint is None or not os.path.isfile(checkpoint):
             raise ValueError(f"Nothing to resume from: the checkpoint {checkpoint} does not exist; train without "
                              "resuming (it is written after every epoch).")
         saved, saved_best = load_checkpoint(checkpoint, net, optimizer, rng)

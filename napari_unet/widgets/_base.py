@@ -16,17 +16,11 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
-from ._layers import KEY
+from ._layers import layer_meta  # noqa: F401  (widgets import it from here)
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def layer_meta(layer) -> dict:
-    """The plugin's metadata of a layer (``{}`` for layers the plugin did not make)."""
-    meta = layer.metadata.get(KEY)
-    return meta if isinstance(meta, dict) else {}
 
 
 def device_line(choice: str, verb: str = "runs on") -> str:

@@ -26,6 +26,12 @@ def checksum(data) -> str | None:
     return hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8), digest_size=16).hexdigest()
 
 
+def layer_meta(layer) -> dict:
+    """The plugin's metadata of a layer (``{}`` for layers the plugin did not make)."""
+    meta = layer.metadata.get(KEY)
+    return meta if isinstance(meta, dict) else {}
+
+
 def layer_kind(layer) -> str:
     """'image', 'labels', 'points'... (works through napari's plugin proxies)."""
     import napari.layers
@@ -107,8 +113,7 @@ def keep_temporary(folder) -> None:
 def release_temporary(folder, viewer=None) -> bool:
     """Remove a temporary folder unless a layer of ``viewer`` still shows it; True if removed."""
     folder = str(folder)
-    if viewer is not None and any(layer.metadata.get(KEY, {}).get("temporary") == folder
-                                  for layer in viewer.layers if isinstance(layer.metadata.get(KEY), dict)):
+    if viewer is not None and any(layer_meta(layer).get("temporary") == folder for layer in viewer.layers):
         return False
     shutil.rmtree(folder, ignore_errors=True)
     _TEMPORARY.discard(folder)

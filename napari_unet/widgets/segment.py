@@ -27,7 +27,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, put_layer, release_temporary,
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, put_layer, release_temporary,
                       spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
@@ -77,50 +77,48 @@ def _segment_large(predictor, data, settings: dict, stop, want_probabilities: bo
     import zarr
 
     from ..inference.large import segment_to_zarr_iter
-    from ..inference.predictor import PredictionCancelled, Progress
+    from ..inference.predictor import PredictionCancelled, Progress, relay
     from ..inference.pyramid import Pyramid, needs_pyramid
 
     probs_folder = temporary_folder() if want_probabilities else None
     probs_path = None if probs_folder is None else Path(probs_folder) / "probabilities.zarr"
     gen = segment_to_zarr_iter(predictor.model, data, None, probs_path, predictor=predictor, stop=stop, **settings)
-    pyramid, shown = None, False
+    pyramid, live, last = None, None, None
+
+    def show(event):
+        """The first event with a store brings the layer along; later ones update its pyramid."""
+        nonlocal pyramid, live, last
+        last = event
+        if live is None and event.labels_path:
+            folder = Path(event.labels_path).parent
+            keep_temporary(folder)
+            store = zarr.open_array(str(event.labels_path), mode="r")
+            if needs_pyramid(store.shape):
+                pyramid = Pyramid(store, folder / "pyramid")
+                pyramid = pyramid if pyramid.coarse else None
+            live = build_layer(pyramid.levels if pyramid else store, "labels", name,
+                               {**meta, "temporary": str(folder), "store": str(event.labels_path)},
+                               multiscale=pyramid is not None, **transform)
+            return _Live(event, live)
+        if pyramid is not None and event.stage in ("label", "number") and event.region is not None:
+            pyramid.update(event.region)
+        return event
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as end:
-                result = end.value
-                break
-            if not shown and event.labels_path:
-                shown = True
-                folder = Path(event.labels_path).parent
-                keep_temporary(folder)
-                store = zarr.open_array(str(event.labels_path), mode="r")
-                pyramid = Pyramid(store, folder / "pyramid") if needs_pyramid(store.shape) else None
-                if pyramid is not None and not pyramid.coarse:
-                    pyramid = None
-                layer = build_layer(pyramid.levels if pyramid else store, "labels", name,
-                                    {**meta, "temporary": str(folder), "store": str(event.labels_path)},
-                                    multiscale=pyramid is not None, **transform)
-                event = _Live(event, layer)
-            elif pyramid is not None and event.stage in ("label", "number") and event.region is not None:
-                pyramid.update(event.region)
-            yield event
+        result = yield from relay(gen, show)
         probabilities = None
         if want_probabilities:
-            yield Progress(event.done, event.total, "preparing the probabilities layer")
+            yield Progress(last.done, last.total, "preparing the probabilities layer")
             probabilities = _probability_layer(result, predictor.model.spatial_dims, probs_folder,
                                                name.replace(" labels", " probabilities"),
                                                {**meta, "kind": "probabilities", "temporary": probs_folder},
                                                transform)
         return _LargeReady(result, probabilities)
-    except PredictionCancelled:
+    except BaseException as exc:
         if probs_folder:
             release_temporary(probs_folder)
-        return None
-    except BaseException:
-        if probs_folder:
-            release_temporary(probs_folder)
+        if isinstance(exc, PredictionCancelled):
+            return None
         raise
 
 
@@ -423,8 +421,7 @@ class SegmentWidget(JobWidget):
         if removed is self._live and self.job_running:
             self.cancel()
             return
-        folder = removed.metadata.get(KEY, {}).get("temporary") if isinstance(removed.metadata.get(KEY), dict) \
-            else None
+        folder = layer_meta(removed).get("temporary")
         if folder:
             release_temporary(folder, self._viewer)
 
