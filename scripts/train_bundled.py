@@ -138,9 +138,9 @@ Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch
 weighted x{args.gap_weight:g} in the cross-entropy).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
-{result.steps} steps in {seconds / 60:.1f} min; the checkpoint with the best validation AP@0.5
+{result.steps} steps in {seconds / 60:.1f} min{init_text(args)}; the checkpoint with the best validation AP@0.5
 (step {result.best_step}; validated every {args.steps_per_epoch} steps with {val_postprocess(args)}) is kept. Reproduce with
-`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}`.
+`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{init_args(args)}`.
 
 ## Validation (held-out DSB images, whole images, predictor + post-processing)
 
@@ -163,6 +163,21 @@ few corrected images there.
 
 AUGMENTATION = ("augmented with the trainer's defaults (`napari_unet.training.augment.Augmenter`: flips, quarter "
                 "turns, the U-Net paper's elastic deformation, scale, intensity scale / shift / gamma, noise)")
+
+
+def init_text(args) -> str:
+    """What the starting weights were, for the card's training paragraph."""
+    if not args.init:
+        return ""
+    p = args.init_provenance
+    before = (f"{p.get('steps')} steps, {p.get('minutes')} min, held-out AP@0.5 {p.get('val_ap50')}; "
+              f"`{p.get('script', 'scripts/train_bundled.py')}`") if p else "no provenance recorded"
+    return f", starting from the weights `{args.init}` ({before})"
+
+
+def init_args(args) -> str:
+    """The command-line arguments of a run that started from earlier weights, for the card."""
+    return f" --init {args.init} --lr {args.lr:g}" if args.init else ""
 
 
 def val_postprocess(args) -> dict:
@@ -189,6 +204,9 @@ def main(argv=None):
     ap.add_argument("--steps-per-epoch", type=int, default=100, help="steps between validations")
     ap.add_argument("--gap-weight", type=float, default=5.0,
                     help="cross-entropy weight of the gap pixels between touching nuclei")
+    ap.add_argument("--init", default=None,
+                    help="start from these weights (a bundled name or model file) instead of random ones, "
+                         "e.g. to train the bundled model further with a smaller --lr")
     ap.add_argument("--val-split", choices=("on", "off"), default="off",
                     help="split touching objects (watershed) when validating during training")
     args = ap.parse_args(argv)
@@ -215,6 +233,14 @@ def main(argv=None):
         raise SystemExit(f"{args.arch} is {spec.spatial_dims}D: this script trains the 2D variants.")
     torch.manual_seed(args.seed)
     net = build_model(args.arch)
+    if args.init:
+        base = load_model(args.init)
+        if base.config["architecture"] != args.arch:
+            raise SystemExit(f"--init {args.init} is a {base.config['architecture']}, not a {args.arch}.")
+        net.load_state_dict({k: v.float() for k, v in base.net.state_dict().items()})
+        args.init_provenance = base.config.get("provenance", {})
+        print(f"initialised from {args.init} (its held-out AP@0.5: "
+              f"{base.config.get('provenance', {}).get('val_ap50', 'unknown')})", flush=True)
     print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
@@ -267,6 +293,7 @@ def main(argv=None):
         "target": "foreground minus touching boundaries", "val_postprocess_in_training": val_postprocess(args),
         "steps": result.steps, "best_step": result.best_step, "minutes": round(train_seconds / 60, 1),
         "patch_size": args.patch_size, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "init": args.init,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "date": dt.date.today().isoformat(), "script": f"scripts/train_bundled.py --arch {args.arch}",
     }
