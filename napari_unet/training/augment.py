@@ -183,8 +183,11 @@ class Augmenter:
 
     Defaults suit fluorescence / brightfield patches normalised to ~0..1. ``elastic_grid`` and
     ``elastic_sigma`` (pixels) are the paper's 3x3 grid and 10 px, chosen for ~500 px tiles; with
-    ``elastic_fold_free`` the sigma is capped at a tenth of the coarse-grid spacing, so small
-    patches (or a short depth axis) are not folded over (neighbours keep moving by < 1 px).
+    ``elastic_fold_free`` the sigma along each axis is capped at a tenth of the coarse-grid
+    spacing along that axis, so small patches are not folded over: each displacement changes by
+    about a tenth of a pixel per pixel along its own axis, and the shears across axes multiply to
+    about 1/100, whatever the anisotropy. A short depth axis therefore limits the depth
+    displacement only; the in-plane deformation stays as strong as the patch's side allows.
     ``image_order`` 1 is linear (3 is bicubic, sharper and ~2x slower).
     """
 
@@ -216,7 +219,7 @@ class Augmenter:
         if not self.elastic_fold_free:
             return sigma
         grid = np.broadcast_to(np.asarray(self.elastic_grid), (len(shape),))
-        spacing = min((n - 1) / max(int(g) - 1, 1) for n, g in zip(shape, grid))
+        spacing = np.array([(n - 1) / max(int(g) - 1, 1) for n, g in zip(shape, grid)])
         return np.minimum(sigma, spacing / 10)
 
     def __call__(self, rng: np.random.Generator, image: np.ndarray, target: np.ndarray,
