@@ -349,15 +349,17 @@ def _render_nuclei(
     haze_sigma: tuple[float, ...],
     background: float,
     mean_peak: float,
+    brightness_spread: float = 0.35,
 ) -> np.ndarray:
-    """Expected photons per pixel for a set of drawn nuclei (before illumination / noise)."""
+    """Expected photons per pixel for a set of drawn nuclei (before illumination / noise);
+    per-nucleus brightness is ``mean_peak`` times a log-normal of sigma ``brightness_spread``."""
     tex_sigma = 1.0 / spacing
     chromatin = [_bandpass(rng, shape, tex_sigma, 3.0 * tex_sigma) for _ in range(2)]
     spots = _spots(rng, shape, 0.006 / float(np.prod(1.0 / spacing)), 0.9 / spacing)
     signal = np.zeros(shape, dtype=np.float64)
     for i, (blob, ibox, lbox, rho) in enumerate(drawn):
         inside = rho <= 1
-        bright = mean_peak * rng.lognormal(0.0, 0.35)
+        bright = mean_peak * rng.lognormal(0.0, brightness_spread)
         if rng.uniform() < 0.06:  # a few very bright (mitotic-like) nuclei
             bright *= 2.2
         # projected thickness of a dome: flat top, soft fall-off towards the rim
@@ -421,7 +423,8 @@ def fluorescent_nuclei(shape=(512, 512), n_nuclei: int = 60, seed: int = 0):
     return image, _check(labels)
 
 
-def nuclei_3d(shape=(32, 128, 128), n_nuclei: int = 30, seed: int = 0):
+def nuclei_3d(shape=(32, 128, 128), n_nuclei: int = 30, seed: int = 0, *, background: float = 15.0,
+              mean_peak: float = 220.0, brightness_spread: float = 0.35):
     """Fluorescence z-stack of nuclei, 3D (ZYX) with anisotropic voxels.
 
     Voxels are 2x longer along Z than along Y/X (display with ``scale=(2, 1, 1)``); the
@@ -435,6 +438,10 @@ def nuclei_3d(shape=(32, 128, 128), n_nuclei: int = 30, seed: int = 0):
         Number of nuclei to place (fewer if the volume is too crowded).
     seed : int
         Seed of the ``numpy.random.default_rng`` driving everything.
+    background, mean_peak : float
+        Photons per voxel of the background and of an average nucleus's peak (the contrast).
+    brightness_spread : float
+        Sigma of the log-normal spread of the nuclei's brightness (0: all alike).
 
     Returns
     -------
@@ -463,7 +470,7 @@ def nuclei_3d(shape=(32, 128, 128), n_nuclei: int = 30, seed: int = 0):
     labels, drawn = _place_blobs(rng, shape, spacing, n_nuclei, make, p_touch=0.25, p_overlap=0.06)
     photons = _render_nuclei(
         rng, shape, spacing, drawn, psf_sigma=(1.6, 1.0, 1.0), haze_sigma=(4.0, 6.0, 6.0),
-        background=15.0, mean_peak=220.0,
+        background=background, mean_peak=mean_peak, brightness_spread=brightness_spread,
     )
     photons *= _smooth_field(rng, shape, 0.15)
     image = _camera(rng, photons, gain=1.6, offset=100.0, read_noise=3.0)

@@ -44,13 +44,22 @@ MIN_SIZES = (16, 64, 128)
 SPLITS = (True, False)
 
 
+DENSITY = (0.5, 5.0)  # nuclei per 10^4 voxels (5: packed, ~1/3 of the voxels are nuclei)
+BACKGROUND = (10.0, 60.0)  # photons per voxel
+PEAK = (100.0, 300.0)  # photons at an average nucleus's peak
+SPREAD = (0.05, 0.35)  # log-normal sigma of the nuclei's brightness
+
+
 def synthetic(n: int, seed: int):
+    """``n`` stacks from sparse to packed, of varied contrast and brightness spread."""
     rng = np.random.default_rng(seed)
     pairs = []
     for i in range(n):
         shape = SHAPES[i % len(SHAPES)]
-        density = rng.uniform(0.5, 1.5)  # nuclei per 10^4 voxels
-        pairs.append(nuclei_3d(shape, max(4, int(density * np.prod(shape) / 1e4)), seed=seed * 1000 + i))
+        density = rng.uniform(*DENSITY)
+        look = dict(background=rng.uniform(*BACKGROUND), mean_peak=rng.uniform(*PEAK),
+                    brightness_spread=rng.uniform(*SPREAD))
+        pairs.append(nuclei_3d(shape, max(4, int(density * np.prod(shape) / 1e4)), seed=seed * 1000 + i, **look))
     return pairs
 
 
@@ -133,8 +142,10 @@ def main(argv=None):
 ## Data
 Synthetic thick-slice nuclei stacks from `napari_unet.synthetic.nuclei_3d` (z voxels 2x the xy
 pixel; {len(train_pairs)} training stacks of {', '.join('x'.join(map(str, s)) for s in SHAPES)} voxels,
-0.5-1.5 nuclei per 10^4 voxels, seeds {(args.seed + 1) * 1000}..; {len(val_pairs)} held-out stacks for
-validation). Percentile 1 .. 99.8 normalisation per stack.
+{DENSITY[0]:g}-{DENSITY[1]:g} nuclei per 10^4 voxels (sparse to packed), background {BACKGROUND[0]:g}-{BACKGROUND[1]:g} and
+nucleus peak {PEAK[0]:g}-{PEAK[1]:g} photons, brightness spread (log-normal sigma) {SPREAD[0]:g}-{SPREAD[1]:g},
+seeds {(args.seed + 1) * 1000}..; {len(val_pairs)} held-out stacks drawn alike for validation).
+Percentile 1 .. 99.8 normalisation per stack.
 
 ## Training
 Loss {loss.describe()}; AdamW lr {args.lr:g}, warm-up and cosine decay, batch {args.batch_size};
