@@ -140,7 +140,8 @@ weighted x{args.gap_weight:g} in the cross-entropy).{supervision} AdamW
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
 {result.steps} steps in {seconds / 60:.1f} min{init_text(args)}; the checkpoint with the best validation AP@0.5
 (step {result.best_step}; validated every {args.steps_per_epoch} steps with {val_postprocess(args)}) is kept. Reproduce with
-`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{init_args(args)}`.
+`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{init_args(args)}`{
+    ", where BASE is the starting model above, made first with its own command" if args.init else ""}.
 
 ## Validation (held-out DSB images, whole images, predictor + post-processing)
 
@@ -177,7 +178,7 @@ def init_text(args) -> str:
 
 def init_args(args) -> str:
     """The command-line arguments of a run that started from earlier weights, for the card."""
-    return f" --init {args.init} --lr {args.lr:g}" if args.init else ""
+    return f" --init BASE --lr {args.lr:g}" if args.init else ""
 
 
 def val_postprocess(args) -> dict:
