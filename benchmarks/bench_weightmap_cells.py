@@ -5,7 +5,9 @@ with ``--from-scratch``) on 2 fixed frames of ``../shared/data/cells_phase_usiig
 set05) for the same wall-time budget in two arms, same seed and same starting weights:
 
   (a) the trainer's default loss (cross-entropy + soft Dice), no weight map;
-  (b) the same with ``weight_map={"w0": 10, "sigma": 5}``.
+  (b) the same with ``weight_map={"w0": 10, "sigma": 5}`` (the paper's: class balance w_c + border term);
+  (c) with ``--border-only``, also the border term alone (``class_weights=None``: w_c = 1), which
+      tells the paper's two terms apart.
 
 Patch 256, batch 4, one CPU thread. The checkpoint kept in each arm is the best by AP@0.5 on
 the two *training* frames (validated every ``--steps-per-epoch`` steps; the weight-map
@@ -95,6 +97,8 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps-per-epoch", type=int, default=50)
     parser.add_argument("--from-scratch", action="store_true", help="start from random build_model('unet')")
+    parser.add_argument("--border-only", action="store_true",
+                        help="add arm (c): the weight map without its class balance (w_c = 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -116,7 +120,10 @@ def main():
     start_net = copy.deepcopy(start_net).float().eval()
 
     arms = {"start (no fine-tuning)": (start_net, None)}
-    for arm, wm in (("(a) CE + Dice", None), ("(b) CE + Dice + weight map", {"w0": 10.0, "sigma": 5.0})):
+    plans = [("(a) CE + Dice", None), ("(b) CE + Dice + weight map", {"w0": 10.0, "sigma": 5.0})]
+    if args.border_only:
+        plans.append(("(c) CE + Dice + border term only", {"w0": 10.0, "sigma": 5.0, "class_weights": None}))
+    for arm, wm in plans:
         net = copy.deepcopy(start_net).train()
         log(f"training {arm} for {args.minutes} min ...")
         result = run_to_end(train_iter(
@@ -153,9 +160,11 @@ def main():
             best = "-" if res is None else str(res.best_step)
             print(f"| {arm} | {steps} | {best} | {pp_str(pps[arm])} | {m['ap50']:.3f} | {m['f1']:.3f} | "
                   f"{m['mean_iou']:.3f} | {m.get('ap75', float('nan')):.3f} |")
-        a, b = rows[trained[0]], rows[trained[1]]
-        print(f"weight map (b) vs (a): AP@0.5 {b['ap50'] - a['ap50']:+.3f} (ratio {b['ap50'] / max(a['ap50'], 1e-9):.2f}), "
-              f"F1 {b['f1'] - a['f1']:+.3f}, mean matched IoU {b['mean_iou'] - a['mean_iou']:+.3f}")
+        a = rows[trained[0]]
+        for other in trained[1:]:
+            b = rows[other]
+            print(f"{other[:3]} vs (a): AP@0.5 {b['ap50'] - a['ap50']:+.3f} (ratio {b['ap50'] / max(a['ap50'], 1e-9):.2f}), "
+                  f"F1 {b['f1'] - a['f1']:+.3f}, mean matched IoU {b['mean_iou'] - a['mean_iou']:+.3f}")
 
     print(f"start: {start_name}; train {list(TRAIN)}, test {test_names}; {args.minutes} min per arm, "
           f"seed {args.seed}, patch 256, batch 4, lr {args.lr}, 1 thread")
