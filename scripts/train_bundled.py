@@ -241,7 +241,7 @@ def main(argv=None):
         net.load_state_dict({k: v.float() for k, v in base.net.state_dict().items()})
         args.init_provenance = base.config.get("provenance", {})
         print(f"initialised from {args.init} (its held-out AP@0.5: "
-              f"{base.config.get('provenance', {}).get('val_ap50', 'unknown')})", flush=True)
+              f"{args.init_provenance.get('val_ap50', 'unknown')})", flush=True)
     print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
