@@ -58,16 +58,8 @@ def test_entry_point_is_installed():
 
 
 @pytest.fixture
-def train_folders(tmp_path):
-    from napari_unet.synthetic import fluorescent_nuclei
-
-    for folder in ("images", "masks"):
-        (tmp_path / folder).mkdir()
-    for seed in range(3):
-        image, labels = fluorescent_nuclei(shape=(96, 96), n_nuclei=8, seed=seed)
-        tifffile.imwrite(tmp_path / "images" / f"n{seed}.tif", image)
-        tifffile.imwrite(tmp_path / "masks" / f"n{seed}.tif", labels)
-    return tmp_path
+def train_folders(make_train_folders):
+    return make_train_folders(3, 96, 8)
 
 
 def test_train_then_predict_then_evaluate(train_folders, make_random_model, capsys):

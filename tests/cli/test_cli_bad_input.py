@@ -212,16 +212,8 @@ def test_evaluate_uint32_ids_above_2_31(tmp_path, capsys):
 
 # -- train ------------------------------------------------------------------------------------
 @pytest.fixture
-def train_folders(tmp_path):
-    from napari_unet.synthetic import fluorescent_nuclei
-
-    for folder in ("images", "masks"):
-        (tmp_path / folder).mkdir()
-    for seed in range(2):
-        image, labels = fluorescent_nuclei(shape=(64, 64), n_nuclei=5, seed=seed)
-        tifffile.imwrite(tmp_path / "images" / f"n{seed}.tif", image)
-        tifffile.imwrite(tmp_path / "masks" / f"n{seed}.tif", labels)
-    return tmp_path
+def train_folders(make_train_folders):
+    return make_train_folders(2, 64, 5)
 
 
 def _train_args(t, model, out):

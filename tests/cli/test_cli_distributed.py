@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from napari_unet.cli import main

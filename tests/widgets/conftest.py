@@ -9,22 +9,30 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os
     pytest.skip("widget tests need a display: run them under xvfb-run (see README)", allow_module_level=True)
 
 
-@pytest.fixture
-def segment_widget(make_napari_viewer, qtbot):
-    """A viewer with the Segment widget docked through the plugin manifest (PyTorch loaded)."""
+def dock(make_napari_viewer, qtbot, name: str):
+    """A viewer with the plugin's widget ``name`` docked through the manifest, once PyTorch is loaded."""
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
     qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
     return viewer, widget
+
+
+@pytest.fixture
+def segment_widget(make_napari_viewer, qtbot):
+    """A viewer with the Segment widget docked."""
+    return dock(make_napari_viewer, qtbot, "Segment")
 
 
 @pytest.fixture
 def finetune_widget(make_napari_viewer, qtbot):
-    """A viewer with the Fine-tune widget docked through the plugin manifest (PyTorch loaded)."""
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
-    return viewer, widget
+    """A viewer with the Fine-tune widget docked."""
+    return dock(make_napari_viewer, qtbot, "Fine-tune")
+
+
+@pytest.fixture
+def supervision_widget(make_napari_viewer, qtbot):
+    """A viewer with the Deep-supervision widget docked."""
+    return dock(make_napari_viewer, qtbot, "Deep supervision")
 
 
 @pytest.fixture

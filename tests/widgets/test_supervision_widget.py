@@ -5,14 +5,6 @@ import pytest
 from qtpy.QtGui import QColor
 
 
-@pytest.fixture
-def supervision_widget(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Deep supervision")
-    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
-    return viewer, widget
-
-
 def _wait(qtbot, widget, timeout=180_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
     qtbot.wait(50)  # layers are added one per turn of the event loop
