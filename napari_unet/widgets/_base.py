@@ -9,6 +9,8 @@ puts the result into layers (on the Qt thread), and overrides the ``_on_*`` hook
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 
 from magicgui.widgets import Container
@@ -21,6 +23,49 @@ from ._layers import layer_meta  # noqa: F401  (widgets import it from here)
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+#: how much lower than napari's the scheduling priority of the plugin's worker threads is (Linux nice)
+BACKGROUND_NICENESS = 10
+
+
+def yield_to_the_ui() -> bool:
+    """Lower the calling thread's scheduling priority (Linux: ``nice`` +10 for this thread only), so
+    that on a busy CPU the Qt thread and napari's drawing run first and the viewer stays usable.
+
+    Threads started from this one afterwards (PyTorch's OpenMP team for its first parallel work
+    here) inherit the lower priority. A thread's nice value cannot be raised back without
+    privileges, which does not matter for the worker pool's threads: they only run background
+    jobs. Elsewhere (macOS, Windows) the priority is left as it is. Returns whether it changed.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        if now >= BACKGROUND_NICENESS:
+            return False
+        os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICENESS)
+        return True
+    except OSError:  # not permitted (some sandboxes): run at the normal priority
+        return False
+
+
+def in_background(job):
+    """``job`` (a function or generator function) run by a worker thread at the priority set by
+    :func:`yield_to_the_ui`."""
+    import inspect
+
+    if inspect.isgeneratorfunction(job):
+        def polite_generator(*args, **kwargs):
+            yield_to_the_ui()
+            return (yield from job(*args, **kwargs))
+        return polite_generator
+
+    def polite(*args, **kwargs):
+        yield_to_the_ui()
+        return job(*args, **kwargs)
+    return polite
 
 
 def device_line(choice: str, verb: str = "runs on") -> str:
@@ -63,7 +108,7 @@ class JobWidget(Container):
         self._progress = None
         self._torch_ready = False
         if warm_up is not None:  # PyTorch loads in a worker: opening the widget does not freeze napari
-            worker = create_worker(warm_up, _start_thread=False)
+            worker = create_worker(in_background(warm_up), _start_thread=False)
             worker.returned.connect(self._torch_loaded)
             worker.start()
             self._warm_up = worker  # keep a reference while it runs
@@ -91,7 +136,7 @@ class JobWidget(Container):
         :meth:`_on_progress`, its return value to ``on_result`` (Qt thread), errors to the status
         line and napari's notifications. ``stop`` (a new event if None) is what Cancel sets."""
         self._stop = stop or threading.Event()
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(in_background(job), _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(on_result)
         worker.errored.connect(lambda exc: self.report_error(error_message(exc, self.job_name)))

@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
+from ._base import in_background
 from ._layers import KEY
 
 log = logging.getLogger(__name__)
@@ -344,7 +345,7 @@ class CorrectWidget(Container):
                 return np.stack([loss_weight_map(p, w0=w0, sigma=sigma) for p in planes]).reshape(labels.shape)
             return loss_weight_map(labels, w0=w0, sigma=sigma, spacing=spacing)
 
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(in_background(job), _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda w: self._show_weights(w, name, corrected))
         worker.errored.connect(lambda exc: self._report_error(f"Weight map failed: {exc}"))
         self.status.value = "computing the weight map…"
@@ -478,7 +479,7 @@ class CorrectWidget(Container):
         jobs, ids, write = self._snapshot()
         if not jobs:
             return
-        worker = create_worker(write, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(in_background(write), _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda n: setattr(self.status, "value", f"saved {n} correction(s)"))
         worker.errored.connect(lambda exc: self._autosave_failed(exc, ids))
         worker.finished.connect(lambda: setattr(self, "_saving", None))

@@ -1,5 +1,9 @@
 """The Segment widget in a real napari viewer: run, cancel, re-run, bad input."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 
@@ -150,3 +154,27 @@ def test_opening_the_widget_does_not_import_torch_on_the_qt_thread(make_napari_v
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     qtbot.waitUntil(lambda: widget.device_info.value.startswith("runs on: "), timeout=60_000)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_the_network_runs_at_a_lower_priority_than_the_viewer(tiny_in_list, segment_widget, run_and_wait,
+                                                               monkeypatch):
+    """On a busy CPU napari's own thread comes first: the worker that runs the network is niced."""
+    from napari_unet.inference.predictor import Predictor
+    from napari_unet.widgets._base import BACKGROUND_NICENESS
+
+    seen, own = [], os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    forward = Predictor._forward
+
+    def spying(self, batch):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return forward(self, batch)
+
+    monkeypatch.setattr(Predictor, "_forward", spying)
+    viewer, widget = segment_widget
+    viewer.add_image(np.random.default_rng(0).random((96, 128)).astype(np.float32), name="img")
+    widget.model.value = tiny_in_list
+    run_and_wait(widget)
+    assert seen and set(seen) == {max(own, BACKGROUND_NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the Qt thread keeps its own
+    assert "img [tiny] labels" in [layer.name for layer in viewer.layers]
