@@ -65,24 +65,26 @@ def synthetic_pairs(n: int, seed: int):
     return pairs
 
 
-def tune_postprocess(net, val_pairs):
-    """Score every post-processing choice on the held-out images; returns (table, best choice)."""
-    predictor = Predictor(as_loaded_model(net), device="cpu")
+def tune_postprocess(net, val_pairs, target: str = "binary"):
+    """Score every post-processing choice on the held-out images; returns (table, best choice).
+    (``split_touching`` only acts on binary targets: boundary targets split by their interior seeds.)"""
+    predictor = Predictor(as_loaded_model(net, target=target), device="cpu")
     probs = [predict(predictor.model, im, predictor=predictor).probabilities for im, _ in val_pairs]
     table = []
     for threshold, min_size, split in itertools.product(THRESHOLDS, MIN_SIZES, SPLITS):
         pp = dict(threshold=threshold, min_size=min_size, split_touching=split)
-        scores = mean_metrics([evaluate(lab, probabilities_to_labels(p, **pp)) for p, (_, lab) in zip(probs, val_pairs)])
+        scores = mean_metrics([evaluate(lab, probabilities_to_labels(p, target=target, **pp))
+                               for p, (_, lab) in zip(probs, val_pairs)])
         table.append((pp, scores))
     best = max(table, key=lambda t: (round(t[1]["ap50"], 4), t[0] == dict(threshold=0.5, min_size=16,
                                                                             split_touching=True)))
     return table, best
 
 
-def speed(net) -> float:
+def speed(net, target: str = "binary") -> float:
     """Microseconds per pixel to predict a 1024² image with the threads torch uses here."""
     image, _ = fluorescent_nuclei((1024, 1024), 200, seed=7)
-    lm = as_loaded_model(net)
+    lm = as_loaded_model(net, target=target)
     predict(lm, image[:256, :256], device="cpu")  # warm-up
     t = time.perf_counter()
     predict(lm, image, device="cpu")
@@ -127,15 +129,13 @@ foreground), stored as float16 ({today}). Predicts at {us_per_px:.2f} µs/pixel 
 - **Synthetic**: {n_synth} images from `napari_unet.synthetic.fluorescent_nuclei` (seeds
   1000..{1000 + n_synth - 1}, sizes 256² to 512², 0.1-0.45 nuclei per 1000 px), drawn half as
   often as real images.
-- **Target**: foreground = labels > 0, except the inner boundary pixels where two nuclei touch,
-  which are background (a 2-pixel gap that keeps touching nuclei apart).
+- **Target**: {target_text(args)}
 - **Input normalisation**: percentile 1 .. 99.8 per image (as in prediction).
 
 ## Training
 
 Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch_size}, {AUGMENTATION}; loss
-{SegmentationLoss.from_spec(args.loss).describe()} (with the gap pixels between touching nuclei
-weighted x{args.gap_weight:g} in the cross-entropy).{supervision} AdamW
+{SegmentationLoss.from_spec(args.loss).describe()} ({weighting_text(args)}).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
 {result.steps} steps in {seconds / 60:.1f} min{init_text(args)}; the checkpoint with the best validation AP@0.5
@@ -177,12 +177,54 @@ def init_text(args) -> str:
 
 
 def init_args(args) -> str:
-    """The command-line arguments of a run that started from earlier weights, for the card."""
-    return f" --init BASE --lr {args.lr:g}" if args.init else ""
+    """The command-line arguments that differ from the first run's, for the card."""
+    extra = f" --init BASE --lr {args.lr:g}" if args.init else ""
+    if args.target != "binary":
+        extra += f" --target {args.target}"
+    if args.w0 is not None:
+        extra += f" --w0 {args.w0:g} --sigma {args.sigma:g} --class-weights {args.class_weights}"
+    if args.val_split == "on":
+        extra += " --val-split on"
+    return extra
+
+
+def target_text(args) -> str:
+    if args.target == "boundary":
+        return ("three classes: background, interior, and boundary (every nucleus's inner outline, so touching "
+                "nuclei are always apart); labels are the watershed of the interior from its connected seeds.")
+    return ("foreground = labels > 0, except the inner boundary pixels where two nuclei touch, which are "
+            "background (a 2-pixel gap that keeps touching nuclei apart).")
+
+
+def weighting_text(args) -> str:
+    if args.w0 is not None:
+        wc = "balanced class weights w_c" if args.class_weights == "balanced" else "w_c = 1"
+        return (f"the cross-entropy weighted by the U-Net paper's weight map, w0 {args.w0:g}, sigma {args.sigma:g} px, "
+                f"{wc}, computed on the target's objects")
+    return f"with the gap pixels between touching nuclei weighted x{args.gap_weight:g} in the cross-entropy"
 
 
 def val_postprocess(args) -> dict:
     return dict(threshold=0.5, min_size=16, split_touching=args.val_split == "on")
+
+
+TARGET_TEXT = {"binary": "foreground minus touching boundaries",
+               "boundary": "background / interior / boundary (every object's inner outline)"}
+
+
+def weight_map_params(args) -> dict | None:
+    if args.w0 is None:
+        return None
+    return {"w0": args.w0, "sigma": args.sigma, "class_weights": None if args.class_weights == "none" else "balanced"}
+
+
+def load_matching(net, state: dict) -> list[str]:
+    """Copy the tensors of ``state`` whose name and shape match ``net``'s; returns the names left as
+    initialised (e.g. the output head when the number of classes changes)."""
+    own = net.state_dict()
+    taken = {k: v.float() for k, v in state.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict({**own, **taken})
+    return sorted(set(own) - set(taken))
 
 
 def main(argv=None):
@@ -208,6 +250,14 @@ def main(argv=None):
     ap.add_argument("--init", default=None,
                     help="start from these weights (a bundled name or model file) instead of random ones, "
                          "e.g. to train the bundled model further with a smaller --lr")
+    ap.add_argument("--target", choices=("binary", "boundary"), default="binary",
+                    help="binary: foreground with a gap cut between touching nuclei; boundary: 3 classes "
+                         "(background, interior, boundary; seeds from the interior)")
+    ap.add_argument("--w0", type=float, default=None,
+                    help="use the U-Net paper's weight map with this w0 instead of --gap-weight")
+    ap.add_argument("--sigma", type=float, default=5.0, help="the weight map's sigma in pixels (with --w0)")
+    ap.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
+                    help="the weight map's w_c (with --w0): balanced class frequencies, or 1 everywhere")
     ap.add_argument("--val-split", choices=("on", "off"), default="off",
                     help="split touching objects (watershed) when validating during training")
     args = ap.parse_args(argv)
@@ -233,12 +283,14 @@ def main(argv=None):
     if spec.spatial_dims != 2:
         raise SystemExit(f"{args.arch} is {spec.spatial_dims}D: this script trains the 2D variants.")
     torch.manual_seed(args.seed)
-    net = build_model(args.arch)
+    net = build_model(args.arch, out_channels=3 if args.target == "boundary" else 2)
     if args.init:
         base = load_model(args.init)
         if base.config["architecture"] != args.arch:
             raise SystemExit(f"--init {args.init} is a {base.config['architecture']}, not a {args.arch}.")
-        net.load_state_dict({k: v.float() for k, v in base.net.state_dict().items()})
+        reset = load_matching(net, base.net.state_dict())
+        if reset:
+            print(f"left as initialised (shapes differ from {args.init}): {', '.join(reset)}", flush=True)
         args.init_provenance = base.config.get("provenance", {})
         print(f"initialised from {args.init} (its held-out AP@0.5: "
               f"{args.init_provenance.get('val_ap50', 'unknown')})", flush=True)
@@ -247,7 +299,8 @@ def main(argv=None):
     gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
                      lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                      normalization=DEFAULT_NORMALIZATION, device="cpu", image_weights=weights,
-                     gap_weight=args.gap_weight, postprocess=val_postprocess(args),
+                     gap_weight=1.0 if args.w0 is not None else args.gap_weight, weight_map=weight_map_params(args),
+                     target=args.target, postprocess=val_postprocess(args),
                      loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision,
                      classification_weight=args.classification_weight)
     recent: list[float] = []
@@ -270,13 +323,13 @@ def main(argv=None):
           f"{result.best_step} AP@0.5 {result.metrics.get('ap50', float('nan')):.3f}", flush=True)
 
     net.eval()
-    table, (pp, scores) = tune_postprocess(net, val_pairs)
+    table, (pp, scores) = tune_postprocess(net, val_pairs, args.target)
     default_scores = next(s for p, s in table if p == dict(threshold=0.5, min_size=16, split_touching=True))
     for p, s in table:
         print(f"  postprocess {p}: AP@0.5 {s['ap50']:.3f}  F1 {s['f1']:.3f}  mean IoU {s['mean_iou']:.3f}")
     print(f"chosen post-processing {pp}: AP@0.5 {scores['ap50']:.3f} F1 {scores['f1']:.3f} "
           f"mean IoU {scores['mean_iou']:.3f} (default: AP@0.5 {default_scores['ap50']:.3f})", flush=True)
-    us_per_px = speed(net)
+    us_per_px = speed(net, args.target)
     print(f"speed: {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} thread(s)", flush=True)
 
     text = card(args, net, held_out, len(train_real), len(synth), result, default_scores, pp, scores,
@@ -290,20 +343,21 @@ def main(argv=None):
         "val_mean_iou": round(scores["mean_iou"], 4), "val_ap50_default_postprocess": round(default_scores["ap50"], 4),
         "postprocess": pp,
         "loss": SegmentationLoss.from_spec(args.loss).describe(), "gap_weight": args.gap_weight,
-        "deep_supervision": spec.deep_supervision,
-        "target": "foreground minus touching boundaries", "val_postprocess_in_training": val_postprocess(args),
+        "weight_map": weight_map_params(args), "deep_supervision": spec.deep_supervision,
+        "target": TARGET_TEXT[args.target], "val_postprocess_in_training": val_postprocess(args),
         "steps": result.steps, "best_step": result.best_step, "minutes": round(train_seconds / 60, 1),
         "patch_size": args.patch_size, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "init": args.init,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "date": dt.date.today().isoformat(), "script": f"scripts/train_bundled.py --arch {args.arch}",
     }
-    config = make_config(net, args.arch, target="binary", normalization=DEFAULT_NORMALIZATION, provenance=provenance,
+    config = make_config(net, args.arch, target=args.target, normalization=DEFAULT_NORMALIZATION, provenance=provenance,
                          card=text)
     path = save_model(args.out, net, config, half=True)
     path.with_suffix(".md").write_text(text)
     check = load_model(path)  # the saved (float16) weights score the same
-    reloaded = mean_metrics([evaluate(lab, probabilities_to_labels(predict(check, im, device="cpu").probabilities, **pp))
+    reloaded = mean_metrics([evaluate(lab, probabilities_to_labels(predict(check, im, device="cpu").probabilities,
+                                                                   target=args.target, **pp))
                              for im, lab in val_pairs])
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB); reloaded AP@0.5 {reloaded['ap50']:.3f}; "
           f"total {(time.perf_counter() - start) / 60:.1f} min", flush=True)
