@@ -71,7 +71,8 @@ def tune_postprocess(net, val_pairs, target: str = "binary"):
     predictor = Predictor(as_loaded_model(net, target=target), device="cpu")
     probs = [predict(predictor.model, im, predictor=predictor).probabilities for im, _ in val_pairs]
     table = []
-    for threshold, min_size, split in itertools.product(THRESHOLDS, MIN_SIZES, SPLITS):
+    splits = SPLITS if target == "binary" else (True,)  # boundary targets split by their seeds
+    for threshold, min_size, split in itertools.product(THRESHOLDS, MIN_SIZES, splits):
         pp = dict(threshold=threshold, min_size=min_size, split_touching=split)
         scores = mean_metrics([evaluate(lab, probabilities_to_labels(p, target=target, **pp))
                                for p, (_, lab) in zip(probs, val_pairs)])
@@ -147,8 +148,8 @@ Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch
 
 | post-processing | AP@0.5 | F1@0.5 | mean matched IoU | AP@0.75 | AP@0.5:0.95 | pixel Dice |
 |---|---|---|---|---|---|---|
-| default (threshold 0.5, min_size 16, split touching) | {default_scores['ap50']:.3f} | {default_scores['f1']:.3f} | {default_scores['mean_iou']:.3f} | {default_scores['ap75']:.3f} | {default_scores['ap50_95']:.3f} | {default_scores['dice']:.3f} |
-| stored defaults (threshold {pp['threshold']}, min_size {pp['min_size']}, split touching {pp['split_touching']}) | {scores['ap50']:.3f} | {scores['f1']:.3f} | {scores['mean_iou']:.3f} | {scores['ap75']:.3f} | {scores['ap50_95']:.3f} | {scores['dice']:.3f} |
+| default ({pp_text(args, dict(threshold=0.5, min_size=16, split_touching=True))}) | {default_scores['ap50']:.3f} | {default_scores['f1']:.3f} | {default_scores['mean_iou']:.3f} | {default_scores['ap75']:.3f} | {default_scores['ap50_95']:.3f} | {default_scores['dice']:.3f} |
+| stored defaults ({pp_text(args, pp)}) | {scores['ap50']:.3f} | {scores['f1']:.3f} | {scores['mean_iou']:.3f} | {scores['ap75']:.3f} | {scores['ap50_95']:.3f} | {scores['dice']:.3f} |
 
 AP = TP / (TP + FP + FN) per image (DSB2018 / StarDist definition), averaged over the
 {len(held_out)} images. The stored post-processing defaults were chosen on these same images,
@@ -186,6 +187,13 @@ def init_args(args) -> str:
     if args.val_split == "on":
         extra += " --val-split on"
     return extra
+
+
+def pp_text(args, pp: dict) -> str:
+    text = f"threshold {pp['threshold']}, min_size {pp['min_size']}"
+    if args.target == "binary":
+        text += ", split touching" if pp["split_touching"] else ", no split"
+    return text
 
 
 def target_text(args) -> str:
