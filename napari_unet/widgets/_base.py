@@ -148,11 +148,15 @@ class JobWidget(Container):
         return self._stop
 
     def cancel(self):
-        """Ask the running job to stop (it stops within about a second); changes nothing."""
+        """Ask the running job to stop (it stops within about a second); changes nothing.
+
+        Only the job's ``stop`` event is set: the job ends by itself, so its clean-up (``finally``
+        blocks, e.g. removing a half-written store) runs in the worker before the widget is free.
+        Aborting the worker instead would leave the job suspended at its last ``yield``, its
+        clean-up postponed to garbage collection."""
         if self._worker is None:
             return
         self._stop.set()
-        self._worker.quit()
         self.status.value = "cancelling…"
 
     @property
