@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
-from napari_unet.modelfile import DEFAULT_NORMALIZATION, load_model, make_config, save_model  # noqa: E402
+from napari_unet.modelfile import DEFAULT_NORMALIZATION, TARGETS, load_model, make_config, save_model  # noqa: E402
 from napari_unet.models import build_model, get_spec  # noqa: E402
 from napari_unet.synthetic import fluorescent_nuclei  # noqa: E402
 from napari_unet.training import SegmentationLoss, train_iter  # noqa: E402
@@ -226,14 +226,6 @@ def weight_map_params(args) -> dict | None:
     return {"w0": args.w0, "sigma": args.sigma, "class_weights": None if args.class_weights == "none" else "balanced"}
 
 
-def load_matching(net, state: dict) -> list[str]:
-    """Copy the tensors of ``state`` whose name and shape match ``net``'s; returns the names left as
-    initialised (e.g. the output head when the number of classes changes)."""
-    own = net.state_dict()
-    taken = {k: v.float() for k, v in state.items() if k in own and own[k].shape == v.shape}
-    net.load_state_dict({**own, **taken})
-    return sorted(set(own) - set(taken))
-
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -291,17 +283,19 @@ def main(argv=None):
     if spec.spatial_dims != 2:
         raise SystemExit(f"{args.arch} is {spec.spatial_dims}D: this script trains the 2D variants.")
     torch.manual_seed(args.seed)
-    net = build_model(args.arch, out_channels=3 if args.target == "boundary" else 2)
-    if args.init:
+    if not args.init:
+        net = build_model(args.arch)
+    else:
         base = load_model(args.init)
         if base.config["architecture"] != args.arch:
             raise SystemExit(f"--init {args.init} is a {base.config['architecture']}, not a {args.arch}.")
-        reset = load_matching(net, base.net.state_dict())
-        if reset:
-            print(f"left as initialised (shapes differ from {args.init}): {', '.join(reset)}", flush=True)
+        net = base.net.float()
+        net.architecture = args.arch
         args.init_provenance = base.config.get("provenance", {})
         print(f"initialised from {args.init} (its held-out AP@0.5: "
               f"{args.init_provenance.get('val_ap50', 'unknown')})", flush=True)
+    if net.out_channels != len(TARGETS[args.target]):  # a new head, as fine-tuning does
+        net.set_out_channels(len(TARGETS[args.target]))
     print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
     gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,

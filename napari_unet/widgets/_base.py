@@ -8,6 +8,7 @@ puts the result into layers (on the Qt thread), and overrides the ``_on_*`` hook
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -54,8 +55,6 @@ def yield_to_the_ui() -> bool:
 def in_background(job):
     """``job`` (a function or generator function) run by a worker thread at the priority set by
     :func:`yield_to_the_ui`."""
-    import inspect
-
     if inspect.isgeneratorfunction(job):
         def polite_generator(*args, **kwargs):
             yield_to_the_ui()
@@ -99,6 +98,8 @@ class JobWidget(Container):
     job_name = "The run"
     #: the status line after a cancel (None: keep what the job's result said)
     cancelled_message: str | None = "cancelled: nothing was changed"
+    #: the status line while a cancelled job winds down
+    cancelling_message = "cancelling…"
 
     def __init__(self, viewer, warm_up=None):
         super().__init__(labels=True)
@@ -157,7 +158,7 @@ class JobWidget(Container):
         if self._worker is None:
             return
         self._stop.set()
-        self.status.value = "cancelling…"
+        self.status.value = self.cancelling_message
 
     @property
     def cancelled(self) -> bool:

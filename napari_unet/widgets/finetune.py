@@ -38,6 +38,7 @@ class FinetuneWidget(JobWidget):
 
     job_name = "Fine-tuning"
     cancelled_message = None  # the result says what was kept
+    cancelling_message = "stopping (the best model so far is kept)…"
 
     def __init__(self, viewer: napari.viewer.Viewer):
         from ..finetune import LOSS_PRESETS, FinetuneSettings
@@ -256,14 +257,6 @@ class FinetuneWidget(JobWidget):
         self.run_button.enabled = False
         self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
         self.status.value = f"preparing {len(triples)} image(s) and scoring the base model…"
-
-    def cancel(self):
-        """Stop within about a second; the best model so far is kept (the job returns normally,
-        so the worker is not aborted)."""
-        if self._worker is None:
-            return
-        self._stop.set()
-        self.status.value = "stopping (the best model so far is kept)…"
 
     def _on_progress(self, event):
         if event.step == 0:
