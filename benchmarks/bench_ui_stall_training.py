@@ -9,8 +9,11 @@ Run under a display, e.g. ``xvfb-run -a .venv/bin/python benchmarks/bench_ui_sta
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import tempfile
+import sys
+import threading
 import time
 
 
@@ -62,9 +65,30 @@ def main():
     painter = QTimer()
     painter.setInterval(50)
     painter.timeout.connect(paint)
+    steps: list[float] = []  # when the Qt thread handled each training step's event
+    on_progress = widget._on_progress
+
+    def record_step(event):
+        if event.step > 0:
+            steps.append(time.perf_counter())
+        on_progress(event)
+
+    widget._on_progress = record_step
+    # A Python thread that wakes every millisecond: a long gap in its wake-ups means some
+    # thread held the GIL in one long C call (a Python thread lets go of it every 5 ms).
+    probe: list[float] = []
+    probing = threading.Event()
+
+    def gil_probe():
+        while not probing.is_set():
+            probe.append(time.perf_counter())
+            time.sleep(0.001)
+
+    threading.Thread(target=gil_probe, daemon=True).start()
     timer.start()
     painter.start()
     start = time.perf_counter()
+    imported = set(sys.modules)
     widget.train_button.native.click()
     while widget.running:
         app.processEvents()
@@ -72,6 +96,29 @@ def main():
     timer.stop()
     painter.stop()
     gaps = np.diff(ticks)
+    ends = np.asarray(ticks[1:])
+    if steps:  # where the stalls fall: the click (progress bar, preparation), the steps, the saving
+        phases = {"from Train to the first step": ends <= steps[0],
+                  "while training (first to last step)": (ends > steps[0]) & (ends <= steps[-1]),
+                  "after the last step (validation, saving, result)": ends > steps[-1]}
+        for phase, inside in phases.items():
+            if inside.any():
+                print(f"{phase}: longest stall {gaps[inside].max() * 1000:.0f} ms, "
+                      f"99th percentile {np.percentile(gaps[inside], 99) * 1000:.0f} ms, "
+                      f"{(ends[inside][-1] - ends[inside][0]):.1f} s")
+        worst = np.argsort(gaps)[::-1][:5]
+        print("longest stalls (ms @ s after Train): " +
+              ", ".join(f"{gaps[i] * 1000:.0f} @ {ends[i] - start:.1f}" for i in worst))
+    probing.set()
+    late = sorted(set(sys.modules) - imported)
+    if late:  # imports hold the GIL: each one is a stall of the viewer too
+        packages = collections.Counter(name.split(".")[0] for name in late)
+        print(f"{len(late)} modules imported after Train: " +
+              ", ".join(f"{package} ({count})" for package, count in packages.most_common()))
+    held = np.diff(probe)
+    worst = np.argsort(held)[::-1][:5]
+    print("longest GIL waits of a 1 ms Python thread (ms @ s after Train): " +
+          ", ".join(f"{held[i] * 1000:.0f} @ {probe[i + 1] - start:.1f}" for i in worst))
     print(f"fine-tuning {args.minutes:g} min on the nuclei sample: {time.perf_counter() - start:.0f} s; "
           f"{len(strokes)} brush strokes painted meanwhile (median {np.median(strokes) * 1000:.1f} ms each); "
           f"longest event-loop stall {gaps.max() * 1000:.0f} ms, 99th percentile {np.percentile(gaps, 99) * 1000:.0f} ms "

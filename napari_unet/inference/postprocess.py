@@ -81,3 +81,11 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", t
         raise ValueError(f"Unknown target {target!r}: choose 'binary' or 'boundary'.")
     labels = _remove_small(labels, min_size)
     return relabel_sequential(labels)[0].astype(np.int32)
+
+
+def preload() -> None:
+    """Load scikit-image's lazily imported modules that post-processing uses (imports hold Python's
+    GIL: a widget calls this in its warm-up worker, so a first run does not stall the viewer)."""
+    blobs = np.zeros((1, 24, 24), np.float32)
+    blobs[0, 4:20, 4:11] = blobs[0, 4:20, 12:20] = blobs[0, 11:13, 4:20] = 1.0  # two touching objects
+    probabilities_to_labels(blobs, min_size=1)

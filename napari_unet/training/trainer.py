@@ -170,6 +170,18 @@ def _lr_factor(step: int, progress: float, warmup_steps: int, floor: float = 0.0
     return warm * cosine
 
 
+def preload() -> None:
+    """Import now, in the calling thread's time, what a first training run would import on its own.
+
+    PyTorch's first optimizer imports its compiler stack (``torch._dynamo``: about 800 modules,
+    sympy included, ~2 s here), and imports hold Python's GIL. A widget calls this in its warm-up
+    worker when it opens, so that cost does not fall on a run while the user paints.
+    """
+    from . import checkpoint  # noqa: F401  (imported lazily by train_iter)
+
+    wait_for_torch()
+
+
 def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                patch_size: int | Sequence[int] | None = None, batch_size: int = 4,
                lr: float = 1e-3, epochs: int | None = None, minutes: float | None = None,

@@ -30,7 +30,12 @@ SAME_TARGET = "as the base model"
 
 
 def _import_torch_side():
+    """Load PyTorch and everything a first run needs (run in a worker thread when the dock opens:
+    imports hold Python's GIL, so the viewer would stall on them during a run instead)."""
     from .. import devices, finetune, modelfile  # noqa: F401
+    from ..training.trainer import preload
+
+    preload()
 
 
 class FinetuneWidget(JobWidget):

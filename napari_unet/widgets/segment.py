@@ -35,8 +35,13 @@ NO_CHANNELS = "none (grey)"
 
 
 def _import_torch_side():
-    """Import the modules that pull in PyTorch (run in a worker thread)."""
+    """Import PyTorch and the prediction modules (run in a worker thread when the dock opens:
+    imports hold Python's GIL, so the viewer would stall on them during the first run instead)."""
     from .. import devices, modelfile  # noqa: F401
+    from ..inference import large, predictor, pyramid, segment  # noqa: F401
+    from ..inference.postprocess import preload
+
+    preload()
 
 
 @dataclass

@@ -110,3 +110,31 @@ def test_finetune_from_a_training_set_folder(finetune_widget, click, qtbot, tmp_
     widget.folder.value = str(empty)
     click(widget.train_button)
     assert not widget.running and "is empty: add corrections with the Correct widget" in widget.status.value
+
+
+def test_the_warm_up_loads_what_a_run_imports(tmp_path):
+    """Imports hold Python's GIL: a module first imported by a run stalls the viewer while the user
+    paints. The dock's warm-up (when it opens) must load them all, PyTorch's optimizer stack included."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+import numpy as np
+from napari_unet.widgets.finetune import _import_torch_side
+from napari_unet.finetune import FinetuneSettings, finetune_iter
+from napari_unet.inference.predictor import run_to_end
+from napari_unet.synthetic import fluorescent_nuclei
+_import_torch_side()
+image, labels = fluorescent_nuclei((96, 96), 12, seed=0)
+before = set(sys.modules)
+settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1)
+run_to_end(finetune_iter("unet", [(image, labels, np.ones(labels.shape, bool))], settings, out_dir={str(tmp_path)!r}))
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    late = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not [m for m in late if m.startswith(("sympy", "torch._dynamo", "scipy", "skimage"))], late
+    assert len(late) < 20, late
