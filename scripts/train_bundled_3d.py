@@ -85,6 +85,14 @@ def tune(net, val_pairs):
     return table, max(table, key=lambda t: round(t[1]["ap50"], 4))
 
 
+def extra_args(args) -> str:
+    """The command-line options of this run that differ from their defaults, for the card."""
+    defaults = dict(seed=0, train=24, val=4, patch=None, batch_size=2, lr=2e-3, steps_per_epoch=50, loss="ce+dice")
+    changed = {k: getattr(args, k) for k, default in defaults.items() if getattr(args, k) != default}
+    return "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                   for k, v in changed.items())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="unet-3d", choices=("unet-3d", "unet-2.5d-stack", "unet-2.5d"))
@@ -151,7 +159,7 @@ Percentile 1 .. 99.8 normalisation per stack.
 Loss {loss.describe()}; AdamW lr {args.lr:g}, warm-up and cosine decay, batch {args.batch_size};
 {result.steps} steps in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s) ({result.stopped});
 best validation checkpoint (step {result.best_step}) kept. Reproduce with
-`python scripts/train_bundled_3d.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}`.
+`python scripts/train_bundled_3d.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{extra_args(args)}`.
 
 ## Validation
 - Held-out synthetic stacks: AP@0.5 {val['ap50']:.3f}, F1 {val['f1']:.3f}, mean matched IoU {val['mean_iou']:.3f}
