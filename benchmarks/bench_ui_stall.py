@@ -45,6 +45,9 @@ def main():
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     widget.add_probabilities.value = True
     app = QApplication.instance()
+    while not widget._torch_ready:  # the dock's warm-up (PyTorch, the modules a run needs)
+        app.processEvents()
+        time.sleep(0.01)
     for _ in range(50):
         app.processEvents()
         time.sleep(0.01)

@@ -46,19 +46,12 @@ def _import_torch_side():
 
 
 def _preload_labels_layer():
-    """napari's first Labels layer of a session imports pandas (~0.5 s, here in the worker that
-    builds the result layers) and vispy's first line visual fills a dash-pattern cache (~0.1 s, on
-    the Qt thread when the layer is shown): pay both in the warm-up instead."""
+    """napari's first Labels layer of a session imports pandas (~0.5 s): pay it in the warm-up, not
+    in the worker that builds the first result layer while the user works."""
     import numpy as np
     from napari.layers import Labels
 
     Labels(np.zeros((2, 2), np.int32))
-    try:  # vispy's cache of dash patterns (an implementation detail: skip it if it moved)
-        from vispy.visuals.line.dash_atlas import DashAtlas
-
-        DashAtlas()
-    except (ImportError, AttributeError, TypeError):
-        pass
 
 
 @dataclass
