@@ -2,7 +2,10 @@
 
 A 5 ms QTimer records when the event loop gets to run; every 50 ms another timer paints a brush
 stroke into the corrected layer (as a user keeps correcting while the model trains). The longest
-gap between two ticks from Train to the saved model is the worst freeze a user would feel.
+gap between two ticks from Train to the saved model is the worst freeze a user would feel. It is
+also given per phase (Train to the first step, training, after the last step), with the longest
+waits of a Python thread for the GIL (a long one means some thread held it, e.g. importing) and
+the modules the run imported.
 Run under a display, e.g. ``xvfb-run -a .venv/bin/python benchmarks/bench_ui_stall_training.py``.
 """
 

@@ -85,15 +85,7 @@ def tune(net, val_pairs):
     return table, max(table, key=lambda t: round(t[1]["ap50"], 4))
 
 
-def extra_args(args) -> str:
-    """The command-line options of this run that differ from their defaults, for the card."""
-    defaults = dict(seed=0, train=24, val=4, patch=None, batch_size=2, lr=2e-3, steps_per_epoch=50, loss="ce+dice")
-    changed = {k: getattr(args, k) for k, default in defaults.items() if getattr(args, k) != default}
-    return "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                   for k, v in changed.items())
-
-
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="unet-3d", choices=("unet-3d", "unet-2.5d-stack", "unet-2.5d"))
     ap.add_argument("--out", type=Path, default=None)
@@ -107,6 +99,20 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--steps-per-epoch", type=int, default=50)
     ap.add_argument("--loss", default="ce+dice")
+    return ap
+
+
+def extra_args(args) -> str:
+    """The training options of this run that differ from their defaults, for the card's command."""
+    ap = build_parser()
+    changed = {k: v for k, v in vars(args).items()
+               if k not in ("arch", "out", "minutes", "threads") and v != ap.get_default(k)}
+    return "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                   for k, v in changed.items())
+
+
+def main(argv=None):
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
