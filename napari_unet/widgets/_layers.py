@@ -68,6 +68,12 @@ def build_layer(data, layer_type: str, name: str, metadata: dict, data_checksum:
     return cls(data, name=name, metadata=meta, **kwargs)
 
 
+def preload_layers() -> None:
+    """A worker's warm-up: napari's first Labels layer of a session imports pandas (~0.5 s, with
+    Python's GIL held), so build a tiny one before a run builds its result layers."""
+    build_layer(np.zeros((2, 2), np.int32), "labels", "warm-up", {})
+
+
 def put_layer(viewer, layer):
     """Put a :func:`build_layer` layer into the viewer (Qt thread); returns the layer shown.
 

@@ -27,8 +27,8 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, put_layer, release_temporary,
-                      spatial_transform, temporary_folder)
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, preload_layers, put_layer,
+                      release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
@@ -42,16 +42,7 @@ def _import_torch_side():
     from ..inference.postprocess import preload
 
     preload()
-    _preload_labels_layer()
-
-
-def _preload_labels_layer():
-    """napari's first Labels layer of a session imports pandas (~0.5 s): pay it in the warm-up, not
-    in the worker that builds the first result layer while the user works."""
-    import numpy as np
-    from napari.layers import Labels
-
-    Labels(np.zeros((2, 2), np.int32))
+    preload_layers()
 
 
 @dataclass

@@ -24,7 +24,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
-from ._layers import KEY, build_layer, put_layer, spatial_transform
+from ._layers import KEY, build_layer, preload_layers, put_layer, spatial_transform
 
 ALL = "all depths"
 NO_CORRECTIONS = "none"
@@ -34,8 +34,13 @@ BEST_BRUSH = QBrush(QColor(60, 140, 60))
 
 
 def _import_torch_side():
+    """Load what a first run imports (in the dock's warm-up worker: imports hold Python's GIL)."""
     from .. import modelfile  # noqa: F401
     from ..inference import supervision  # noqa: F401
+    from ..inference.postprocess import preload
+
+    preload()
+    preload_layers()
 
 
 def _camera(viewer):
