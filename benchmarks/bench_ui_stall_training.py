@@ -5,7 +5,8 @@ stroke into the corrected layer (as a user keeps correcting while the model trai
 gap between two ticks from Train to the saved model is the worst freeze a user would feel. It is
 also given per phase (Train to the first step, training, after the last step), with the longest
 waits of a Python thread for the GIL (a long one means some thread held it, e.g. importing) and
-the modules the run imported.
+the modules the run imported. ``--no-training`` paints for as long without clicking Train: the
+stalls of napari's own drawing on this machine, the floor under the training run's.
 Run under a display, e.g. ``xvfb-run -a .venv/bin/python benchmarks/bench_ui_stall_training.py``.
 """
 
@@ -25,6 +26,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=0.5)
     parser.add_argument("--niceness", type=int, default=None,
                         help="the worker threads' Linux nice value (default: the plugin's, 10; 0 = as napari's)")
+    parser.add_argument("--no-training", action="store_true",
+                        help="only paint, for --minutes plus 10 s: the viewer's own stalls, without training")
     args = parser.parse_args()
     if args.niceness is not None:
         import napari_unet.widgets._base as base
@@ -92,10 +95,15 @@ def main():
     painter.start()
     start = time.perf_counter()
     imported = set(sys.modules)
-    widget.train_button.native.click()
-    while widget.running:
-        app.processEvents()
-        time.sleep(0.002)
+    if args.no_training:
+        while time.perf_counter() - start < args.minutes * 60 + 10:
+            app.processEvents()
+            time.sleep(0.002)
+    else:
+        widget.train_button.native.click()
+        while widget.running:
+            app.processEvents()
+            time.sleep(0.002)
     timer.stop()
     painter.stop()
     gaps = np.diff(ticks)
@@ -122,7 +130,8 @@ def main():
     worst = np.argsort(held)[::-1][:5]
     print("longest GIL waits of a 1 ms Python thread (ms @ s after Train): " +
           ", ".join(f"{held[i] * 1000:.0f} @ {probe[i + 1] - start:.1f}" for i in worst))
-    print(f"fine-tuning {args.minutes:g} min on the nuclei sample: {time.perf_counter() - start:.0f} s; "
+    what = "painting only, no training" if args.no_training else f"fine-tuning {args.minutes:g} min on the nuclei sample"
+    print(f"{what}: {time.perf_counter() - start:.0f} s; "
           f"{len(strokes)} brush strokes painted meanwhile (median {np.median(strokes) * 1000:.1f} ms each); "
           f"longest event-loop stall {gaps.max() * 1000:.0f} ms, 99th percentile {np.percentile(gaps, 99) * 1000:.0f} ms "
           f"(target <= 100 ms); > 50 ms: {(gaps > 0.05).sum()} times; status: {widget.status.value}")

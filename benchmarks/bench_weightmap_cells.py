@@ -16,6 +16,9 @@ computation and validation both count against the budget). Post-processing
 table applies one common choice to both arms (best mean training AP@0.5 of the two arms), a
 second table each model's own choice. The other 6 frames are used only for the final scores.
 Masks lose their stray fragments (< 50 px connected pieces of an id) before anything.
+Besides AP, the tables report the test frames' touching cells (objects within 2 px of another,
+the pixels the weight map's border term weighs): how many are found at IoU 0.5, and how many
+touching pairs come out merged into one object.
 
     .venv/bin/python benchmarks/bench_weightmap_cells.py [--minutes 6] [--seed 0]
 """
@@ -36,7 +39,7 @@ from scipy import ndimage as ndi
 
 from napari_unet.inference.postprocess import probabilities_to_labels
 from napari_unet.inference.predictor import predict, run_to_end
-from napari_unet.metrics import evaluate, mean_metrics
+from napari_unet.metrics import evaluate, match_instances, mean_metrics
 from napari_unet.training.trainer import as_loaded_model, train_iter
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cells_phase_usiigaci"
@@ -67,6 +70,39 @@ def clean_mask(labels: np.ndarray, min_piece: int = 50) -> np.ndarray:
     return out
 
 
+def touching_pairs(labels: np.ndarray, reach: int = 2) -> set[tuple[int, int]]:
+    """Pairs of objects that come within ``reach`` px of each other (the weight map's business)."""
+    pairs = set()
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        grown = tuple(slice(max(s.start - reach - 1, 0), s.stop + reach + 1) for s in sl)
+        sub = labels[grown]
+        near = np.unique(sub[ndi.binary_dilation(sub == i, iterations=reach)])
+        pairs.update((min(i, int(o)), max(i, int(o))) for o in near if o not in (0, i))
+    return pairs
+
+
+def touching_scores(gts, preds) -> dict:
+    """Over all frames: recall at IoU 0.5 of the objects that touch another (one-to-one matching
+    of the whole image), and the touching pairs merged into one predicted object (both objects'
+    most frequent predicted id the same, not background)."""
+    found = total = merged = n_pairs = 0
+    for gt, pred in zip(gts, preds):
+        pairs = touching_pairs(gt)
+        involved = {i for p in pairs for i in p}
+        matched = {int(t) for t, _ in match_instances(gt, pred, 0.5).pairs}
+        found += len(involved & matched)
+        total += len(involved)
+        major = {}
+        for i in involved:
+            ids, counts = np.unique(pred[gt == i], return_counts=True)
+            major[i] = int(ids[np.argmax(counts)])
+        merged += sum(1 for a, b in pairs if major[a] != 0 and major[a] == major[b])
+        n_pairs += len(pairs)
+    return {"recall": found / max(total, 1), "objects": total, "merged": merged, "pairs": n_pairs}
+
+
 def load(name):
     image = tifffile.imread(DATA / "images" / f"{name}.tif")
     return image, clean_mask(tifffile.imread(DATA / "masks" / f"{name}.tif"))
@@ -78,7 +114,10 @@ def probabilities(net, images):
 
 
 def score(probs, labels, pp):
-    return mean_metrics([evaluate(lab, probabilities_to_labels(p, **pp)) for p, lab in zip(probs, labels)])
+    preds = [probabilities_to_labels(p, **pp) for p in probs]
+    out = mean_metrics([evaluate(lab, pred) for pred, lab in zip(preds, labels)])
+    out["touching"] = touching_scores(labels, preds)
+    return out
 
 
 def grid_scores(probs, labels):
@@ -152,14 +191,17 @@ def main():
 
     def table(title, rows, pps):
         print(f"\n{title}")
-        print(f"| arm | steps | best step | post-processing | AP@0.5 | F1@0.5 | mean matched IoU | AP@0.75 |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| arm | steps | best step | post-processing | AP@0.5 | F1@0.5 | mean matched IoU | AP@0.75 "
+              "| touching cells found | touching pairs merged |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for arm, m in rows.items():
             res = arms[arm][1]
             steps = "-" if res is None else str(res.steps)
             best = "-" if res is None else str(res.best_step)
             print(f"| {arm} | {steps} | {best} | {pp_str(pps[arm])} | {m['ap50']:.3f} | {m['f1']:.3f} | "
-                  f"{m['mean_iou']:.3f} | {m.get('ap75', float('nan')):.3f} |")
+                  f"{m['mean_iou']:.3f} | {m.get('ap75', float('nan')):.3f} | "
+                  f"{m['touching']['recall']:.3f} of {m['touching']['objects']} | "
+                  f"{m['touching']['merged']} of {m['touching']['pairs']} |")
         a = rows[trained[0]]
         for other in trained[1:]:
             b = rows[other]
