@@ -128,7 +128,7 @@ def main():
               ", ".join(f"{package} ({count})" for package, count in packages.most_common()))
     held = np.diff(probe)
     worst = np.argsort(held)[::-1][:5]
-    print("longest GIL waits of a 1 ms Python thread (ms @ s after Train): " +
+    print("longest GIL waits of a 1 ms Python thread (ms @ s after the start): " +
           ", ".join(f"{held[i] * 1000:.0f} @ {probe[i + 1] - start:.1f}" for i in worst))
     what = "painting only, no training" if args.no_training else f"fine-tuning {args.minutes:g} min on the nuclei sample"
     print(f"{what}: {time.perf_counter() - start:.0f} s; "

@@ -83,7 +83,6 @@ def rows(threads: int, repeats: int):
 
 def pruned_rows(threads: int, repeats: int, data: Path):
     """U-Net++ bundled weights pruned to each depth: CPU ms per 512x512 and held-out DSB AP@0.5."""
-    import numpy as np
     import tifffile
 
     from napari_unet.inference.postprocess import probabilities_to_labels
