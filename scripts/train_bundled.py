@@ -29,6 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _options import changed_options  # noqa: E402
+
 from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
@@ -141,7 +143,7 @@ Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
 {result.steps} steps in {seconds / 60:.1f} min{init_text(args)}; the checkpoint with the best validation AP@0.5
 (step {result.best_step}; validated every {args.steps_per_epoch} steps with {val_postprocess(args)}) is kept. Reproduce with
-`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{init_args(args)}`{
+`python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{changed_options(build_parser(), args, SHOWN, {"init": "BASE"})}`{
     ", where BASE is the starting model above, made first with its own command" if args.init else ""}.
 
 ## Validation (held-out DSB images, whole images, predictor + post-processing)
@@ -175,18 +177,6 @@ def init_text(args) -> str:
     before = (f"{p.get('steps')} steps, {p.get('minutes')} min, held-out AP@0.5 {p.get('val_ap50')}; "
               f"`{p.get('script', 'scripts/train_bundled.py')}`") if p else "no provenance recorded"
     return f", starting from the weights `{args.init}` ({before})"
-
-
-def init_args(args) -> str:
-    """The command-line arguments that differ from the first run's, for the card."""
-    extra = f" --init BASE --lr {args.lr:g}" if args.init else ""
-    if args.target != "binary":
-        extra += f" --target {args.target}"
-    if args.w0 is not None:
-        extra += f" --w0 {args.w0:g} --sigma {args.sigma:g} --class-weights {args.class_weights}"
-    if args.val_split == "on":
-        extra += " --val-split on"
-    return extra
 
 
 def pp_text(args, pp: dict) -> str:
@@ -226,8 +216,11 @@ def weight_map_params(args) -> dict | None:
     return {"w0": args.w0, "sigma": args.sigma, "class_weights": None if args.class_weights == "none" else "balanced"}
 
 
+#: options the card's reproduce command names itself (or that are paths of this machine)
+SHOWN = ("arch", "out", "minutes", "threads", "data")
 
-def main(argv=None):
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="nuclei_dsb2018 folder (images/, masks/)")
     ap.add_argument("--arch", default="unet", help="registered 2D architecture (napari-unet models)")
@@ -260,7 +253,11 @@ def main(argv=None):
                     help="the weight map's w_c (with --w0): balanced class frequencies, or 1 everywhere")
     ap.add_argument("--val-split", choices=("on", "off"), default="off",
                     help="split touching objects (watershed) when validating during training")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()

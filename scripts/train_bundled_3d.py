@@ -27,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _options import changed_options  # noqa: E402
+
 from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
@@ -85,6 +87,10 @@ def tune(net, val_pairs):
     return table, max(table, key=lambda t: round(t[1]["ap50"], 4))
 
 
+#: options the card's reproduce command names itself (or that are paths of this machine)
+SHOWN = ("arch", "out", "minutes", "threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="unet-3d", choices=("unet-3d", "unet-2.5d-stack", "unet-2.5d"))
@@ -102,18 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def extra_args(args) -> str:
-    """The training options of this run that differ from their defaults, for the card's command."""
-    ap = build_parser()
-    changed = {k: v for k, v in vars(args).items()
-               if k not in ("arch", "out", "minutes", "threads") and v != ap.get_default(k)}
-    return "".join(f" --{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                   for k, v in changed.items())
-
-
 def main(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or WEIGHTS / f"{args.arch}.safetensors"
@@ -165,7 +161,7 @@ Percentile 1 .. 99.8 normalisation per stack.
 Loss {loss.describe()}; AdamW lr {args.lr:g}, warm-up and cosine decay, batch {args.batch_size};
 {result.steps} steps in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU thread(s) ({result.stopped});
 best validation checkpoint (step {result.best_step}) kept. Reproduce with
-`python scripts/train_bundled_3d.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{extra_args(args)}`.
+`python scripts/train_bundled_3d.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{changed_options(build_parser(), args, SHOWN)}`.
 
 ## Validation
 - Held-out synthetic stacks: AP@0.5 {val['ap50']:.3f}, F1 {val['f1']:.3f}, mean matched IoU {val['mean_iou']:.3f}
