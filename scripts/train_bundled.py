@@ -1,15 +1,18 @@
 """Reproduce the bundled 2D weights ``napari_unet/weights/<arch>.safetensors``.
 
-Trains ``build_model(arch)`` with its registry defaults on the fluorescent nuclei of the 2018
-Data Science Bowl (a fixed, seeded ~20 % of the images held out for validation) plus synthetic
+Trains ``build_model(arch)`` with its registry defaults on the real sources of
+:mod:`napari_unet.datasets` (by default grey fluorescent nuclei from the 2018 Data Science Bowl
+*and* phase-contrast cells from Usiigaci, each with its fixed held-out split) plus synthetic
 nuclei from :func:`napari_unet.synthetic.fluorescent_nuclei`, for a wall-time budget (all side
 outputs trained with the deep-supervision loss when the architecture has them), then scores
-the held-out images with the real predictor and post-processing, picks the post-processing
-defaults on them, and writes the weights (float16) with a model card, also as ``<arch>.md``
-beside them.
+every held-out image with the real predictor and post-processing, picks the post-processing
+defaults on them (the mean of the sources' AP@0.5), and writes the weights (float16) with a
+model card, also as ``<arch>.md`` beside them. ``--checkpoint`` writes the run's state after
+every epoch; ``--resume`` continues it (``--minutes`` counts the whole run).
 
     python scripts/train_bundled.py --minutes 25 --threads 1                 # the classic U-Net
     python scripts/train_bundled.py --arch unet++ --minutes 12 --threads 1
+    python scripts/train_bundled.py --minutes 240 --checkpoint run.ckpt --resume ...   # continue
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from _options import changed_options  # noqa: E402
 
+from napari_unet import datasets  # noqa: E402
 from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
@@ -40,7 +43,6 @@ from napari_unet.synthetic import fluorescent_nuclei  # noqa: E402
 from napari_unet.training import SegmentationLoss, train_iter  # noqa: E402
 from napari_unet.training.trainer import as_loaded_model  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nuclei_dsb2018"
 WEIGHTS = ROOT / "napari_unet" / "weights"
 SYNTHETIC_SHAPES = [(256, 256), (384, 384), (512, 512), (256, 512), (512, 384)]
 # post-processing choices tried on the held-out images
@@ -49,11 +51,20 @@ MIN_SIZES = (8, 16, 32)
 SPLITS = (True, False)
 
 
-def load_dsb(folder: Path):
-    images = sorted((folder / "images").glob("*.tif"))
-    if not images:
-        raise SystemExit(f"No images in {folder / 'images'}: pass --data with the nuclei_dsb2018 folder.")
-    return {p.stem: (tifffile.imread(p), tifffile.imread(folder / "masks" / p.name).astype(np.int32)) for p in images}
+def load_sources(names, root):
+    """{source: (train {name: pair}, held-out {name: pair})} of the named sources."""
+    out = {}
+    for name in names:
+        source = datasets.SOURCES[name]
+        if not datasets.available(source, root):
+            raise SystemExit(f"No images of {name} ({', '.join(source.folders)}) under {root}: pass --data-root.")
+        out[name] = (datasets.load(source, "train", root), datasets.load(source, "held_out", root))
+    return out
+
+
+def parse_shares(text: str) -> dict:
+    """``"nuclei=0.55,cells=0.35,synthetic=0.1"`` -> dict of floats."""
+    return {k: float(v) for k, v in (part.split("=") for part in text.split(",") if part)}
 
 
 def synthetic_pairs(n: int, seed: int):
@@ -67,21 +78,26 @@ def synthetic_pairs(n: int, seed: int):
     return pairs
 
 
-def tune_postprocess(net, val_pairs, target: str = "binary"):
-    """Score every post-processing choice on the held-out images; returns (table, best choice).
+def tune_postprocess(net, val_sets: dict, target: str = "binary"):
+    """Score every post-processing choice on the held-out images of every source; returns
+    (table, best choice): rows ``(pp, {source: scores}, mean AP@0.5 over sources)``.
     (``split_touching`` only acts on binary targets: boundary targets split by their interior seeds.)"""
     predictor = Predictor(as_loaded_model(net, target=target), device="cpu")
-    probs = [predict(predictor.model, im, predictor=predictor).probabilities for im, _ in val_pairs]
+    probs = {src: [predict(predictor.model, im, predictor=predictor).probabilities for im, _ in pairs]
+             for src, pairs in val_sets.items()}
     table = []
     splits = SPLITS if target == "binary" else (True,)  # boundary targets split by their seeds
     for threshold, min_size, split in itertools.product(THRESHOLDS, MIN_SIZES, splits):
         pp = dict(threshold=threshold, min_size=min_size, split_touching=split)
-        scores = mean_metrics([evaluate(lab, probabilities_to_labels(p, target=target, **pp))
-                               for p, (_, lab) in zip(probs, val_pairs)])
-        table.append((pp, scores))
-    best = max(table, key=lambda t: (round(t[1]["ap50"], 4), t[0] == dict(threshold=0.5, min_size=16,
-                                                                            split_touching=True)))
+        per_source = {src: mean_metrics([evaluate(lab, probabilities_to_labels(p, target=target, **pp))
+                                         for p, (_, lab) in zip(probs[src], pairs)])
+                      for src, pairs in val_sets.items()}
+        table.append((pp, per_source, float(np.mean([s["ap50"] for s in per_source.values()]))))
+    best = max(table, key=lambda t: (round(t[2], 4), t[0] == DEFAULT_PP))
     return table, best
+
+
+DEFAULT_PP = dict(threshold=0.5, min_size=16, split_touching=True)
 
 
 def speed(net, target: str = "binary") -> float:
@@ -94,74 +110,85 @@ def speed(net, target: str = "binary") -> float:
     return (time.perf_counter() - t) / image.size * 1e6
 
 
-def card(args, net, held_out, n_train_real, n_synth, result, default_scores, pp, scores, seconds, us_per_px) -> str:
+def card(args, net, data, n_synth, result, table, best, seconds, us_per_px) -> str:
     today = dt.date.today().isoformat()
-    held = ", ".join(held_out)
     spec = get_spec(args.arch)
+    classes = {"binary": "binary output (background / foreground)",
+               "boundary": "three output classes (background / interior / boundary)"}[args.target]
+    modalities = " and ".join(datasets.SOURCES[s].modality for s in args.sources)
     if args.arch == "unet":
         about = f"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015) with "same" padding and batch norm,
 features 16, 32, 64, 128, 256 ({net.n_parameters / 1e6:.2f} M parameters), one input channel,
-binary output (background / foreground), stored as float16 ({today}).
+{classes}, stored as float16 ({today}).
 
 **Why this width.** The paper's widths (64..1024) give 31 M parameters and are ~16x slower;
 16..256 has about 2 M parameters and predicts at ~0.7 µs/pixel on 2 idle CPU cores (about
 1 µs on a busy one), so a 1024² image takes about a second without a GPU (measured while
-writing this card: {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} thread(s)). It is also
-small enough for the few thousand nuclei of the training set not to be memorised."""
+writing this card: {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} thread(s)), and a
+fine-tuning step on a laptop CPU stays short."""
     else:
         arguments = ", ".join(f"{k}={v}" for k, v in net.config.items() if k not in ("spatial_dims",))
         about = f"""{spec.title} ({spec.reference}) as registered under `{args.arch}`: {arguments}
-({net.n_parameters / 1e6:.2f} M parameters), one input channel, binary output (background /
-foreground), stored as float16 ({today}). Predicts at {us_per_px:.2f} µs/pixel with
-{torch.get_num_threads()} CPU thread(s) (measured while writing this card)."""
+({net.n_parameters / 1e6:.2f} M parameters), one input channel, {classes}, stored as float16
+({today}). Predicts at {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} CPU thread(s)
+(measured while writing this card)."""
     with torch.no_grad():
         levels = len(net.eval()(torch.zeros(1, 1, 64, 64), side_outputs=True))
     supervision = (f" All {levels} side outputs are trained "
                    "(deep-supervision loss: targets resized per level, normalised weights halving per level)."
                    if spec.deep_supervision else "")
-    return f"""# {args.arch} — {spec.title} for fluorescent nuclei (bundled)
+    shares = parse_shares(args.shares)
+    real = "\n".join(
+        f"- **{datasets.SOURCES[s].modality}** (`{'`, `'.join(datasets.SOURCES[s].folders)}`): "
+        f"{len(train)} images for training, {len(held)} held out (fixed split, `napari_unet.datasets`: "
+        f"{', '.join(sorted(held))}); {shares.get(s, 0):.0%} of the patches."
+        for s, (train, held) in data.items())
+    pp, per_source, mean_ap = best
+    default_row = next(r for r in table if r[0] == DEFAULT_PP)
+    rows = []
+    for label, (p, scores, _) in (("default", default_row), ("stored defaults", best)):
+        for src, m in scores.items():
+            rows.append(f"| {src} | {label} ({pp_text(args, p)}) | {m['ap50']:.3f} | {m['f1']:.3f} | "
+                        f"{m['mean_iou']:.3f} | {m['ap75']:.3f} | {m['ap50_95']:.3f} | {m['dice']:.3f} |")
+    rows = "\n".join(rows)
+    return f"""# {args.arch} — {spec.title} for {modalities} (bundled)
 
 {about}
 
 ## Data
 
-- **Real**: the grey fluorescent nuclei of the 2018 Data Science Bowl stage-1 training set
-  (`nuclei_dsb2018`, 59 images, 256x256 to 603x1272, uint8). {n_train_real} images for
-  training; {len(held_out)} held out for validation (seeded random choice, seed {args.seed}):
-  {held}.
+{real}
 - **Synthetic**: {n_synth} images from `napari_unet.synthetic.fluorescent_nuclei` (seeds
-  1000..{1000 + n_synth - 1}, sizes 256² to 512², 0.1-0.45 nuclei per 1000 px), drawn half as
-  often as real images.
+  1000..{1000 + n_synth - 1}, sizes 256² to 512², 0.1-0.45 nuclei per 1000 px); {shares.get('synthetic', 0):.0%} of the patches.
 - **Target**: {target_text(args)}
 - **Input normalisation**: percentile 1 .. 99.8 per image (as in prediction).
 
 ## Training
 
-Random {args.patch_size}² patches (80 % placed on a nucleus), batch {args.batch_size}, {AUGMENTATION}; loss
+Random {args.patch_size}² patches (80 % placed on an object), batch {args.batch_size}, {AUGMENTATION}; loss
 {SegmentationLoss.from_spec(args.loss).describe()} ({weighting_text(args)}).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
 {result.steps} steps in {seconds / 60:.1f} min{init_text(args)}; the checkpoint with the best validation AP@0.5
-(step {result.best_step}; validated every {args.steps_per_epoch} steps with {val_postprocess(args)}) is kept. Reproduce with
+(step {result.best_step}; validated every {args.steps_per_epoch} steps on up to {args.val_images} held-out images per
+source with {val_postprocess(args)}) is kept. Reproduce with
 `python scripts/train_bundled.py --arch {args.arch} --minutes {args.minutes:g} --threads {torch.get_num_threads()}{changed_options(build_parser(), args, SHOWN, {"init": "BASE"})}`{
     ", where BASE is the starting model above, made first with its own command" if args.init else ""}.
 
-## Validation (held-out DSB images, whole images, predictor + post-processing)
+## Validation (all held-out images, whole images, predictor + post-processing)
 
-| post-processing | AP@0.5 | F1@0.5 | mean matched IoU | AP@0.75 | AP@0.5:0.95 | pixel Dice |
-|---|---|---|---|---|---|---|
-| default ({pp_text(args, dict(threshold=0.5, min_size=16, split_touching=True))}) | {default_scores['ap50']:.3f} | {default_scores['f1']:.3f} | {default_scores['mean_iou']:.3f} | {default_scores['ap75']:.3f} | {default_scores['ap50_95']:.3f} | {default_scores['dice']:.3f} |
-| stored defaults ({pp_text(args, pp)}) | {scores['ap50']:.3f} | {scores['f1']:.3f} | {scores['mean_iou']:.3f} | {scores['ap75']:.3f} | {scores['ap50_95']:.3f} | {scores['dice']:.3f} |
+| source | post-processing | AP@0.5 | F1@0.5 | mean matched IoU | AP@0.75 | AP@0.5:0.95 | pixel Dice |
+|---|---|---|---|---|---|---|---|
+{rows}
 
-AP = TP / (TP + FP + FN) per image (DSB2018 / StarDist definition), averaged over the
-{len(held_out)} images. The stored post-processing defaults were chosen on these same images,
-so their row is slightly optimistic.
+AP = TP / (TP + FP + FN) per image (DSB2018 / StarDist definition), averaged over each
+source's held-out images. The stored post-processing defaults were chosen on these same images
+(the best mean AP@0.5 over the sources, {mean_ap:.3f}), so their rows are slightly optimistic.
 
 ## Limits
 
-Trained for grey fluorescent nuclei (DAPI / Hoechst-like), 2D, roughly 4-30 px radius.
-Bright-field, H&E, phase contrast and dense 3D tissue are out of its domain: fine-tune on a
-few corrected images there.
+Trained for {modalities}, 2D. Bright-field, H&E and dense 3D tissue are out of its domain:
+fine-tune on a few corrected images there.
 """
 
 
@@ -217,12 +244,22 @@ def weight_map_params(args) -> dict | None:
 
 
 #: options the card's reproduce command names itself (or that are paths of this machine)
-SHOWN = ("arch", "out", "minutes", "threads", "data")
+SHOWN = ("arch", "out", "minutes", "threads", "data_root", "checkpoint", "resume")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="nuclei_dsb2018 folder (images/, masks/)")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder holding the sources' folders (default: $NAPARI_UNET_DATA or ../shared/data)")
+    ap.add_argument("--sources", nargs="+", default=["nuclei", "cells"], choices=sorted(datasets.SOURCES),
+                    help="real sources to train on (napari_unet.datasets.SOURCES), each with its fixed held-out split")
+    ap.add_argument("--shares", default="nuclei=0.55,cells=0.35,synthetic=0.1",
+                    help="share of the patches drawn from each source and from the synthetic images")
+    ap.add_argument("--val-images", type=int, default=12,
+                    help="held-out images per source scored at every validation during training (all are scored "
+                         "at the end)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="write the run's state here after every epoch")
+    ap.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
     ap.add_argument("--arch", default="unet", help="registered 2D architecture (napari-unet models)")
     ap.add_argument("--out", type=Path, default=None, help="default: napari_unet/weights/<arch>.safetensors")
     ap.add_argument("--loss", default="ce+dice", help="loss spec, e.g. ce+dice, hybrid, ce+hybrid")
@@ -262,16 +299,30 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
-    real = load_dsb(args.data)
-    names = sorted(real)
-    n_val = max(1, round(args.val_fraction * len(names)))
-    held_out = sorted(np.random.default_rng(args.seed).permutation(names)[:n_val].tolist())
-    train_real = [real[n] for n in names if n not in held_out]
-    val_pairs = [real[n] for n in held_out]
+    data = load_sources(args.sources, args.data_root)
+    shares = parse_shares(args.shares)
+    unknown = set(shares) - set(args.sources) - {"synthetic"}
+    if unknown:
+        raise SystemExit(f"--shares names {', '.join(sorted(unknown))}, which --sources does not train on.")
+    train_pairs, weights = [], []
+    for src, (train, _) in data.items():
+        # within a source, each image is drawn with probability ~ sqrt(area)
+        roots = [math.sqrt(lab.size) for _, lab in train.values()]
+        train_pairs += list(train.values())
+        weights += [shares.get(src, 0.0) * r / sum(roots) for r in roots]
     synth = synthetic_pairs(args.synthetic, args.seed)
-    # Each image is drawn with probability ~ sqrt(area); synthetic ones half as often.
-    weights = [math.sqrt(lab.size) for _, lab in train_real] + [0.5 * math.sqrt(lab.size) for _, lab in synth]
-    print(f"data: {len(train_real)} real + {len(synth)} synthetic training images, {len(val_pairs)} held out "
+    if synth:
+        roots = [math.sqrt(lab.size) for _, lab in synth]
+        train_pairs += synth
+        weights += [shares.get("synthetic", 0.0) * r / sum(roots) for r in roots]
+    val_sets = {src: list(held.values()) for src, (_, held) in data.items()}
+    rng = np.random.default_rng(args.seed)
+    val_pairs = []  # the in-training validation: a fixed draw of up to --val-images per source
+    for src, pairs in val_sets.items():
+        pick = sorted(rng.permutation(len(pairs))[:args.val_images].tolist())
+        val_pairs += [pairs[i] for i in pick]
+    print("data: " + ", ".join(f"{src} {len(tr)} train / {len(held)} held out" for src, (tr, held) in data.items())
+          + f", {len(synth)} synthetic; validating on {len(val_pairs)} during training "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
 
     if args.out is None:
@@ -295,13 +346,14 @@ def main(argv=None):
         net.set_out_channels(len(TARGETS[args.target]))
     print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
-    gen = train_iter(net, train_real + synth, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
+    gen = train_iter(net, train_pairs, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
                      lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
                      normalization=DEFAULT_NORMALIZATION, device="cpu", image_weights=weights,
                      gap_weight=1.0 if args.w0 is not None else args.gap_weight, weight_map=weight_map_params(args),
                      target=args.target, postprocess=val_postprocess(args),
                      loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision,
-                     classification_weight=args.classification_weight)
+                     classification_weight=args.classification_weight, checkpoint=args.checkpoint,
+                     resume=args.resume)
     recent: list[float] = []
 
     def report(e):
@@ -322,25 +374,30 @@ def main(argv=None):
           f"{result.best_step} AP@0.5 {result.metrics.get('ap50', float('nan')):.3f}", flush=True)
 
     net.eval()
-    table, (pp, scores) = tune_postprocess(net, val_pairs, args.target)
-    default_scores = next(s for p, s in table if p == dict(threshold=0.5, min_size=16, split_touching=True))
-    for p, s in table:
-        print(f"  postprocess {p}: AP@0.5 {s['ap50']:.3f}  F1 {s['f1']:.3f}  mean IoU {s['mean_iou']:.3f}")
-    print(f"chosen post-processing {pp}: AP@0.5 {scores['ap50']:.3f} F1 {scores['f1']:.3f} "
-          f"mean IoU {scores['mean_iou']:.3f} (default: AP@0.5 {default_scores['ap50']:.3f})", flush=True)
+    table, best = tune_postprocess(net, val_sets, args.target)
+    pp, per_source, mean_ap = best
+    for p, scores, mean in table:
+        print(f"  postprocess {p}: mean AP@0.5 {mean:.3f}  " + "  ".join(
+            f"{src} {m['ap50']:.3f}" for src, m in scores.items()))
+    default_row = next(r for r in table if r[0] == DEFAULT_PP)
+    print(f"chosen post-processing {pp}: " + ", ".join(f"{src} AP@0.5 {m['ap50']:.3f}" for src, m in per_source.items())
+          + " (default: " + ", ".join(f"{src} {m['ap50']:.3f}" for src, m in default_row[1].items()) + ")", flush=True)
     us_per_px = speed(net, args.target)
     print(f"speed: {us_per_px:.2f} µs/pixel with {torch.get_num_threads()} thread(s)", flush=True)
 
-    text = card(args, net, held_out, len(train_real), len(synth), result, default_scores, pp, scores,
-                train_seconds, us_per_px)
+    held_names = {src: sorted(datasets.split(datasets.SOURCES[src], args.data_root)[1]) for src in data}
+    text = card(args, net, {src: (tr, held_names[src]) for src, (tr, _) in data.items()}, len(synth), result,
+                table, best, train_seconds, us_per_px)
     provenance = {
         "trained": True,
-        "data": f"nuclei_dsb2018 ({len(train_real)} train / {len(held_out)} held out) + "
-                f"{len(synth)} synthetic fluorescent_nuclei",
-        "held_out": held_out,
-        "val_ap50": round(scores["ap50"], 4), "val_f1": round(scores["f1"], 4),
-        "val_mean_iou": round(scores["mean_iou"], 4), "val_ap50_default_postprocess": round(default_scores["ap50"], 4),
-        "postprocess": pp,
+        "data": "; ".join(f"{src}: {', '.join(datasets.SOURCES[src].folders)} ({len(tr)} train / "
+                          f"{len(held_names[src])} held out)" for src, (tr, _) in data.items())
+                + f"; {len(synth)} synthetic fluorescent_nuclei",
+        "held_out": held_names,
+        "val_ap50": round(mean_ap, 4),
+        "val_ap50_per_source": {src: round(m["ap50"], 4) for src, m in per_source.items()},
+        "val_ap50_default_postprocess": {src: round(m["ap50"], 4) for src, m in default_row[1].items()},
+        "postprocess": pp, "shares": shares,
         "loss": SegmentationLoss.from_spec(args.loss).describe(), "gap_weight": args.gap_weight,
         "weight_map": weight_map_params(args), "deep_supervision": spec.deep_supervision,
         "target": TARGET_TEXT[args.target], "val_postprocess_in_training": val_postprocess(args),
@@ -355,11 +412,12 @@ def main(argv=None):
     path = save_model(args.out, net, config, half=True)
     path.with_suffix(".md").write_text(text)
     check = load_model(path)  # the saved (float16) weights score the same
-    reloaded = mean_metrics([evaluate(lab, probabilities_to_labels(predict(check, im, device="cpu").probabilities,
-                                                                   target=args.target, **pp))
-                             for im, lab in val_pairs])
-    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB); reloaded AP@0.5 {reloaded['ap50']:.3f}; "
-          f"total {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    reloaded = {src: mean_metrics([evaluate(lab, probabilities_to_labels(
+        predict(check, im, device="cpu").probabilities, target=args.target, **pp)) for im, lab in pairs])["ap50"]
+        for src, pairs in val_sets.items()}
+    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB); reloaded AP@0.5 "
+          + ", ".join(f"{src} {v:.3f}" for src, v in reloaded.items())
+          + f"; total {(time.perf_counter() - start) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
