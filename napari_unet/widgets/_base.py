@@ -8,63 +8,20 @@ puts the result into layers (on the Qt thread), and overrides the ``_on_*`` hook
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
-import sys
 import threading
 
 from magicgui.widgets import Container
-from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
+from . import _workers
+from ._workers import BACKGROUND_NICENESS, in_background, yield_to_the_ui  # noqa: F401  (used from here)
 from ._layers import layer_meta  # noqa: F401  (widgets import it from here)
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-#: how much lower than napari's the scheduling priority of the plugin's worker threads is (Linux nice)
-BACKGROUND_NICENESS = 10
-
-
-def yield_to_the_ui() -> bool:
-    """Lower the calling thread's scheduling priority (Linux: ``nice`` +10 for this thread only), so
-    that on a busy CPU the Qt thread and napari's drawing run first and the viewer stays usable.
-
-    Threads started from this one afterwards (PyTorch's OpenMP team for its first parallel work
-    here) inherit the lower priority. A thread's nice value cannot be raised back without
-    privileges, which does not matter for the worker pool's threads: they only run background
-    jobs. Elsewhere (macOS, Windows) the priority is left as it is. Returns whether it changed.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        tid = threading.get_native_id()
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        if now >= BACKGROUND_NICENESS:
-            return False
-        os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICENESS)
-        return True
-    except OSError:  # not permitted (some sandboxes): run at the normal priority
-        return False
-
-
-def in_background(job):
-    """``job`` (a function or generator function) run by a worker thread at the priority set by
-    :func:`yield_to_the_ui`."""
-    if inspect.isgeneratorfunction(job):
-        def polite_generator(*args, **kwargs):
-            yield_to_the_ui()
-            return (yield from job(*args, **kwargs))
-        return polite_generator
-
-    def polite(*args, **kwargs):
-        yield_to_the_ui()
-        return job(*args, **kwargs)
-    return polite
 
 
 def device_line(choice: str, verb: str = "runs on") -> str:
@@ -101,18 +58,19 @@ class JobWidget(Container):
     #: the status line while a cancelled job winds down
     cancelling_message = "cancelling…"
 
-    def __init__(self, viewer, warm_up=None):
+    def __init__(self, viewer, warm_up: bool = True):
         super().__init__(labels=True)
         self._viewer = viewer
         self._worker = None
         self._stop: threading.Event | None = None
         self._progress = None
         self._torch_ready = False
-        if warm_up is not None:  # PyTorch loads in a worker: opening the widget does not freeze napari
-            worker = create_worker(in_background(warm_up), _start_thread=False)
-            worker.returned.connect(self._torch_loaded)
-            worker.start()
-            self._warm_up = worker  # keep a reference while it runs
+        # the dock's jobs stop, and their callbacks are dropped, when its Qt widget is destroyed
+        self.lifetime = _workers.Lifetime()
+        self.lifetime.attach(self.native)
+        self.lifetime.on_close = self._close_progress
+        if warm_up:  # PyTorch loads in a worker (once per process): opening the dock does not freeze napari
+            _workers.warm_up(self._torch_loaded, self.lifetime)
 
     def _torch_loaded(self, *_):
         self._torch_ready = True
@@ -137,16 +95,18 @@ class JobWidget(Container):
         :meth:`_on_progress`, its return value to ``on_result`` (Qt thread), errors to the status
         line and napari's notifications. ``stop`` (a new event if None) is what Cancel sets."""
         self._stop = stop or threading.Event()
-        worker = create_worker(in_background(job), _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_result)
-        worker.errored.connect(lambda exc: self.report_error(error_message(exc, self.job_name)))
-        worker.finished.connect(self._job_finished)
-        self._worker = worker
         self._progress = progress(total=total, desc=description)
+        self._worker = _workers.start(
+            job, lifetime=self.lifetime, stop=self._stop, yielded=self._on_progress, returned=on_result,
+            errored=lambda exc: self.report_error(error_message(exc, self.job_name)), finished=self._job_finished)
         self._on_job_started()
-        worker.start()
         return self._stop
+
+    def _close_progress(self):
+        """The dock is gone: napari's progress bar of its job goes too."""
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def cancel(self):
         """Ask the running job to stop (it stops within about a second); changes nothing.

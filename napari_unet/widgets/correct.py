@@ -27,12 +27,11 @@ import napari.viewer
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox)
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
-from ._base import in_background
+from . import _workers
 from ._layers import KEY
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class CorrectWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self._clicks: list = []  # pending click positions of a two-click tool
-        self._hooked: set[int] = set()  # ids of layers with our mouse callback
+        self._hooked: dict[int, tuple] = {}  # id of a watched layer -> (layer, its event callbacks)
         self._dirty: set[int] = set()  # ids of corrected layers with unsaved edits
         self._save_timer = QTimer()
         self._save_timer.setSingleShot(True)
@@ -69,6 +68,8 @@ class CorrectWidget(Container):
         self._write_lock = threading.Lock()  # one save at a time, in snapshot order
         self._snapshots = 0  # number of the latest snapshot taken
         self._written = 0  # number of the latest snapshot written
+        self.lifetime = _workers.Lifetime()  # its workers' callbacks are dropped once the dock is gone
+        self.lifetime.attach(self.native)
         self._close_watch = _CloseWatch(self.flush_now)
         qt_window = getattr(viewer.window, "_qt_window", None) if viewer.window is not None else None
         if qt_window is not None:  # the last second of edits is saved when the window closes
@@ -120,6 +121,7 @@ class CorrectWidget(Container):
         for event in (events.inserted, events.removed):
             event.connect(lambda *_: self.source.reset_choices())
         events.inserted.connect(self._on_inserted)
+        events.removing.connect(self._on_removing)
         for layer in viewer.layers:
             self._watch(layer)
 
@@ -219,11 +221,32 @@ class CorrectWidget(Container):
         kind = _meta(layer).get("kind")
         if kind not in ("corrections", "reviewed") or id(layer) in self._hooked:
             return
-        self._hooked.add(id(layer))
         if kind == "corrections":
             layer.mouse_drag_callbacks.append(self._on_click)
-        layer.events.paint.connect(lambda *_: self._mark_dirty(layer))
-        layer.events.data.connect(lambda *_: self._mark_dirty(layer))
+
+        def edited(*_):
+            self._mark_dirty(layer)
+        layer.events.paint.connect(edited)
+        layer.events.data.connect(edited)
+        self._hooked[id(layer)] = (layer, edited)
+
+    def _on_removing(self, event):
+        """A layer is about to leave the viewer (deleted, or napari closing: the viewer removes
+        every layer first): save its pending edits now, then let go of it (no callback of ours
+        stays on a removed layer)."""
+        try:
+            layer = event.source[event.index]
+        except (IndexError, TypeError, AttributeError):
+            return
+        if id(layer) not in self._hooked:
+            return
+        if self._dirty:
+            self.flush_now()
+        layer, edited = self._hooked.pop(id(layer))
+        if self._on_click in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_click)
+        layer.events.paint.disconnect(edited)
+        layer.events.data.disconnect(edited)
 
     def _on_tool_changed(self, *_):
         self._clicks = []
@@ -345,11 +368,9 @@ class CorrectWidget(Container):
                 return np.stack([loss_weight_map(p, w0=w0, sigma=sigma) for p in planes]).reshape(labels.shape)
             return loss_weight_map(labels, w0=w0, sigma=sigma, spacing=spacing)
 
-        worker = create_worker(in_background(job), _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda w: self._show_weights(w, name, corrected))
-        worker.errored.connect(lambda exc: self._report_error(f"Weight map failed: {exc}"))
         self.status.value = "computing the weight map…"
-        worker.start()
+        worker = _workers.start(job, lifetime=self.lifetime, returned=lambda w: self._show_weights(w, name, corrected),
+                                errored=lambda exc: self._report_error(f"Weight map failed: {exc}"))
         self._weight_worker = worker
         return worker
 
@@ -479,12 +500,11 @@ class CorrectWidget(Container):
         jobs, ids, write = self._snapshot()
         if not jobs:
             return
-        worker = create_worker(in_background(write), _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda n: setattr(self.status, "value", f"saved {n} correction(s)"))
-        worker.errored.connect(lambda exc: self._autosave_failed(exc, ids))
-        worker.finished.connect(lambda: setattr(self, "_saving", None))
-        self._saving = worker
-        worker.start()
+        # (no stop event: a save in progress is finished, also when napari quits)
+        self._saving = _workers.start(write, lifetime=self.lifetime,
+                                      returned=lambda n: setattr(self.status, "value", f"saved {n} correction(s)"),
+                                      errored=lambda exc: self._autosave_failed(exc, ids),
+                                      finished=lambda: setattr(self, "_saving", None))
 
     def flush(self):
         """Save pending edits now, in a worker (used by tests)."""

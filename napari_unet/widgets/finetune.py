@@ -29,15 +29,6 @@ FROM_FOLDER = "training-set folder"
 SAME_TARGET = "as the base model"
 
 
-def _import_torch_side():
-    """Load PyTorch and everything a first run needs (run in a worker thread when the dock opens:
-    imports hold Python's GIL, so the viewer would stall on them during a run instead)."""
-    from .. import devices, finetune, modelfile  # noqa: F401
-    from ..training.trainer import preload
-
-    preload()
-
-
 class FinetuneWidget(JobWidget):
     """Dock widget: base model, training data, loss, budget; Train/Cancel with a live chart."""
 
@@ -48,7 +39,7 @@ class FinetuneWidget(JobWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         from ..finetune import LOSS_PRESETS, FinetuneSettings
 
-        super().__init__(viewer, warm_up=_import_torch_side)  # PyTorch loads in a worker
+        super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         self.last_result = None
         self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
         defaults = FinetuneSettings()

@@ -27,22 +27,11 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, preload_layers, put_layer,
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, put_layer,
                       release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
-
-
-def _import_torch_side():
-    """Import PyTorch and the prediction modules (run in a worker thread when the dock opens:
-    imports hold Python's GIL, so the viewer would stall on them during the first run instead)."""
-    from .. import devices, modelfile  # noqa: F401
-    from ..inference import large, predictor, pyramid, segment  # noqa: F401
-    from ..inference.postprocess import preload
-
-    preload()
-    preload_layers()
 
 
 @dataclass
@@ -166,7 +155,7 @@ class SegmentWidget(JobWidget):
     job_name = "Segmentation"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(viewer, warm_up=_import_torch_side)  # PyTorch loads in a worker
+        super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         self._job_done = False
         self._pending_ui = False
         self._cached = None  # (settings, Predictor) of the last run

@@ -24,23 +24,13 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
-from ._layers import KEY, build_layer, preload_layers, put_layer, spatial_transform
+from ._layers import KEY, build_layer, put_layer, spatial_transform
 
 ALL = "all depths"
 NO_CORRECTIONS = "none"
 SCORE_COLUMNS = ["Dice", "AP@0.5", "objects"]
 PRUNE_COLUMNS = ["ms / Mpx", "speed-up", "Dice", "AP@0.5"]
 BEST_BRUSH = QBrush(QColor(60, 140, 60))
-
-
-def _import_torch_side():
-    """Load what a first run imports (in the dock's warm-up worker: imports hold Python's GIL)."""
-    from .. import modelfile  # noqa: F401
-    from ..inference import supervision  # noqa: F401
-    from ..inference.postprocess import preload
-
-    preload()
-    preload_layers()
 
 
 def _camera(viewer):
@@ -61,7 +51,7 @@ class SupervisionWidget(JobWidget):
     job_name = "The deep-supervision run"
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(viewer, warm_up=_import_torch_side)
+        super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         self._predictors: dict = {}
         self._supervised: dict = {}  # (model path, mtime) -> has deep supervision
         self._full_runs: dict = {}

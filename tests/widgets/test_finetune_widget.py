@@ -122,11 +122,11 @@ def test_the_warm_up_loads_what_a_run_imports(tmp_path):
     code = f"""
 import json, sys
 import numpy as np
-from napari_unet.widgets.finetune import _import_torch_side
+from napari_unet.widgets._workers import warm_up_imports
 from napari_unet.finetune import FinetuneSettings, finetune_iter
 from napari_unet.inference.predictor import run_to_end
 from napari_unet.synthetic import fluorescent_nuclei
-_import_torch_side()
+warm_up_imports()
 image, labels = fluorescent_nuclei((96, 96), 12, seed=0)
 before = set(sys.modules)
 settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1)

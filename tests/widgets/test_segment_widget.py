@@ -189,11 +189,11 @@ def test_the_warm_up_loads_what_a_run_imports():
 
     code = """
 import json, sys
-from napari_unet.widgets.segment import _import_torch_side
+from napari_unet.widgets._workers import warm_up_imports
 from napari_unet.inference.predictor import run_to_end
 from napari_unet.inference.segment import segment_iter
 from napari_unet.synthetic import fluorescent_nuclei
-_import_torch_side()
+warm_up_imports()
 image, _ = fluorescent_nuclei((96, 96), 12, seed=0)
 before = set(sys.modules)
 result = run_to_end(segment_iter("unet", image, device="cpu"))
