@@ -25,3 +25,25 @@ def test_bad_names_and_missing_devices_are_explained():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.bf16
+def test_bf16_on_a_cpu_that_has_it_segments_like_fp32(monkeypatch):
+    """Where the CPU has AVX-512 BF16 or AMX the predictor runs bf16 autocast: the masks match fp32's."""
+    import numpy as np
+
+    import napari_unet.devices as devices
+    from napari_unet.inference.predictor import run_to_end
+    from napari_unet.inference.segment import segment_iter
+    from napari_unet.metrics import evaluate
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    if not devices.cpu_has_fast_bf16():
+        pytest.skip("this CPU has no native bf16: it runs fp32")
+    assert resolve_device("cpu").autocast_dtype == torch.bfloat16 and "bf16" in str(resolve_device("cpu"))
+    image, _ = fluorescent_nuclei((256, 256), 30, seed=3)
+    fast = run_to_end(segment_iter("unet", image, device="cpu"))
+    monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda: False)
+    exact = run_to_end(segment_iter("unet", image, device="cpu"))
+    assert np.abs(fast.prediction.probabilities - exact.prediction.probabilities).max() < 0.1
+    assert evaluate(exact.labels, fast.labels)["ap50"] > 0.9
