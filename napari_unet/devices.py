@@ -2,11 +2,13 @@
 
 ``"auto"`` resolves to CUDA, then Apple MPS, then the CPU. Mixed precision is used only where
 the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 BF16 or AMX
-(other CPUs run fp32, which is faster there than emulated bf16).
+(other CPUs run fp32, which is faster there than emulated bf16). ``NAPARI_UNET_CPU_PRECISION=fp32``
+(or ``bf16``) overrides the CPU's choice, also in worker processes that inherit the environment.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -48,6 +50,17 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_bf16() -> bool:
+    """Whether CPU work runs bf16 autocast: ``NAPARI_UNET_CPU_PRECISION`` (``fp32`` / ``bf16``), else
+    where the CPU has native bf16 (:func:`cpu_has_fast_bf16`)."""
+    choice = os.environ.get("NAPARI_UNET_CPU_PRECISION", "auto").strip().lower()
+    if choice in ("fp32", "float32"):
+        return False
+    if choice in ("bf16", "bfloat16"):
+        return True
+    return cpu_has_fast_bf16()
+
+
 def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -83,6 +96,6 @@ def resolve_device(choice: str | torch.device = "auto", mixed_precision: bool = 
             raise ValueError("Apple MPS was asked for but is not available here: choose 'auto' or 'cpu'.")
         return DeviceInfo(torch.device("mps"), "mps (Apple GPU)", torch.float16 if mixed_precision else None)
     threads = torch.get_num_threads()
-    amp = torch.bfloat16 if (mixed_precision and cpu_has_fast_bf16()) else None
+    amp = torch.bfloat16 if (mixed_precision and cpu_bf16()) else None
     label = f"cpu, {threads} thread{'s' if threads != 1 else ''}" + (", bf16" if amp else "")
     return DeviceInfo(torch.device("cpu"), label, amp)

@@ -16,10 +16,13 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes with one thread each, on loopback only."""
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                                  dashboard_address=None) as local:
-        yield local
+    """Two worker processes with one thread each, on loopback only; fp32 like the tests' own
+    process (started before the per-test fixture sets it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NAPARI_UNET_CPU_PRECISION", "fp32")
+        with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                      dashboard_address=None) as local:
+            yield local
 
 
 @pytest.fixture(scope="module")
