@@ -265,15 +265,17 @@ def _training_data(args) -> tuple[list, str]:
 
 
 def cmd_train(args) -> int:
+    """``napari-unet train``: the Fine-tune widget's engine (:func:`napari_unet.finetune.finetune_iter`)
+    with its defaults (:class:`~napari_unet.finetune.FinetuneSettings`); the options given override them."""
+    import math
     import signal
     import threading
+    from dataclasses import replace
 
+    from .finetune import FinetuneSettings, finetune_iter
     from .inference.predictor import run_to_end
-    from .modelfile import ModelFileError, load_model, make_config, save_model
-    from .training import SegmentationLoss, train_iter
+    from .modelfile import ModelFileError, load_model
 
-    if args.minutes is None and args.epochs is None:
-        args.minutes = 5.0
     out = Path(args.output)
     if out.suffix != ".safetensors":
         out = out.with_name(out.name + ".safetensors")
@@ -284,72 +286,59 @@ def cmd_train(args) -> int:
         base = load_model(args.model)
     except ModelFileError as exc:
         raise UsageError(str(exc)) from None
-    if args.training_set:  # the Fine-tune widget's split: whole images, or a reviewed strip of each
-        from .finetune import _planes, split_by_region
-
-        try:
-            train, val = split_by_region(_planes(pairs, base.spatial_dims))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if not val:
-            print("warning: no image or fully reviewed strip to hold out: training without validation",
-                  file=sys.stderr)
-    else:  # hold out whole images for validation: every 5th image, at least one when there are two or more
-        val = pairs[::5] if len(pairs) >= 2 else pairs
-        train = [p for i, p in enumerate(pairs) if i % 5] if len(pairs) >= 2 else pairs
+    defaults = FinetuneSettings()
+    given = {key: getattr(args, key) for key in ("minutes", "epochs", "loss", "target", "w0", "sigma", "patience",
+                                                  "batch_size", "lr", "seed", "device", "steps_per_epoch")
+             if getattr(args, key) is not None}
+    if args.patch_size is not None:
+        given["patch_size"] = args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)
+    if args.no_weight_map:
+        given["weights"] = "none"
+    elif args.weight_map is not None:
+        given["weights"] = args.weight_map
+    if "epochs" in given:  # a number of epochs replaces the default time budget
+        given.setdefault("minutes", None)
+    settings = replace(defaults, **given)
     try:
-        loss = SegmentationLoss.from_spec(args.loss)
+        settings.weight_map()
+        from .training import SegmentationLoss
+
+        SegmentationLoss.from_spec(settings.loss_spec()[0])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    weight_map = None if args.no_weight_map else {"w0": args.w0, "sigma": args.sigma}
-    net = base.net.train()
-    if args.target != base.target:
-        from .modelfile import TARGETS
-
-        net.set_out_channels(len(TARGETS[args.target]))  # a new head; encoder and decoder are kept
-        print(f"{base.name} predicts a {base.target} target: its output layer was replaced for {args.target}")
+    triples = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in pairs]
     resume_file = out.with_name(out.name + ".resume")  # the run's state after every epoch (not a model file)
     if args.resume and not resume_file.is_file():
         raise UsageError(f"nothing to resume: {resume_file} does not exist (it is written after every epoch of a "
                          "run with the same -o)")
+    target = settings.target or base.target
+    if target != base.target:
+        print(f"{base.name} predicts a {base.target} target: its output layer is replaced for {target}")
+    weight_map = settings.weight_map()
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop and keep the best
-    print(f"training {base.name} on {len(train)} image(s), validating on {len(val)}; "
-          f"{'w0=%g, sigma=%g px weight map' % (args.w0, args.sigma) if weight_map else 'no weight map'}, "
-          f"loss {args.loss}; Ctrl-C stops and keeps the best model"
-          + (f"; resuming from {resume_file.name}" if args.resume else ""))
+    budget = f"{settings.minutes:g} min" if settings.minutes else f"{settings.epochs} epochs of {settings.steps_per_epoch} steps"
+    print(f"training {base.name} on {len(triples)} image(s) for {budget}; loss {settings.loss}"
+          f"{' (w0=%g, sigma=%g px weight map)' % (settings.w0, settings.sigma) if weight_map else ''}, "
+          f"lr {settings.lr:g}; Ctrl-C stops and keeps the best model"
+          + (f"; resuming from {resume_file.name}" if args.resume else ""), flush=True)
     show = _progress_printer("train")
 
-    def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float) -> dict:
-        provenance = {"trained": True, "base_model": base.name, "data": data,
-                      "train_images": len(train), "val_images": len(val), "loss": args.loss,
-                      "weight_map": weight_map, "target": args.target, "steps": steps, "best_step": best_step,
-                      "stopped": stopped, "val_ap50": metrics.get("ap50"), "seconds": round(seconds, 1),
-                      "postprocess": base.postprocess}
-        return make_config(net, base.config["architecture"], args.target, base.normalization, provenance,
-                           card=f"Fine-tuned from {base.name} by `napari-unet train` ({stopped}).")
-
-    def save(config):
-        try:
-            return save_model(out, net, config)
-        except OSError as exc:
-            raise UsageError(f"cannot write the model to {out}: {exc.strerror or exc}") from None
-
     def on_event(event):
-        if event.improved:  # checkpoint: a crash or kill later still leaves the best model so far
-            save(config_now("checkpoint", event.val_metrics or {}, event.step, event.step, 0.0))
+        if event.step == 0:
+            if event.val_ap is not None:
+                print(f"base model: validation AP@0.5 {event.val_ap:.3f}", flush=True)
+            return
+        loss = f"loss {event.loss:.4f}, " if math.isfinite(event.loss) else ""  # not on a validation-only event
         if event.total_steps:
             val = f" val AP50 {event.val_ap:.3f}" if event.val_ap is not None else ""
-            show(event.step, event.total_steps, f"loss {event.loss:.3f}{val}")
+            show(event.step, event.total_steps, f"{loss}{val}".strip(", "))
         if event.validated and not sys.stderr.isatty():
-            print(f"step {event.step}: loss {event.loss:.4f}, validation AP@0.5 {event.val_ap:.3f}")
+            print(f"step {event.step}: {loss}validation AP@0.5 {event.val_ap:.3f}", flush=True)
 
     try:
-        result = run_to_end(train_iter(net, train, val, patch_size=None if args.patch_size is None else (args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)), batch_size=args.batch_size,
-                                       lr=args.lr, epochs=args.epochs, minutes=args.minutes, stop=stop,
-                                       device=args.device, loss=loss, weight_map=weight_map,
-                                       normalization=base.normalization, seed=args.seed, target=args.target,
-                                       patience=args.patience, checkpoint=resume_file, resume=args.resume),
+        result = run_to_end(finetune_iter(base, triples, settings, path=out, overwrite=True, stop=stop, source=data,
+                                          checkpoint=resume_file, resume=args.resume, keep_unvalidated=True),
                             on_event)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -359,14 +348,15 @@ def cmd_train(args) -> int:
         print(file=sys.stderr)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if result.stopped.startswith(("non-finite", "out of")) and not result.metrics:
-        print(f"napari-unet: error: training broke off ({result.stopped}); no model was written", file=sys.stderr)
+    if result.path is None:
+        print(f"napari-unet: error: {result.stopped}; no model was written", file=sys.stderr)
         return 1
-    config = config_now(result.stopped, result.metrics, result.best_step, result.steps, result.seconds)
-    net.eval()
-    path = save(config)
-    print(f"saved {path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
-          f"{result.best_step} of {result.steps}; {result.stopped})")
+    pp = result.postprocess
+    chosen = (f"; post-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
+              f"{pp['min_size']}, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 {result.tuned_ap50:.3f})"
+              if result.tuned_ap50 is not None else "")
+    print(f"saved {result.path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
+          f"{result.best_step} of {result.steps}; {result.stopped}){chosen}")
     return 0
 
 
@@ -387,6 +377,8 @@ def cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .finetune import DEFAULT_LOSS, LOSS_PRESETS, FinetuneSettings
+
     parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy, headless.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list the architectures and the installed models")
@@ -427,24 +419,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "regions are honoured: pixels nobody reviewed are ignored)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model file to write (.safetensors)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=None, help="wall-time budget (default 5)")
-    budget.add_argument("--epochs", type=int, default=None, help="epochs of 50 steps")
-    p.add_argument("--loss", default="ce+dice",
-                   help="terms joined by '+', optionally weighted: ce, dice, focal, iou, ms-ssim, hybrid "
-                        "(U-Net 3+: focal + ms-ssim + iou); e.g. ce+2*dice. The weight map scales ce (and focal)")
-    p.add_argument("--target", choices=("binary", "boundary"), default="binary",
-                   help="binary foreground (touching objects cut apart) or background/interior/boundary")
-    p.add_argument("--w0", type=float, default=10.0, help="weight-map amplitude w0 (the U-Net paper: 10)")
-    p.add_argument("--sigma", type=float, default=5.0, help="weight-map sigma in pixels (the U-Net paper: 5)")
-    p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy")
+    d = FinetuneSettings()  # the one set of defaults, shared with the Fine-tune widget
+    budget.add_argument("--minutes", type=float, default=None, help=f"wall-time budget (default {d.minutes:g})")
+    budget.add_argument("--epochs", type=int, default=None, help="a number of epochs instead of a time budget")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help=f"training steps between validations (default {d.steps_per_epoch})")
+    p.add_argument("--loss", default=None,
+                   help=f"a preset ({'; '.join(LOSS_PRESETS)}; default: {DEFAULT_LOSS}) or terms joined by '+', "
+                        "optionally weighted: ce, dice, focal, iou, ms-ssim, hybrid (U-Net 3+: focal + ms-ssim + "
+                        "iou); e.g. ce+2*dice. A weight map scales ce (and focal)")
+    p.add_argument("--target", choices=("binary", "boundary"), default=None,
+                   help="binary foreground (touching objects cut apart) or background/interior/boundary "
+                        "(default: the base model's)")
+    p.add_argument("--weight-map", choices=("border", "full", "none"), default=None,
+                   help="the U-Net paper's weight map: its border term (w_c = 1), the full map with class balance "
+                        "w_c, or none (default: the loss preset's; none for a plain loss spec)")
+    p.add_argument("--w0", type=float, default=None, help=f"weight-map amplitude w0 (default {d.w0:g}, the paper's)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help=f"weight-map sigma in pixels (default {d.sigma:g}, the paper's)")
+    p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy (= --weight-map none)")
     p.add_argument("--patience", type=int, default=None,
-                   help="stop early after this many epochs without a better validation AP@0.5")
+                   help="stop early after this many validations without a better validation AP@0.5")
     p.add_argument("--patch-size", type=int, nargs="+", default=None,
                    help="patch side, or one size per axis (default: 256 for 2D models, 16 64 64 for 3D)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
+    p.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N | mps (default {d.device})")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run where its last epoch ended (weights, optimizer, schedule, "
                         "best model), from OUT.safetensors.resume; --minutes/--epochs count the whole run")

@@ -26,13 +26,26 @@ import numpy as np
 from .catalog import SUFFIX, bundled_models, known_models, user_model_dir
 from .trainingset import check_labels, safe_name
 
-#: Loss presets the widget offers: label -> (loss spec, use the paper's weight map).
+#: Loss presets the widget offers: label -> (loss spec, weight map). The weight map is the U-Net
+#: paper's: ``"border"`` its separation term alone (w0 exp(-(d1 + d2)^2 / 2 sigma^2), w_c = 1),
+#: ``"full"`` with the class-balance term w_c too, None none. The default is the border term
+#: with CE + Dice: w_c lowered AP in every measurement (benchmarks/README.md).
 LOSS_PRESETS = {
-    "weight-map CE (U-Net paper)": ("ce", True),
-    "weight-map CE + Dice": ("ce+dice", True),
-    "plain CE": ("ce", False),
-    "U-Net 3+ hybrid (focal + MS-SSIM + IoU)": ("hybrid", False),
+    "border-weighted CE + Dice": ("ce+dice", "border"),
+    "weight-map CE (U-Net paper)": ("ce", "full"),
+    "weight-map CE + Dice": ("ce+dice", "full"),
+    "CE + Dice": ("ce+dice", None),
+    "plain CE": ("ce", None),
+    "U-Net 3+ hybrid (focal + MS-SSIM + IoU)": ("hybrid", None),
 }
+DEFAULT_LOSS = "border-weighted CE + Dice"
+
+
+def weight_map_params(kind: str | None, w0: float, sigma: float) -> dict | None:
+    """The trainer's ``weight_map`` argument for a preset's weight-map kind."""
+    if kind is None:
+        return None
+    return {"w0": w0, "sigma": sigma, "class_weights": "balanced" if kind == "full" else None}
 
 
 @dataclass
@@ -40,9 +53,9 @@ class FinetuneSettings:
     """What to train and for how long. The defaults are tuned for a first run on a CPU: a
     visible gain in a few minutes (see the README's numbers on phase-contrast cells)."""
 
-    minutes: float | None = 3.0  # wall-time budget (validation included)
+    minutes: float | None = 5.0  # wall-time budget (validation included)
     epochs: int | None = None  # or a number of epochs of ``steps_per_epoch`` steps
-    loss: str = "weight-map CE (U-Net paper)"  # a key of LOSS_PRESETS or a loss spec ("ce+dice")
+    loss: str = DEFAULT_LOSS  # a key of LOSS_PRESETS or a loss spec ("ce+dice")
     w0: float = 10.0  # weight-map amplitude (the paper's w0)
     sigma: float = 5.0  # weight-map width, in pixels
     target: str | None = None  # "binary" / "boundary"; None keeps the base model's
@@ -54,11 +67,21 @@ class FinetuneSettings:
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.25  # of each image, as a strip, when there are fewer than 3 images
+    patience: int | None = None  # stop after this many validations without a better AP@0.5 (None: never)
+    weights: str | None = None  # weight map: None = the loss preset's; "border", "full" or "none"
 
-    def loss_spec(self) -> tuple[str, bool]:
+    def loss_spec(self) -> tuple[str, str | None]:
+        """``(loss spec, weight-map kind)``: a preset's, or a plain loss spec with no weight map."""
         if self.loss in LOSS_PRESETS:
             return LOSS_PRESETS[self.loss]
-        return self.loss, False
+        return self.loss, None
+
+    def weight_map(self) -> dict | None:
+        """The trainer's ``weight_map`` argument (None: unweighted cross-entropy)."""
+        if self.weights is not None and self.weights not in ("border", "full", "none"):
+            raise ValueError(f"Unknown weight map {self.weights!r}: choose border, full or none.")
+        kind = self.loss_spec()[1] if self.weights is None else (None if self.weights == "none" else self.weights)
+        return weight_map_params(kind, self.w0, self.sigma)
 
 
 @dataclass
@@ -74,6 +97,9 @@ class FinetuneResult:
     seconds: float
     history: list = field(default_factory=list)
     warnings: list = field(default_factory=list)  # e.g. "Out of CUDA memory at step 12: continuing with batch size 2."
+    postprocess: dict = field(default_factory=dict)  # the post-processing stored with the model
+    tuned_ap50: float | None = None  # validation AP@0.5 with it (chosen on the same regions)
+    best_step: int = 0  # the step of the best validation (of the saved weights)
 
     @property
     def gain(self) -> float | None:
@@ -151,10 +177,19 @@ def unique_model_name(base: str) -> str:
 
 def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = None, *, name: str | None = None,
                   out_dir: str | Path | None = None, stop: threading.Event | None = None,
-                  source: str = "") -> Iterator:
+                  source: str = "", path: str | Path | None = None, overwrite: bool = False,
+                  checkpoint: str | Path | None = None, resume: bool = False,
+                  keep_unvalidated: bool = False) -> Iterator:
     """Fine-tune ``base`` (a model name, a path or a :class:`~napari_unet.modelfile.LoadedModel`)
     on ``triples`` of ``(image, labels, reviewed)`` and save the best model as
-    ``<out_dir>/<name>.safetensors`` (default: the user's model folder, a fresh name).
+    ``<out_dir>/<name>.safetensors`` (default: the user's model folder, a fresh name), or as
+    ``path`` when given (``overwrite``: an existing file there may be replaced, as
+    ``napari-unet train -o`` does). The one training engine of the widget, the CLI and Python.
+
+    ``checkpoint``: write the run's state there after every epoch; ``resume``: continue the run
+    saved there (``settings.minutes`` / ``epochs`` count the whole run). ``keep_unvalidated``: a
+    run stopped before its first validation still saves its last weights (the command line's
+    Ctrl-C; the widget saves nothing then).
 
     Yields :class:`~napari_unet.training.trainer.TrainingEvent` (the first one, ``step=0``,
     carries the base model's validation score as ``val_metrics``); returns a
@@ -167,7 +202,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     from .inference.predictor import PredictionCancelled
     from .modelfile import LoadedModel, load_model, make_config, save_model
     from .training import SegmentationLoss, train_iter
-    from .training.trainer import TrainingEvent, validate
+    from .training.trainer import TrainingEvent, tune_postprocess, validate
 
     started = time.perf_counter()
     settings = settings or FinetuneSettings()
@@ -189,9 +224,13 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     checked = _planes(checked, net.spatial_dims)
     train, val = split_by_region(checked, settings.val_fraction, min_side=64)
     target = settings.target or loaded.target
-    spec, use_weight_map = settings.loss_spec()
+    spec, _ = settings.loss_spec()
     loss = SegmentationLoss.from_spec(spec)
-    weight_map = {"w0": settings.w0, "sigma": settings.sigma} if use_weight_map else None
+    weight_map = settings.weight_map()
+    if path is not None:
+        path = Path(path)
+        out_dir, name = path.parent, path.name[:-len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
+        path = out_dir / f"{name}{SUFFIX}"
     out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,9 +240,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     except OSError as exc:
         raise ValueError(f"Cannot write models to {out_dir}: {exc.strerror}. Set NAPARI_UNET_MODEL_DIR to a "
                          "writable folder.") from None
-    name = safe_name(name) if name else unique_model_name(loaded.name or "model")
-    path = out_dir / f"{name}{SUFFIX}"
-    if path.exists():
+    if path is None:
+        name = safe_name(name) if name else unique_model_name(loaded.name or "model")
+        path = out_dir / f"{name}{SUFFIX}"
+    if path.exists() and not overwrite:
         raise ValueError(f"A model named {name!r} already exists ({path}): choose another name, or delete that "
                          "file first. Fine-tuning never overwrites a model.")
     if out_dir == user_model_dir() and name in bundled_models():
@@ -238,21 +278,27 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             "settings": asdict(settings), "steps": steps, "best_step": best_step, "stopped": stopped,
             "val_ap50": metrics.get("ap50"), "val_metrics": metrics, "baseline_val_ap50": baseline.get("ap50"),
             "seconds": round(seconds, 1), "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "postprocess": postprocess,
+            "postprocess": postprocess, "postprocess_tuned": tuned is not None,
+            "val_ap50_tuned_postprocess": tuned,
         }
         card = (f"# {name}\n\nFine-tuned from `{loaded.name}` on {len(train)} corrected image(s) "
                 f"({source or 'corrections'}), loss {settings.loss}"
                 f"{f' (w0={settings.w0:g}, sigma={settings.sigma:g} px)' if weight_map else ''}, target {target}, "
                 f"{steps} steps ({stopped}).\n\nValidation AP@0.5 on held-out regions: "
                 f"{metrics.get('ap50', float('nan')):.3f} (base model: {baseline.get('ap50', float('nan')):.3f}).\n")
+        if tuned is not None:
+            card += (f"\nPost-processing chosen on the same regions: threshold {postprocess['threshold']:g}, minimum "
+                     f"size {postprocess['min_size']} px, {'split' if postprocess['split_touching'] else 'no split'} "
+                     f"(AP@0.5 {tuned:.3f}).\n")
         return make_config(net, loaded.config["architecture"], target, loaded.normalization, provenance, card)
 
-    saved = None
+    saved, tuned = None, None
     gen = train_iter(net, train, val, patch_size=settings.patch_size, batch_size=settings.batch_size,
                      lr=settings.lr, epochs=settings.epochs, minutes=settings.minutes,
                      steps_per_epoch=settings.steps_per_epoch, seed=settings.seed,
                      normalization=loaded.normalization, stop=stop, device=settings.device, loss=loss,
-                     weight_map=weight_map, target=target, postprocess=postprocess, augment=settings.augment)
+                     weight_map=weight_map, target=target, postprocess=postprocess, augment=settings.augment,
+                     patience=settings.patience, checkpoint=checkpoint, resume=resume)
     try:
         while True:
             event = next(gen)
@@ -264,9 +310,18 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         result = done.value
     # without validation the last state is all there is: worth keeping unless nothing was trained
     # or the loss broke (the weights that made it break are suspect)
-    unvalidated_ok = not val and result.steps > 0 and not result.stopped.startswith("non-finite")
+    unvalidated_ok = (not val or keep_unvalidated) and result.steps > 0 and not result.stopped.startswith("non-finite")
+    if result.metrics and val and not (stop is not None and stop.is_set()):
+        # the post-processing for this model, chosen on the held-out regions (a few seconds)
+        try:
+            postprocess, table = tune_postprocess(net.eval(), val, loaded.normalization, settings.device, target,
+                                                  stop=stop)
+            tuned = round(max(score for _, score in table), 4)
+        except PredictionCancelled:
+            pass
     if result.metrics or unvalidated_ok:
         saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
     return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
-                          result.seconds, result.history, list(result.warnings))
+                          result.seconds, result.history, list(result.warnings), dict(postprocess), tuned,
+                          result.best_step)

@@ -83,6 +83,49 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", t
     return relabel_sequential(labels)[0].astype(np.int32)
 
 
+#: what :func:`choose_postprocess` tries: thresholds, minimum sizes as a fraction of the median
+#: object's area (at least 4 px), and splitting on / off (binary targets)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_SIZE_FRACTIONS = (0.05, 0.15, 0.3)
+
+
+def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict, list]:
+    """The post-processing that scores best on held-out data, and the table of every choice.
+
+    ``items``: ``(probabilities (K, *spatial), labels (*spatial))`` pairs (probabilities
+    predicted once; only the post-processing varies), or ``(probabilities, labels, group)``
+    triples: the score is then the mean of the groups' mean AP@0.5 (so a source with many
+    images does not outvote one with few). ``metric(labels, prediction) -> dict`` with ``ap50``
+    defaults to :func:`napari_unet.metrics.evaluate`. A few seconds on a few megapixels.
+    Returns ``(best settings for probabilities_to_labels, [(settings, score), ...])``; ties go to
+    the first choice in the grid order nearest the defaults (threshold 0.5).
+    """
+    from ..metrics import evaluate
+
+    metric = metric or evaluate
+    items = [tuple(item) + (0,) if len(item) == 2 else tuple(item) for item in items]
+    if not items:
+        raise ValueError("choose_postprocess needs at least one (probabilities, labels) pair.")
+    areas = np.concatenate([np.bincount(np.asarray(lab).ravel())[1:] for _, lab, _ in items])
+    areas = areas[areas > 0]
+    median = float(np.median(areas)) if areas.size else 64.0
+    min_sizes = sorted({max(4, int(round(f * median))) for f in MIN_SIZE_FRACTIONS})
+    splits = (True, False) if target == "binary" else (True,)
+    thresholds = sorted(THRESHOLDS, key=lambda t: abs(t - 0.5))  # the default first: it wins ties
+    table = []
+    for threshold in thresholds:
+        for min_size in min_sizes:
+            for split in splits:
+                pp = {"threshold": threshold, "min_size": min_size, "split_touching": split}
+                groups: dict = {}
+                for probs, labels, group in items:
+                    predicted = probabilities_to_labels(probs, target=target, **pp)
+                    groups.setdefault(group, []).append(metric(np.asarray(labels), predicted)["ap50"])
+                table.append((pp, float(np.mean([np.mean(v) for v in groups.values()]))))
+    best = max(table, key=lambda row: row[1])  # max keeps the first of equal scores
+    return best[0], table
+
+
 def preload() -> None:
     """Load scikit-image's lazily imported modules that post-processing uses (imports hold Python's
     GIL: a widget calls this in its warm-up worker, so a first run does not stall the viewer)."""

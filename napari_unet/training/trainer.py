@@ -114,8 +114,14 @@ def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = 
 
     Setting ``stop`` raises :class:`~napari_unet.inference.predictor.PredictionCancelled` within
     about one layer's time (even inside a large tile), so a cancel never waits for a validation pass."""
+    scores = [evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
+              for probs, labels in _held_out_probabilities(net, pairs, normalization, device, target, stop)]
+    return mean_metrics(scores)
+
+
+def _held_out_probabilities(net, pairs, normalization, device, target, stop):
+    """``(probabilities, labels)`` of each ``(image, labels)`` pair, predicted by the tiled predictor."""
     predictor = Predictor(as_loaded_model(net, normalization, target), device=device)
-    scores = []
     for image, labels in pairs:
         # colour last, as image files hold it: the predictor makes it grey for one-channel networks
         rgb = np.ndim(image) == np.ndim(labels) + 1 and np.shape(image)[:-1] == np.shape(labels) \
@@ -123,8 +129,18 @@ def validate(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = 
         probs = predict(predictor.model, image, predictor=predictor, stop=stop, rgb=rgb).probabilities
         if stop is not None and stop.is_set():
             raise PredictionCancelled()
-        scores.append(evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {}))))
-    return mean_metrics(scores)
+        yield probs, labels
+
+
+def tune_postprocess(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
+                     target: str = "binary", stop: threading.Event | None = None) -> tuple[dict, list]:
+    """The post-processing (threshold, minimum size, splitting) that scores best on the held-out
+    ``(image, labels)`` pairs, each predicted once: ``(settings, table)`` of
+    :func:`~napari_unet.inference.postprocess.choose_postprocess`. Setting ``stop`` raises
+    :class:`~napari_unet.inference.predictor.PredictionCancelled`."""
+    from ..inference.postprocess import choose_postprocess
+
+    return choose_postprocess(list(_held_out_probabilities(net, pairs, normalization, device, target, stop)), target)
 
 
 def _state_copy(net: torch.nn.Module) -> dict:

@@ -356,6 +356,7 @@ class CorrectWidget(Container):
         corrected = self.corrected_layer()
         labels = np.asarray(corrected.data).copy()
         w0, sigma = float(self.w0.value), float(self.sigma.value)
+        class_weights = self._loss_class_weights()
         micrometres = self.sigma_unit.value != "pixels"
         spacing = tuple(float(s) for s in corrected.scale) if micrometres else None
         name = f"{corrected.name} weight map"
@@ -365,14 +366,26 @@ class CorrectWidget(Container):
 
             if labels.ndim > 2 and spacing is None:  # pixels: plane by plane, like the 2D loss sees them
                 planes = labels.reshape((-1,) + labels.shape[-2:])
-                return np.stack([loss_weight_map(p, w0=w0, sigma=sigma) for p in planes]).reshape(labels.shape)
-            return loss_weight_map(labels, w0=w0, sigma=sigma, spacing=spacing)
+                return np.stack([loss_weight_map(p, w0=w0, sigma=sigma, class_weights=class_weights)
+                                 for p in planes]).reshape(labels.shape)
+            return loss_weight_map(labels, w0=w0, sigma=sigma, spacing=spacing, class_weights=class_weights)
 
         self.status.value = "computing the weight map…"
         worker = _workers.start(job, lifetime=self.lifetime, returned=lambda w: self._show_weights(w, name, corrected),
                                 errored=lambda exc: self._report_error(f"Weight map failed: {exc}"))
         self._weight_worker = worker
         return worker
+
+    def _loss_class_weights(self):
+        """The map the fine-tuning loss uses: the Fine-tune dock's chosen loss in this viewer, or
+        the default loss (the border term alone, w_c = 1)."""
+        from ..finetune import FinetuneSettings
+        from .finetune import FinetuneWidget
+
+        docks = [w for w in list(FinetuneWidget.instances) if w._viewer is self._viewer]
+        settings = docks[-1].settings() if docks else FinetuneSettings()
+        params = settings.weight_map() or FinetuneSettings().weight_map()
+        return params["class_weights"]
 
     def _show_weights(self, weights, name, corrected):
         if name in self._viewer.layers and _meta(self._viewer.layers[name]).get("kind") == "weight map":

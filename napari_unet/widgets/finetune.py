@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import napari.viewer
@@ -29,6 +30,15 @@ FROM_FOLDER = "training-set folder"
 SAME_TARGET = "as the base model"
 
 
+def advice(result) -> str:
+    """What to do next when fine-tuning gained little (a line for the status), else ""."""
+    base, best = result.baseline.get("ap50"), result.metrics.get("ap50")
+    if base is None or best is None or best - base >= 0.02:
+        return ""
+    return ("\nlittle gain over the base model: correct more objects (every object in the reviewed area), mark "
+            "more area reviewed, or train longer")
+
+
 class FinetuneWidget(JobWidget):
     """Dock widget: base model, training data, loss, budget; Train/Cancel with a live chart."""
 
@@ -36,10 +46,14 @@ class FinetuneWidget(JobWidget):
     cancelled_message = None  # the result says what was kept
     cancelling_message = "stopping (the best model so far is kept)…"
 
+    #: the open Fine-tune docks (the Correct dock shows the weight map of their chosen loss)
+    instances: "weakref.WeakSet[FinetuneWidget]" = weakref.WeakSet()
+
     def __init__(self, viewer: napari.viewer.Viewer):
         from ..finetune import LOSS_PRESETS, FinetuneSettings
 
         super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
+        FinetuneWidget.instances.add(self)
         self.last_result = None
         self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
         defaults = FinetuneSettings()
@@ -108,7 +122,7 @@ class FinetuneWidget(JobWidget):
     def _on_loss_changed(self, *_):
         from ..finetune import LOSS_PRESETS
 
-        uses_map = LOSS_PRESETS.get(self.loss.value, ("", False))[1]
+        uses_map = LOSS_PRESETS.get(self.loss.value, ("", None))[1] is not None
         self.w0.enabled = self.sigma.enabled = uses_map
 
     # -- training data ---------------------------------------------------------------------
@@ -281,9 +295,13 @@ class FinetuneWidget(JobWidget):
         base = result.baseline.get("ap50")
         best = result.metrics.get("ap50")
         gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
+        pp = result.postprocess
+        chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
+                  f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
+                  f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
         self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): validation AP@0.5 "
-                             f"{best if best is not None else float('nan'):.3f}{gain}") + \
-            "".join(f"\n{warning}" for warning in result.warnings)
+                             f"{best if best is not None else float('nan'):.3f}{gain}{chosen}"
+                             f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
         for warning in result.warnings:
             show_warning(warning)
         notify_models_changed()

@@ -70,7 +70,8 @@ def test_train_then_predict_then_evaluate(train_folders, make_random_model, caps
     from napari_unet.modelfile import load_model
 
     tuned = load_model(t / "tuned.safetensors")
-    assert tuned.config["provenance"]["steps"] == 50 and tuned.config["provenance"]["weight_map"]["w0"] == 10.0
+    # one epoch of the shared default (FinetuneSettings.steps_per_epoch) steps, the default border-term weight map
+    assert tuned.config["provenance"]["steps"] == 20 and tuned.config["provenance"]["weight_map"]["w0"] == 10.0
     assert main(["predict", str(t / "tuned.safetensors"), *map(str, sorted((t / "images").iterdir())),
                  "-o", str(t / "pred")]) == 0
     capsys.readouterr()
@@ -122,8 +123,8 @@ def test_train_resume_continues_where_the_last_epoch_ended(train_folders, make_r
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resuming from tuned.safetensors.resume" in out
-    assert "step 100:" in out and "step 50:" not in out  # only the second epoch ran
-    assert load_model(t / "tuned.safetensors").config["provenance"]["steps"] == 100  # 50 before, 50 after
+    assert "step 40:" in out and "step 20:" not in out  # only the second epoch ran
+    assert load_model(t / "tuned.safetensors").config["provenance"]["steps"] == 40  # 20 before, 20 after
 
 
 @pytest.mark.parametrize("breakage,message", [

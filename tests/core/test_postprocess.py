@@ -69,3 +69,27 @@ def test_segment_iter_labels_a_stack_plane_by_plane(tiny_model):
         expected = probabilities_to_labels(seg.prediction.probabilities[i], threshold=0.3)
         assert np.array_equal(seg.labels[i], expected)
     assert [e.message for e in events[-3:]] == ["finding objects"] * 3
+
+
+def test_choose_postprocess_picks_what_scores_best_on_held_out_labels():
+    from napari_unet.inference.postprocess import choose_postprocess
+
+    # two discs that touch through a neck: only splitting them scores; a faint blob (p = 0.45)
+    # is a real object only when the threshold is under 0.45
+    yy, xx = np.mgrid[:64, :96]
+    a = (yy - 32) ** 2 + (xx - 28) ** 2 < 15 ** 2
+    b = (yy - 32) ** 2 + (xx - 56) ** 2 < 15 ** 2
+    faint = (yy - 10) ** 2 + (xx - 88) ** 2 < 5 ** 2
+    probs = np.where(a | b, 0.95, np.where(faint, 0.45, 0.02)).astype(np.float32)[None]
+    labels = np.zeros((64, 96), np.int32)
+    labels[a & (xx < 42)] = 1
+    labels[b & (xx >= 42)] = 2
+    labels[faint] = 3
+    best, table = choose_postprocess([(probs, labels)])
+    assert best["split_touching"] and best["threshold"] < 0.45
+    assert len(table) == 5 * 3 * 2 or len(table) == 5 * 2 * 2  # every choice scored (min sizes may coincide)
+    assert max(score for _, score in table) == pytest.approx(1.0)
+    # groups: the mean of each group's mean, so one image of a small group weighs as much as many
+    plain = np.zeros((1, 32, 32), np.float32)
+    _, grouped = choose_postprocess([(probs, labels, "cells"), (plain, np.zeros((32, 32), np.int32), "empty")])
+    assert all(0.0 <= score <= 1.0 for _, score in grouped)

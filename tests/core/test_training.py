@@ -310,3 +310,27 @@ def test_resume_without_a_checkpoint_or_with_another_network_is_refused(nuclei_p
     with pytest.raises(ValueError, match="belongs to another network"):
         next(train_iter(other, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, device="cpu",
                         resume=True, checkpoint=tmp_path / "c.safetensors"))
+
+
+def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp_path, one_thread):
+    """After training, threshold / minimum size / splitting are chosen on the held-out regions and
+    stored in the model file: segment_iter (and the widgets' fields) use them."""
+    from napari_unet.finetune import FinetuneSettings, finetune_iter
+    from napari_unet.inference.postprocess import THRESHOLDS
+    from napari_unet.inference.predictor import run_to_end
+    from napari_unet.modelfile import load_model
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    triples = []
+    for seed in range(2):
+        image, labels = fluorescent_nuclei((160, 160), 18, seed=seed)
+        triples.append((image, labels, np.ones(labels.shape, bool)))
+    settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=3, patch_size=64, batch_size=2,
+                                device="cpu")
+    result = run_to_end(finetune_iter("unet", triples, settings, out_dir=tmp_path))
+    assert result.tuned_ap50 is not None and 0.0 <= result.tuned_ap50 <= 1.0
+    assert result.postprocess["threshold"] in THRESHOLDS
+    model = load_model(result.path)
+    assert model.postprocess == result.postprocess
+    assert model.config["provenance"]["postprocess_tuned"] and "Post-processing chosen" in model.config["card"]
+    assert model.config["provenance"]["weight_map"] == {"w0": 10.0, "sigma": 5.0, "class_weights": None}
