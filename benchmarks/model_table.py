@@ -94,9 +94,11 @@ def pruned_rows(threads: int, repeats: int, data: Path):
         return []
     torch.set_num_threads(threads)
     model = load_model("unet++")
-    held = model.config["provenance"].get("held_out", [])
-    pairs = [(tifffile.imread(data / "images" / f"{n}.tif"), tifffile.imread(data / "masks" / f"{n}.tif"))
-             for n in held if (data / "images" / f"{n}.tif").exists()]
+    held = model.config["provenance"].get("held_out", [])  # a list (nuclei only) or one per source
+    held = held.get("nuclei", []) if isinstance(held, dict) else held
+    pairs = [(tifffile.imread(folder / "images" / f"{n}.tif"), tifffile.imread(folder / "masks" / f"{n}.tif"))
+             for folder in (data, data.parent / "nuclei_dsb2018_more") for n in held
+             if (folder / "images" / f"{n}.tif").exists()]
     x = torch.randn(1, 1, 512, 512)
     out = []
     for depth in range(1, model.net.depth + 1):

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_bundled import DEFAULT_DATA, WEIGHTS, load_dsb, synthetic_pairs  # noqa: E402
+from train_bundled import WEIGHTS, synthetic_pairs  # noqa: E402
+
+from napari_unet import datasets  # noqa: E402
 
 from napari_unet.inference.inputs import fit_normalizer  # noqa: E402
 from napari_unet.modelfile import load_model, save_model  # noqa: E402
@@ -98,7 +100,8 @@ def evaluate(cgm, features, labels) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="folder of the data sources (default: $NAPARI_UNET_DATA or ../shared/data)")
     ap.add_argument("--model", type=Path, default=WEIGHTS / "unet3+.safetensors")
     ap.add_argument("--crops", type=int, default=1200, help="training crops (half with objects)")
     ap.add_argument("--steps", type=int, default=600)
@@ -111,8 +114,10 @@ def main(argv=None):
     start = time.perf_counter()
     lm = load_model(args.model)
     net = lm.net
-    held_out = set(lm.config["provenance"]["held_out"])
-    real = load_dsb(args.data)
+    held = lm.config["provenance"]["held_out"]  # a list (nuclei only), or a list per source
+    held_out = set(held.get("nuclei", []) if isinstance(held, dict) else held)
+    nuclei = datasets.SOURCES["nuclei"]
+    real = {**datasets.load(nuclei, "train", args.data_root), **datasets.load(nuclei, "held_out", args.data_root)}
     train = [real[n] for n in sorted(real) if n not in held_out] + synthetic_pairs(40, args.seed) + \
         empty_images(10, 2000)
     test = [real[n] for n in sorted(held_out)] + synthetic_pairs(60, args.seed)[40:] + empty_images(4, 3000)
