@@ -68,6 +68,15 @@ def build_layer(data, layer_type: str, name: str, metadata: dict, data_checksum:
     return cls(data, name=name, metadata=meta, **kwargs)
 
 
+def model_label(model) -> str:
+    """The name a result layer shows for ``model``: a bundled or user model's full name
+    (``unet-2.5d-stack``, never a stem cut at its last dot), a model file's name without
+    ``.safetensors``."""
+    text = str(getattr(model, "name", None) or model)
+    name = text.replace("\\", "/").rsplit("/", 1)[-1]
+    return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+
+
 def preload_layers() -> None:
     """A worker's warm-up: napari's first Labels layer of a session imports pandas (~0.5 s, with
     Python's GIL held), so build a tiny one before a run builds its result layers."""
@@ -89,7 +98,9 @@ def put_layer(viewer, layer):
         target = viewer.layers[candidate]
         if layer.metadata[KEY].get("checksum") is None:
             break  # a lazy (zarr-backed) result always gets a layer of its own
-        if layer_kind(target) == kind and is_untouched_plugin_layer(target) and target.data.shape == layer.data.shape:
+        same_model = target.metadata.get(KEY, {}).get("model") == layer.metadata[KEY].get("model")
+        if layer_kind(target) == kind and is_untouched_plugin_layer(target) and same_model \
+                and target.data.shape == layer.data.shape:
             target.data = layer.data
             target.metadata[KEY] = layer.metadata[KEY]
             target.scale, target.translate = layer.scale, layer.translate

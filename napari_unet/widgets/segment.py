@@ -27,7 +27,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, put_layer,
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, model_label, put_layer,
                       release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
@@ -367,7 +367,7 @@ class SegmentWidget(JobWidget):
         device, tile = self.device.value, self.tile_size.value  # read widgets here, on the Qt thread
 
         meta = {"source": layer.name, "model": str(model), "kind": "labels"}
-        base = f"{layer.name} [{Path(str(model)).stem}]"
+        base = f"{layer.name} [{model_label(model)}]"
 
         def job():
             from ..inference.large import needs_blocks

@@ -24,7 +24,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
-from ._layers import KEY, build_layer, put_layer, spatial_transform
+from ._layers import KEY, build_layer, model_label, put_layer, spatial_transform
 
 ALL = "all depths"
 NO_CORRECTIONS = "none"
@@ -282,7 +282,7 @@ class SupervisionWidget(JobWidget):
         stop = threading.Event()
         device = self.device.value
         transform = spatial_transform(layer, None)
-        base = f"{layer.name} [{Path(str(model)).stem}]"
+        base = f"{layer.name} [{model_label(model)}]"
         try:
             truth, reviewed = self._corrections_data(self._spatial_shape(layer))
         except ValueError as exc:
@@ -423,7 +423,7 @@ class SupervisionWidget(JobWidget):
         stop = threading.Event()
         device = self.device.value
         transform = spatial_transform(layer, None)
-        base = f"{layer.name} [{Path(str(model)).stem}]"
+        base = f"{layer.name} [{model_label(model)}]"
 
         shape = self._spatial_shape(layer)
         full_key = (model, device, shape)

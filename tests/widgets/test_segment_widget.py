@@ -57,6 +57,23 @@ def test_rerun_updates_its_own_layer_but_never_the_users_edits(tiny_in_list, seg
     assert np.array_equal(first.data, edited)
 
 
+def test_each_model_gets_its_own_result_layer(segment_widget, run_and_wait):
+    """The two 2.5D models once shared the stem 'unet-2' and the second run overwrote the first's
+    layer: names carry the model's full name, and a layer is only updated by its own model."""
+    viewer, widget = segment_widget
+    viewer.open_sample("napari-unet", "nuclei3d")
+    image = viewer.layers[0]
+    firsts = {}
+    for model in ("unet-2.5d-stack", "unet-2.5d"):
+        widget.image.value = image
+        widget.model.value = model
+        run_and_wait(widget, timeout=300_000)
+        firsts[model] = viewer.layers[f"{image.name} [{model}] labels"]
+    assert firsts["unet-2.5d-stack"] is not firsts["unet-2.5d"]
+    assert firsts["unet-2.5d-stack"] in viewer.layers and firsts["unet-2.5d"] in viewer.layers
+    assert firsts["unet-2.5d-stack"].metadata["napari_unet"]["model"] == "unet-2.5d-stack"
+
+
 def test_cancel_mid_run_changes_no_layer(tiny_in_list, segment_widget, qtbot, click, run_and_wait):
     viewer, widget = segment_widget
     viewer.add_image(np.random.default_rng(1).random((1500, 1500)).astype(np.float32), name="big")
