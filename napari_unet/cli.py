@@ -93,9 +93,7 @@ def _is_input(path: Path) -> bool:
 
 
 def cmd_predict(args) -> int:
-    from .inference.predictor import Predictor, run_to_end
-    from .inference.segment import segment_iter
-    from .io import write_tif
+    from .inference.predictor import Predictor
     from .modelfile import ModelFileError
 
     inputs = [Path(p) for p in args.inputs]
@@ -122,29 +120,46 @@ def cmd_predict(args) -> int:
     except ModelFileError as exc:
         raise UsageError(str(exc)) from None
     print(f"model {predictor.model.name} on {predictor.device}")
-    for path in inputs:
-        image = _read_image(path)
+    failed = []
+    for path in inputs:  # one unreadable or unusable file does not stop the batch
         try:
-            seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
-                                          threshold=args.threshold, min_size=args.min_size,
-                                          split_touching=False if args.no_split else None),
-                             lambda e, show=_progress_printer(path.name): show(e.done, e.total, e.message))
-        except ValueError as exc:
-            raise UsageError(f"{path}: {exc}") from None
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-        for warning in seg.prediction.warnings:
-            print(f"{path.name}: warning: {warning}", file=sys.stderr)
-        target = outdir / f"{path.stem}.tif"
-        try:
-            write_tif(target, seg.labels)
-            if args.probabilities:
-                target = outdir / f"{path.stem}_probabilities.tif"
-                write_tif(target, seg.prediction.foreground)
-        except OSError as exc:
-            raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-        print(f"{path.name}: {int(seg.labels.max())} objects -> {outdir / (path.stem + '.tif')}")
-    return 0
+            _predict_one(args, predictor, path, outdir)
+        except UsageError as exc:
+            print(f"napari-unet: error: {exc}", file=sys.stderr)
+            failed.append(path.name)
+    if failed and len(inputs) > 1:
+        print(f"napari-unet: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); the others were "
+              "written", file=sys.stderr)
+    return EXIT_USAGE if failed else 0
+
+
+def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
+    """Segment one input file and write its outputs (``UsageError`` says what went wrong)."""
+    from .inference.predictor import run_to_end
+    from .inference.segment import segment_iter
+    from .io import write_tif
+
+    image = _read_image(path)
+    try:
+        seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
+                                      threshold=args.threshold, min_size=args.min_size,
+                                      split_touching=False if args.no_split else None),
+                         lambda e, show=_progress_printer(path.name): show(e.done, e.total, e.message))
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    for warning in seg.prediction.warnings:
+        print(f"{path.name}: warning: {warning}", file=sys.stderr)
+    target = outdir / f"{path.stem}.tif"
+    try:
+        write_tif(target, seg.labels)
+        if args.probabilities:
+            target = outdir / f"{path.stem}_probabilities.tif"
+            write_tif(target, seg.prediction.foreground)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    print(f"{path.name}: {int(seg.labels.max())} objects -> {outdir / (path.stem + '.tif')}")
 
 
 def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:

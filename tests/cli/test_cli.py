@@ -206,3 +206,17 @@ def test_train_writes_checkpoints_and_stops_early(train_folders, make_random_mod
                  str(t / "masks"), "-o", str(t / "ck"), "--epochs", "20", "--patience", "1", "--lr", "0",
                  "--patch-size", "64", "--batch-size", "2"]) == 0
     assert saves[0] == "checkpoint" and saves[-1].startswith("early stop")
+
+
+def test_a_batch_goes_on_past_a_bad_file(train_folders, make_random_model, capsys):
+    """Every readable input is predicted; each failure is one line; the exit code is 2 at the end."""
+    t = train_folders
+    images = sorted((t / "images").iterdir())
+    bad = t / "images" / "broken.tif"
+    bad.write_bytes(b"not a tiff at all")
+    assert main(["predict", str(make_random_model("cli-base")), str(images[0]), str(bad), *map(str, images[1:]),
+                 "-o", str(t / "batch")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum("napari-unet: error:" in line and "broken.tif" in line for line in err) == 1
+    assert "1 of" in err[-1]
+    assert sorted(p.name for p in (t / "batch").iterdir()) == sorted(p.name for p in images)
