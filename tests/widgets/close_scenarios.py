@@ -115,20 +115,25 @@ def close_during_warm_up():
     later(300, close)
 
 
-def segment_run():
+def _run_then_close(dock_name: str, model: str, size: int, n: int, seed: int):
+    """Dock ``dock_name``, click its Run with ``model`` on a synthetic image, close 1.5 s later."""
     from napari_unet.synthetic import fluorescent_nuclei
 
-    widget = dock("Segment")
-    viewer.add_image(fluorescent_nuclei((1536, 1536), 300, seed=1)[0], name="big")
+    widget = dock(dock_name)
+    viewer.add_image(fluorescent_nuclei((size, size), n, seed=seed)[0], name="nuclei")
 
     def run():
         widget.image.reset_choices()
-        widget.model.value = "unet"
+        widget.model.value = model
         widget.run_button.native.click()
-        step("Run clicked")
+        step(f"{widget.run_button.text} clicked")
         later(1500, close)
 
     when(lambda: widget._torch_ready, run)
+
+
+def segment_run():
+    _run_then_close("Segment", "unet", 1536, 300, 1)
 
 
 def finetune_run():
@@ -147,19 +152,7 @@ def finetune_run():
 
 
 def supervision_run():
-    from napari_unet.synthetic import fluorescent_nuclei
-
-    widget = dock("Deep supervision")
-    viewer.add_image(fluorescent_nuclei((1024, 1024), 150, seed=2)[0], name="nuclei")
-
-    def run():
-        widget.image.reset_choices()
-        widget.model.value = "unet++"
-        widget.run_button.native.click()
-        step("Run all depths clicked")
-        later(1500, close)
-
-    when(lambda: widget._torch_ready, run)
+    _run_then_close("Deep supervision", "unet++", 1024, 150, 2)
 
 
 def correct_autosave():
