@@ -396,6 +396,7 @@ def main(argv=None):
         "held_out": held_names,
         "val_ap50": round(mean_ap, 4),
         "val_ap50_per_source": {src: round(m["ap50"], 4) for src, m in per_source.items()},
+        "val_data": "mean of held-out " + " / ".join(f"{src} {m['ap50']:.3f}" for src, m in per_source.items()),
         "val_ap50_default_postprocess": {src: round(m["ap50"], 4) for src, m in default_row[1].items()},
         "postprocess": pp, "shares": shares,
         "loss": SegmentationLoss.from_spec(args.loss).describe(), "gap_weight": args.gap_weight,
