@@ -285,7 +285,6 @@ def cmd_train(args) -> int:
     import math
     import signal
     import threading
-    from dataclasses import replace
 
     from .finetune import FinetuneSettings, finetune_iter
     from .inference.predictor import run_to_end
@@ -301,7 +300,6 @@ def cmd_train(args) -> int:
         base = load_model(args.model)
     except ModelFileError as exc:
         raise UsageError(str(exc)) from None
-    defaults = FinetuneSettings()
     given = {key: getattr(args, key) for key in ("minutes", "epochs", "loss", "target", "w0", "sigma", "patience",
                                                   "batch_size", "lr", "seed", "device", "steps_per_epoch")
              if getattr(args, key) is not None}
@@ -313,7 +311,7 @@ def cmd_train(args) -> int:
         given["weights"] = args.weight_map
     if "epochs" in given:  # a number of epochs replaces the default time budget
         given.setdefault("minutes", None)
-    settings = replace(defaults, **given)
+    settings = FinetuneSettings(**given)
     try:
         settings.weight_map()
         from .training import SegmentationLoss

@@ -227,10 +227,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     spec, _ = settings.loss_spec()
     loss = SegmentationLoss.from_spec(spec)
     weight_map = settings.weight_map()
-    if path is not None:
+    if path is not None:  # an explicit file: its folder and name
         path = Path(path)
-        out_dir, name = path.parent, path.name[:-len(SUFFIX)] if path.name.endswith(SUFFIX) else path.name
-        path = out_dir / f"{name}{SUFFIX}"
+        path = path if path.name.endswith(SUFFIX) else path.with_name(path.name + SUFFIX)
+        out_dir, name = path.parent, path.name[:-len(SUFFIX)]
     out_dir = Path(out_dir) if out_dir is not None else user_model_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
