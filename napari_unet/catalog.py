@@ -81,3 +81,28 @@ def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
         return path
     names = ", ".join(bundled) or "none installed"
     raise ModelFileError(f"{text!r} is neither a bundled model ({names}) nor an existing model file.")
+
+
+def postprocess_defaults(config: dict) -> dict:
+    """Post-processing settings tuned for a model (threshold, min_size, split_touching)."""
+    defaults = {"threshold": 0.5, "min_size": 16, "split_touching": True}
+    tuned = config.get("provenance", {}).get("postprocess", {})
+    return {**defaults, **{k: v for k, v in tuned.items() if k in defaults}}
+
+
+def peek_config(path_or_name: str | os.PathLike) -> dict | None:
+    """A model file's napari-unet config read straight from its safetensors header (no PyTorch,
+    no validation: :func:`napari_unet.modelfile.read_config` checks it), or None when the file is
+    missing or not a napari-unet model. For showing a model's settings before PyTorch is loaded."""
+    import json
+    import struct
+
+    try:
+        with open(resolve_model_path(path_or_name), "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+        return json.loads(header["__metadata__"]["napari_unet"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .catalog import (BUNDLED_DIR, SUFFIX, ModelFileError, bundled_models, known_models,  # noqa: F401
-                      resolve_model_path, user_model_dir, user_models)
+                      postprocess_defaults, resolve_model_path, user_model_dir, user_models)
 from .io import atomic_write
 from .models.base import SegmentationNet
 from .models.registry import build_model, get_spec
@@ -75,13 +75,6 @@ class LoadedModel:
     def postprocess(self) -> dict:
         return postprocess_defaults(self.config)
 
-
-
-def postprocess_defaults(config: dict) -> dict:
-    """Post-processing settings tuned for a model (threshold, min_size, split_touching)."""
-    defaults = {"threshold": 0.5, "min_size": 16, "split_touching": True}
-    tuned = config.get("provenance", {}).get("postprocess", {})
-    return {**defaults, **{k: v for k, v in tuned.items() if k in defaults}}
 
 
 def make_config(net: SegmentationNet, architecture: str | None = None, target: str = "binary",
@@ -246,7 +239,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     path = resolve_model_path(path_or_name)
     config = read_config(path)
     try:
-        net = build_model(config["architecture"], **config["arguments"])
+        # arguments the file predates take their old values, not today's defaults
+        net = build_model(config["architecture"], **{**get_spec(config["architecture"]).legacy,
+                                                     **config["arguments"]})
     except Exception as exc:  # any argument a builder chokes on (TypeError, ValueError, KeyError, IndexError...)
         raise ModelFileError(f"{path.name}: the config's arguments do not build a network ({str(exc).rstrip('.')}): "
                              "the file was edited or written by another version; use the original file.") from None

@@ -338,6 +338,11 @@ def main(argv=None):
         if base.config["architecture"] != args.arch:
             raise SystemExit(f"--init {args.init} is a {base.config['architecture']}, not a {args.arch}.")
         net = base.net.float()
+        if net.config.get("upsample") == "transpose" and spec.defaults.get("upsample") == "resize":
+            from napari_unet.models.unet_pp import with_resize_upsampling
+
+            net = with_resize_upsampling(net)  # stripe-free up-convolutions, from the averaged taps
+            print("converted the transposed up-convolutions to resize + 1x1 convolutions", flush=True)
         net.architecture = args.arch
         args.init_provenance = base.config.get("provenance", {})
         print(f"initialised from {args.init} (its held-out AP@0.5: "

@@ -83,16 +83,46 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class UpConv(nn.Module):
-    """The U-Net's "up-convolution": a transposed convolution with kernel = stride = ``scale``."""
+UPSAMPLING = ("transpose", "resize")
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, scale: int | Sequence[int] = 2):
+
+class UpConv(nn.Module):
+    """The U-Net's "up-convolution", ``scale`` times larger.
+
+    ``mode="transpose"``: the paper's transposed convolution with kernel = stride = ``scale``.
+    Each output pixel's position within its ``scale`` block has its own weights, so an
+    under-trained network paints a period-``scale`` pattern on flat regions (the row stripes of
+    the first bundled U-Net++). ``mode="resize"``: nearest-neighbour upsampling, then a 1x1
+    convolution (Odena, Dumoulin & Olah, Distill 2016): the same weights everywhere, so a flat
+    input stays flat. It equals a transposed convolution whose taps are all the same, which is how
+    :func:`resize_from_transpose` initialises it from a trained one.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, scale: int | Sequence[int] = 2,
+                 mode: str = "transpose"):
         super().__init__()
+        if mode not in UPSAMPLING:
+            raise ValueError(f"Unknown upsampling {mode!r}: choose one of {', '.join(UPSAMPLING)}.")
         scale = as_tuple(scale, spatial_dims)
-        self.up = conv_transpose_nd(spatial_dims)(in_channels, out_channels, scale, stride=scale)
+        self.mode = mode
+        if mode == "transpose":
+            self.up = conv_transpose_nd(spatial_dims)(in_channels, out_channels, scale, stride=scale)
+        else:
+            self.up = nn.Sequential(nn.Upsample(scale_factor=tuple(float(f) for f in scale), mode="nearest"),
+                                    conv_nd(spatial_dims)(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(x)
+
+
+@torch.no_grad()
+def resize_from_transpose(transposed: UpConv, resized: UpConv) -> None:
+    """Set a ``"resize"`` UpConv to the ``"transpose"`` one with its taps averaged: the closest
+    stripe-free map (the weights then need training to recover what the taps did)."""
+    weight = transposed.up.weight  # (in, out, *scale)
+    conv = resized.up[1]
+    conv.weight.copy_(weight.mean(dim=tuple(range(2, weight.ndim))).t().reshape(conv.weight.shape))
+    conv.bias.copy_(transposed.up.bias)
 
 
 def center_crop(x: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:

@@ -22,6 +22,9 @@ class ModelSpec:
     deep_supervision: bool
     defaults: dict = field(default_factory=dict)
     reference: str = ""
+    #: arguments a model file written before they existed was built with (a new default must
+    #: not change what an old file loads into)
+    legacy: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -77,8 +80,8 @@ def _register_builtin() -> None:
 
     register(ModelSpec(
         name="unet++", builder=UNetPlusPlus, title="U-Net++ (nested U-Net)", spatial_dims=2, deep_supervision=True,
-        defaults=dict(spatial_dims=2, features=(8, 16, 32, 64, 128), mode="final"),
-        reference="Zhou, Rahman Siddiquee, Tajbakhsh & Liang, DLMIA 2018",
+        defaults=dict(spatial_dims=2, features=(8, 16, 32, 64, 128), mode="final", upsample="resize"),
+        reference="Zhou, Rahman Siddiquee, Tajbakhsh & Liang, DLMIA 2018", legacy=dict(upsample="transpose"),
     ))
     register(ModelSpec(
         name="unet3+", builder=UNet3Plus, title="U-Net 3+ (full-scale skips)", spatial_dims=2, deep_supervision=True,

@@ -46,6 +46,10 @@ class UNetPlusPlus(SegmentationNet):
         norm: ``"batch"`` (default), ``"instance"``, ``"group"`` or ``"none"``.
         strides: pooling factor per level, an int or one per axis (e.g. ``(1, 2, 2)`` for
             thick-slice 3D stacks); default 2 everywhere.
+        upsample: ``"transpose"`` (the paper's transposed convolutions; files written before
+            this option) or ``"resize"`` (nearest-neighbour + 1x1 convolution, the registry's
+            default for new networks: no row/column stripes on flat regions; see
+            :class:`~.blocks.UpConv`).
         mode: what ``forward(x)`` returns as its single output:
 
             * ``"final"`` (default): the head of ``X[0, L]`` (``X[0, k]`` when pruned).
@@ -74,7 +78,7 @@ class UNetPlusPlus(SegmentationNet):
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (8, 16, 32, 64, 128), norm: str = "batch",
                  strides: Sequence[int | Sequence[int]] | None = None, mode: str = "final",
-                 prune_depth: int | None = None):
+                 prune_depth: int | None = None, upsample: str = "transpose"):
         super().__init__()
         check_common(spatial_dims, in_channels, out_channels)
         features = check_features(features)
@@ -84,7 +88,7 @@ class UNetPlusPlus(SegmentationNet):
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
         self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                            features=features, norm=norm, strides=[list(s) for s in self.strides],
-                           mode="final", prune_depth=None)
+                           mode="final", prune_depth=None, upsample=upsample)
         self.set_mode(mode)
         self.set_prune_depth(prune_depth)
 
@@ -98,7 +102,8 @@ class UNetPlusPlus(SegmentationNet):
                                                features[i], "same", norm)
         for j in range(1, depth + 1):
             for i in range(depth + 1 - j):
-                self.ups[f"up{i}_{j}"] = UpConv(spatial_dims, features[i + 1], features[i], self.strides[i])
+                self.ups[f"up{i}_{j}"] = UpConv(spatial_dims, features[i + 1], features[i], self.strides[i],
+                                                upsample)
                 self.nodes[f"x{i}_{j}"] = DoubleConv(spatial_dims, (j + 1) * features[i], features[i], "same", norm)
         # heads[j - 1] reads X[0, j]
         self.heads = nn.ModuleList(head(spatial_dims, features[0], out_channels) for _ in range(depth))
@@ -179,3 +184,22 @@ class UNetPlusPlus(SegmentationNet):
         ``side_outputs=True`` the list of every head's logits, deepest column first (see the
         class docstring). Spatial sizes must be multiples of ``size_divisor``."""
         return self.forward_pruned(x, self.prune_depth or self.depth, side_outputs)
+
+
+def with_resize_upsampling(net: UNetPlusPlus) -> UNetPlusPlus:
+    """A copy of a trained ``upsample="transpose"`` U-Net++ with stripe-free ``"resize"``
+    up-convolutions (each initialised with its transposed convolution's averaged taps, see
+    :func:`~.blocks.resize_from_transpose`); every other weight is copied. Train it before use."""
+    from .blocks import resize_from_transpose
+
+    if net.config.get("upsample", "transpose") != "transpose":
+        raise ValueError("This U-Net++ already upsamples by resizing.")
+    config = {**net.config, "upsample": "resize"}
+    new = UNetPlusPlus(**config)
+    new.architecture = getattr(net, "architecture", None)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("ups.")}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("ups.") for k in missing)
+    for key, up in net.ups.items():
+        resize_from_transpose(up, new.ups[key])
+    return new.to(next(net.parameters()).device)

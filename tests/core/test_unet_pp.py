@@ -259,3 +259,43 @@ def test_registry_defaults():
     assert 0.3e6 < net.n_parameters < 4e6
     assert net.config["features"][0] == list(spec.defaults["features"])[0]
     json.dumps(net.config)
+
+
+def _parity_spread(p: torch.Tensor) -> float:
+    """Largest difference between the means of a 2D map's four pixel parities (even/odd row x
+    even/odd column): 0 on a map with no period-2 pattern (stripes or checkerboard)."""
+    means = [float(p[a::2, b::2].mean()) for a in (0, 1) for b in (0, 1)]
+    return max(means) - min(means)
+
+
+def test_resize_upsampling_keeps_a_flat_input_flat_where_transposed_convolutions_stripe_it():
+    """Row stripes of the first bundled U-Net++: each output pixel's parity had its own transposed
+    convolution taps. Resize up-convolutions (the default now) leave a flat input flat."""
+    torch.manual_seed(0)
+    flat = torch.full((1, 1, 64, 64), 0.3)
+    stripy = UNetPlusPlus(features=(4, 8, 16), upsample="transpose").eval()
+    with torch.no_grad():
+        assert _parity_spread(stripy(flat)[0, 1, 8:-8, 8:-8]) > 1e-4  # random taps: a period-2 pattern
+        from napari_unet.models.unet_pp import with_resize_upsampling
+
+        smooth = with_resize_upsampling(stripy).eval()
+        assert _parity_spread(smooth(flat)[0, 1, 8:-8, 8:-8]) < 1e-6
+    assert build_model("unet++").config["upsample"] == "resize"
+    with pytest.raises(ValueError, match="Unknown upsampling 'bilinear'"):
+        UNetPlusPlus(features=(4, 8), upsample="bilinear")
+
+
+def test_a_model_file_from_before_the_upsample_option_loads_with_transposed_convolutions(tmp_path):
+    torch.manual_seed(1)
+    old = _randomise_batchnorm(UNetPlusPlus(features=(4, 8, 16), upsample="transpose")).eval()
+    old.architecture = "unet++"
+    config = make_config(old)
+    del config["arguments"]["upsample"]  # written before the option existed
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in old.state_dict().items()}, str(path),
+              metadata={METADATA_KEY: json.dumps(config)})
+    loaded = load_model(path).net
+    assert loaded.config["upsample"] == "transpose"
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), old(x))
