@@ -20,6 +20,9 @@ CPU (preparation and validation included for ours):
     python benchmarks/bench_finetune_usiigaci.py --minutes 5 --seeds 0 1 2 --threads 2 \\
         --arms finetune:benchmarks/weights/unet-nuclei-only.safetensors finetune:unet monai
 
+An arm may change the defaults to compare a lever side by side: ``finetune:unet?lr=1e-3,batch_size=8``
+(fields of :class:`~napari_unet.finetune.FinetuneSettings`).
+
 Published masks hold stray fragments under 50 px for some ids (see the data README):
 :func:`napari_unet.datasets.read_pair` drops them before anything.
 """
@@ -27,6 +30,7 @@ Published masks hold stray fragments under 50 px for some ids (see the data READ
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import tempfile
 import time
@@ -65,13 +69,30 @@ def score_model(model, scored) -> dict:
                          for im, lab in scored.values()])
 
 
-def run_finetune(base: str, corrected, scored, minutes: float, seed: int, out: str) -> dict:
+def parse_arm(arm: str) -> tuple[str, dict]:
+    """``finetune:<model>[?field=value,...]`` -> (model, settings overrides)."""
+    model, _, extra = arm.split(":", 1)[1].partition("?")
+    overrides = {}
+    for item in filter(None, extra.split(",")):
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value  # a plain string (a loss preset, "border")
+    return model, overrides
+
+
+def run_finetune(arm: str, corrected, scored, minutes: float, seed: int, out: str) -> dict:
+    base, overrides = parse_arm(arm)
     loaded = load_model(base)
     triples = [(im, lab, None) for im, lab in corrected.values()]
-    settings = FinetuneSettings(minutes=minutes, seed=seed, device="cpu")
+    settings = FinetuneSettings(**{"minutes": minutes, "seed": seed, "device": "cpu", **overrides})
     t0 = time.perf_counter()
     result = run_to_end(finetune_iter(loaded, triples, settings, out_dir=out, name=f"ft-{seed}-{time.time_ns()}"))
     seconds = time.perf_counter() - t0
+    if result.path is None and result.discarded:  # not better than the base on validation: the user keeps the base
+        return {**score_model(loaded, scored), "steps": result.steps, "seconds": seconds, "val": None,
+                "note": result.discarded}
     if result.path is None:
         return {"ap50": float("nan"), "steps": result.steps, "seconds": seconds, "note": result.stopped}
     scores = score_model(load_model(result.path), scored)
@@ -134,10 +155,9 @@ def main(argv=None) -> int:
     corrected, scored = frames()
     print(f"fine-tune on {', '.join(corrected)}; score {', '.join(scored)}; {args.minutes:g} min per arm, "
           f"{args.threads} thread(s), torch {torch.__version__}", flush=True)
-    bases = {arm: score_model(load_model(arm.split(":", 1)[1]), scored)["ap50"]
-             for arm in args.arms if arm.startswith("finetune:")}
-    for arm, ap in bases.items():
-        print(f"  before fine-tuning, {arm.split(':', 1)[1]}: AP@0.5 {ap:.3f}", flush=True)
+    bases = {parse_arm(arm)[0] for arm in args.arms if arm.startswith("finetune:")}
+    for base in sorted(bases):
+        print(f"  before fine-tuning, {base}: AP@0.5 {score_model(load_model(base), scored)['ap50']:.3f}", flush=True)
     rows = {arm: [] for arm in args.arms}
     with tempfile.TemporaryDirectory() as out:
         for seed in args.seeds:
@@ -145,9 +165,10 @@ def main(argv=None) -> int:
                 if arm == "monai":
                     r = run_monai(corrected, scored, args.minutes, seed)
                 else:
-                    r = run_finetune(arm.split(":", 1)[1], corrected, scored, args.minutes, seed, out)
+                    r = run_finetune(arm, corrected, scored, args.minutes, seed, out)
                 rows[arm].append(r)
-                extra = f", val {r['val']:.3f}, pp {r['pp']}" if r.get("val") is not None else ""
+                extra = f", val {r['val']:.3f}, pp {r['pp']}" if r.get("val") is not None else \
+                    f" ({r['note']})" if r.get("note") else ""
                 print(f"seed {seed} {arm}: AP@0.5 {r['ap50']:.3f} (F1 {r.get('f1', float('nan')):.3f}), "
                       f"{r['steps']} steps in {r['seconds']:.0f} s{extra}", flush=True)
     print("\narm                                         AP@0.5 mean (sd, n)    vs MONAI")

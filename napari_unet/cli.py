@@ -305,6 +305,10 @@ def cmd_train(args) -> int:
              if getattr(args, key) is not None}
     if args.patch_size is not None:
         given["patch_size"] = args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)
+    if args.keep_worse:
+        given["only_if_better"] = False
+    if args.no_validation:
+        given["validate"] = False
     if args.no_weight_map:
         given["weights"] = "none"
     elif args.weight_map is not None:
@@ -362,14 +366,19 @@ def cmd_train(args) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if result.path is None:
-        print(f"napari-unet: error: {result.stopped}; no model was written", file=sys.stderr)
+        if result.discarded:
+            print(f"napari-unet: {result.discarded} ({result.steps} steps, {result.stopped}); {out} was not written. "
+                  "Correct more objects or train longer, or pass --keep-worse to keep it anyway", file=sys.stderr)
+        else:
+            print(f"napari-unet: error: {result.stopped}; no model was written", file=sys.stderr)
         return 1
     pp = result.postprocess
     chosen = (f"; post-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
               f"{pp['min_size']}, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 {result.tuned_ap50:.3f})"
               if result.tuned_ap50 is not None else "")
-    print(f"saved {result.path} (best validation AP@0.5 {result.metrics.get('ap50', float('nan')):.3f} at step "
-          f"{result.best_step} of {result.steps}; {result.stopped}){chosen}")
+    score = (f"best validation AP@0.5 {result.metrics['ap50']:.3f} at step {result.best_step} of {result.steps}"
+             if result.metrics else f"not validated, {result.steps} steps")
+    print(f"saved {result.path} ({score}; {result.stopped}){chosen}")
     return 0
 
 
@@ -451,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=None,
                    help=f"weight-map sigma in pixels (default {d.sigma:g}, the paper's)")
     p.add_argument("--no-weight-map", action="store_true", help="plain (unweighted) cross-entropy (= --weight-map none)")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="write the model even when it validates no better than the base model (default: not written)")
+    p.add_argument("--no-validation", action="store_true",
+                   help="train on everything and hold nothing out (the model is written unchecked)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop early after this many validations without a better validation AP@0.5")
     p.add_argument("--patch-size", type=int, nargs="+", default=None,

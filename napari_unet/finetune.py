@@ -66,7 +66,12 @@ class FinetuneSettings:
     steps_per_epoch: int = 20
     device: str = "auto"
     seed: int = 0
-    val_fraction: float = 0.25  # of each image, as a strip, when there are fewer than 3 images
+    val_fraction: float = 0.25  # of each image, as a strip, when there are fewer than ``whole_images_from``
+    whole_images_from: int = 4  # with this many images or more, every 4th is held out whole; fewer: a strip of
+    # each, so all train (3 Usiigaci frames: 0.630 +- 0.025 vs 0.609 +- 0.068, benchmarks/README.md)
+    validate: bool = True  # hold out part of the corrections to score the model (False: all train, unchecked)
+    only_if_better: bool = True  # keep the model only if it validates better than the base model
+    focus: float = 0.0  # share of patches placed on objects the base model got wrong (missed, merged, invented)
     patience: int | None = None  # stop after this many validations without a better AP@0.5 (None: never)
     weights: str | None = None  # weight map: None = the loss preset's; "border", "full" or "none"
 
@@ -100,6 +105,7 @@ class FinetuneResult:
     postprocess: dict = field(default_factory=dict)  # the post-processing stored with the model
     tuned_ap50: float | None = None  # validation AP@0.5 with it (chosen on the same regions)
     best_step: int = 0  # the step of the best validation (of the saved weights)
+    discarded: str = ""  # why nothing was saved although training ran (e.g. not better than the base model)
 
     @property
     def gain(self) -> float | None:
@@ -136,33 +142,79 @@ def _crop(triple, region):
     return image[lead + region], labels[region], reviewed[region]
 
 
-def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 64):
-    """``(train, val)``: with 3 or more images every 4th image (at least one) is held out whole;
-    with fewer, the last ``fraction`` of every image along its longer axis (at least ``min_side``
-    pixels, and only where the held-out strip is fully reviewed) becomes validation and is
-    cut off the training image, so no training patch ever overlaps a validation pixel.
-    Validation items are ``(image, labels)``; images too small to split stay training only."""
+def _reviewed_box(reviewed) -> tuple:
+    """The bounding box (slices) of the reviewed pixels."""
+    idx = np.nonzero(np.asarray(reviewed))
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+
+
+def _strip(triple, fraction: float, min_side: int):
+    """``(training part, validation (image, labels))`` cut from the far end of the reviewed
+    region's box along its longer in-plane axis, or None when no fully reviewed strip of at least
+    ``min_side`` pixels fits with ``min_side`` pixels left to train on."""
+    labels, reviewed = np.asarray(triple[1]), np.asarray(triple[2], bool)
+    box = _reviewed_box(reviewed)
+    lengths = [box[a].stop - box[a].start for a in range(labels.ndim)]
+    axis = int(np.argmax(lengths[-2:])) + labels.ndim - 2
+    n = lengths[axis]
+    side = max(min_side, int(round(n * fraction)))
+    if n - side < min_side:
+        return None
+    cut = box[axis].stop - side
+    tail = tuple(slice(cut, box[a].stop) if a == axis else box[a] for a in range(labels.ndim))
+    if not reviewed[tail].all():
+        return None
+    # training keeps everything before the cut (context included): the strip is never seen
+    head = tuple(slice(0, cut) if a == axis else slice(None) for a in range(labels.ndim))
+    image, lab, _ = _crop(triple, tail)
+    return _crop(triple, head), (image, lab)
+
+
+def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 64, whole_from: int = 4):
+    """``(train, val)``: with ``whole_from`` or more images every 4th image (at least one) is held
+    out whole; with fewer, a strip at the far end of every image's reviewed region (the last
+    ``fraction`` of it along its longer axis, at least ``min_side`` pixels, fully reviewed) becomes
+    validation and is cut off the training image, so no training patch ever overlaps a validation
+    pixel. When no image allows a strip (small or sparsely reviewed images) and there are two or
+    more, the first is held out whole. Validation items are ``(image, labels)`` (labels 0 where
+    not reviewed); an empty ``val`` means nothing could be held out."""
     triples = list(triples)
-    if len(triples) >= 3:
-        held = set(range(0, len(triples), 4))
+
+    def whole(held):
         train = [t for i, t in enumerate(triples) if i not in held]
         val = [(t[0], np.where(t[2], t[1], 0)) for i, t in enumerate(triples) if i in held]
         return train, val
+
+    if len(triples) >= max(2, whole_from):
+        return whole(set(range(0, len(triples), 4)))
     train, val = [], []
     for t in triples:
-        labels = np.asarray(t[1])
-        axis = int(np.argmax(labels.shape[-2:])) + labels.ndim - 2
-        n = labels.shape[axis]
-        cut = n - max(min_side, int(round(n * fraction)))
-        head = tuple(slice(0, cut) if a == axis else slice(None) for a in range(labels.ndim))
-        tail = tuple(slice(cut, n) if a == axis else slice(None) for a in range(labels.ndim))
-        if cut < min_side or not np.asarray(t[2])[tail].all():
+        cut = _strip(t, fraction, min_side) if np.asarray(t[2]).any() else None
+        if cut is None:
             train.append(t)
-            continue
-        train.append(_crop(t, head))
-        image, lab, _ = _crop(t, tail)
-        val.append((image, lab))
+        else:
+            train.append(cut[0])
+            val.append(cut[1])
+    if not val and len(triples) >= 2:
+        return whole({0})
     return train, val
+
+
+def _score_base(net, val, normalization, device, postprocess, target, stop, tune: bool):
+    """``(metrics with the base model's own post-processing, its best AP@0.5 over the tuning grid
+    or None)`` on the held-out regions, predicted once: a fine-tuned model is kept only if it
+    beats the second (both sides then choose their post-processing on the same data)."""
+    from .inference.postprocess import choose_postprocess, probabilities_to_labels
+    from .metrics import evaluate, mean_metrics
+    from .training.trainer import _held_out_probabilities
+
+    items = list(_held_out_probabilities(net, val, normalization, device, target, stop))
+    metrics = mean_metrics([evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
+                            for probs, labels in items])
+    if not tune:
+        return metrics, None
+    _, table = choose_postprocess(items, target)
+    return metrics, round(max([metrics["ap50"]] + [score for _, score in table]), 4)
 
 
 def unique_model_name(base: str) -> str:
@@ -198,11 +250,16 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     so far; nothing is saved when no validation has run yet. Neither the base model nor any other
     existing model file is ever overwritten: a ``name`` already taken is refused. A loss that
     turns NaN/Inf stops training, keeps the best model and says why in ``stopped``.
+
+    With ``settings.only_if_better`` (the default) a model that does not validate better than the
+    base model (same held-out regions, same post-processing) is not saved, not even as a
+    checkpoint: ``FinetuneResult.discarded`` says so. With ``settings.validate`` (the default) a
+    training set from which nothing can be held out is refused before training.
     """
     from .inference.predictor import PredictionCancelled
     from .modelfile import LoadedModel, load_model, make_config, save_model
     from .training import SegmentationLoss, train_iter
-    from .training.trainer import TrainingEvent, tune_postprocess, validate
+    from .training.trainer import TrainingEvent, tune_postprocess
 
     started = time.perf_counter()
     settings = settings or FinetuneSettings()
@@ -222,7 +279,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         raise ValueError("Nothing is marked as reviewed: mark the regions you corrected (or the whole image).")
     checked = [t for t in checked if t[2].any()]
     checked = _planes(checked, net.spatial_dims)
-    train, val = split_by_region(checked, settings.val_fraction, min_side=64)
+    from .training.patches import image_channels_first
+
+    for i, (image, labels, _) in enumerate(checked):  # a mismatch is said before anything else
+        image_channels_first(image, labels, str(i))
     target = settings.target or loaded.target
     spec, _ = settings.loss_spec()
     loss = SegmentationLoss.from_spec(spec)
@@ -248,6 +308,15 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                          "file first. Fine-tuning never overwrites a model.")
     if out_dir == user_model_dir() and name in bundled_models():
         raise ValueError(f"{name!r} is the name of a bundled model: choose another name for the fine-tuned model.")
+    if settings.validate:
+        train, val = split_by_region(checked, settings.val_fraction, min_side=64,
+                                     whole_from=settings.whole_images_from)
+        if not val:
+            raise ValueError("Nothing can be held out to check the model: mark more as reviewed (a fully reviewed "
+                             "strip of at least 64 px at the end of a region of 128 px or more), add another image, "
+                             "or turn validation off to keep the model unchecked.")
+    else:
+        train, val = checked, []
     postprocess = loaded.postprocess
 
     def stopped_early() -> FinetuneResult:
@@ -256,9 +325,19 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     baseline = {}
     if stop is not None and stop.is_set():
         return stopped_early()
+    base_bar = None  # what a fine-tuned model must beat to be kept: the base's best on the held-out part
     if val and target == loaded.target:
         try:
-            baseline = validate(net, val, loaded.normalization, settings.device, postprocess, target, stop=stop)
+            baseline, base_bar = _score_base(net, val, loaded.normalization, settings.device, postprocess, target,
+                                             stop, tune=settings.only_if_better)
+        except PredictionCancelled:
+            return stopped_early()
+    focus_maps = None
+    if settings.focus > 0 and target == loaded.target:  # where the base model is wrong, for the sampler
+        from .training.trainer import error_maps
+
+        try:
+            focus_maps = error_maps(net, train, loaded.normalization, settings.device, postprocess, target, stop=stop)
         except PredictionCancelled:
             return stopped_early()
     yield TrainingEvent(0, 0, float("nan"), baseline.get("ap50"), 0.0, None, validated=bool(baseline),
@@ -284,8 +363,13 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         card = (f"# {name}\n\nFine-tuned from `{loaded.name}` on {len(train)} corrected image(s) "
                 f"({source or 'corrections'}), loss {settings.loss}"
                 f"{f' (w0={settings.w0:g}, sigma={settings.sigma:g} px)' if weight_map else ''}, target {target}, "
-                f"{steps} steps ({stopped}).\n\nValidation AP@0.5 on held-out regions: "
-                f"{metrics.get('ap50', float('nan')):.3f} (base model: {baseline.get('ap50', float('nan')):.3f}).\n")
+                f"{steps} steps ({stopped}).\n\n")
+        if metrics:
+            card += (f"Validation AP@0.5 on held-out regions: {metrics['ap50']:.3f}"
+                     + (f" (base model: {baseline['ap50']:.3f}).\n" if baseline else ".\n"))
+        else:
+            card += ("Not validated: " + ("validation was turned off" if not val else "stopped before the first "
+                                          "validation") + "; no score was measured.\n")
         if tuned is not None:
             card += (f"\nPost-processing chosen on the same regions: threshold {postprocess['threshold']:g}, minimum "
                      f"size {postprocess['min_size']} px, {'split' if postprocess['split_touching'] else 'no split'} "
@@ -293,16 +377,22 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         return make_config(net, loaded.config["architecture"], target, loaded.normalization, provenance, card)
 
     saved, tuned = None, None
+
+    def beats_base(score: float | None) -> bool:
+        return base_bar is None or (score is not None and score > base_bar)
+
     gen = train_iter(net, train, val, patch_size=settings.patch_size, batch_size=settings.batch_size,
                      lr=settings.lr, epochs=settings.epochs, minutes=settings.minutes,
                      steps_per_epoch=settings.steps_per_epoch, seed=settings.seed,
                      normalization=loaded.normalization, stop=stop, device=settings.device, loss=loss,
                      weight_map=weight_map, target=target, postprocess=postprocess, augment=settings.augment,
-                     patience=settings.patience, checkpoint=checkpoint, resume=resume)
+                     patience=settings.patience, checkpoint=checkpoint, resume=resume, focus_maps=focus_maps,
+                     focus_bias=settings.focus if focus_maps is not None else 0.0)
     try:
         while True:
             event = next(gen)
-            if event.improved:  # checkpoint now: a crash later still leaves the best model so far
+            # checkpoint now: a crash later still leaves the best model so far
+            if event.improved and beats_base((event.val_metrics or {}).get("ap50")):
                 saved = save_model(path, net, config_now("checkpoint", event.val_metrics or {},
                                                                  event.step, event.step, 0.0))
             yield event
@@ -318,10 +408,17 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                                                   stop=stop)
             tuned = round(max(score for _, score in table), 4)
         except PredictionCancelled:
-            pass
-    if result.metrics or unvalidated_ok:
+            postprocess = loaded.postprocess
+    discarded = ""
+    if result.metrics:
+        best = max(result.metrics["ap50"], tuned if tuned is not None else -1.0)
+        if not beats_base(best):
+            discarded = (f"not saved: its validation AP@0.5 {best:.3f} is not better than the base model's "
+                         f"{base_bar:.3f}")
+            postprocess = loaded.postprocess
+    if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
         saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
     return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
                           result.seconds, result.history, list(result.warnings), dict(postprocess), tuned,
-                          result.best_step)
+                          result.best_step, discarded)

@@ -138,6 +138,17 @@ class TrainingImage:
     labels: np.ndarray
     weights: np.ndarray | None = None
     name: str = ""
+    focus: np.ndarray | None = None  # flat indices of pixels to place patches on first (see set_focus)
+
+    def set_focus(self, mask: np.ndarray | None) -> None:
+        """Pixels (a boolean map of the unpadded image) that a share of the patches is placed on,
+        e.g. where the base model was wrong (:func:`~napari_unet.training.focus.error_map`)."""
+        if mask is None:
+            self.focus = None
+            return
+        mask = np.asarray(mask, bool)
+        mask = np.pad(mask, [(0, t - n) for t, n in zip(self.target.shape, mask.shape)])
+        self.focus = np.flatnonzero(mask & (self.target != IGNORE))
 
     def __post_init__(self):
         flat = self.target.ravel()
@@ -174,6 +185,24 @@ def _per_axis(size, spatial_dims: int, what: str) -> tuple[int, ...]:
     if len(size) != spatial_dims:
         raise ValueError(f"{what} needs one size per axis ({spatial_dims}) or a single int, got {size}.")
     return size
+
+
+def image_channels_first(image, labels: np.ndarray, name: str = "") -> np.ndarray:
+    """``image`` as ``(C, *labels.shape)`` (colour last, as image files hold it, is moved first),
+    or a ``ValueError`` that says the labels do not fit it (or its type cannot be trained on)."""
+    where = f" of training image {name}" if name else ""
+    image = np.asarray(image)
+    given, which = image.shape, f"training image {name}" if name else "the training image"
+    check_image_dtype(image.dtype, which.replace("the ", ""))
+    if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
+            and image.shape[1:] != labels.shape:
+        image = np.moveaxis(image, -1, 0)  # colour last (RGB / RGBA) -> channels first
+    chw = as_channels_first(image, labels.ndim)
+    if labels.shape != chw.shape[1:]:
+        raise ValueError(f"The labels{where} {labels.shape} do not match the image's size {chw.shape[1:]} (image "
+                         f"shape {given}): each image needs labels of its own height and width (and depth), "
+                         "drawn on that image.")
+    return chw
 
 
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
@@ -214,17 +243,8 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
     if labels.ndim not in (2, 3):
         raise ValueError(f"Labels must be 2D (H, W) or 3D (D, H, W), got shape {labels.shape}{where}: give one "
                          "label image per image (one plane, or one volume for a 3D model).")
-    image = np.asarray(image)
-    given, which = image.shape, f"training image {name}" if name else "the training image"
-    check_image_dtype(image.dtype, which.replace("the ", ""))
-    if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
-            and image.shape[1:] != labels.shape:
-        image = np.moveaxis(image, -1, 0)  # colour last (RGB / RGBA) -> channels first
-    chw = as_channels_first(image, labels.ndim)
-    if labels.shape != chw.shape[1:]:
-        raise ValueError(f"The labels{where} {labels.shape} do not match the image's size {chw.shape[1:]} (image "
-                         f"shape {given}): each image needs labels of its own height and width (and depth), "
-                         "drawn on that image.")
+    chw = image_channels_first(image, labels, name)
+    given, which = np.shape(image), f"training image {name}" if name else "the training image"
     if in_channels is not None and chw.shape[0] != in_channels:
         if in_channels == 1 and chw.shape[0] in (3, 4):
             chw = chw[:3].mean(axis=0, keepdims=True, dtype=np.float32)
@@ -268,6 +288,8 @@ class PatchSampler:
             ``(16, 64, 64)`` for a thick-slice stack.
         rng: the generator that drives everything (fixed seed = same patches).
         foreground_bias: probability that a patch is placed to contain a random object pixel.
+        focus_bias: probability that a patch is placed on a random pixel of the image's
+            ``focus`` (where the base model was wrong), before ``foreground_bias`` applies.
         augment: ``True`` for the default :class:`~napari_unet.training.augment.Augmenter` (flips and
             quarter turns, the U-Net paper's elastic deformation, scale, intensity, noise), an
             ``Augmenter`` of your own, or ``False`` for none.
@@ -275,7 +297,8 @@ class PatchSampler:
     """
 
     def __init__(self, images: list[TrainingImage], patch_size: int | Sequence[int], rng: np.random.Generator,
-                 foreground_bias: float = 0.8, augment: "bool | Augmenter" = True, image_weights=None):
+                 foreground_bias: float = 0.8, augment: "bool | Augmenter" = True, image_weights=None,
+                 focus_bias: float = 0.0):
         if not images:
             raise ValueError("There are no training images.")
         dims = {im.target.ndim for im in images}
@@ -289,6 +312,7 @@ class PatchSampler:
         self.images, self.rng = images, rng
         self.patch_size = int(patch_size) if np.ndim(patch_size) == 0 else self.patch_shape
         self.foreground_bias = float(foreground_bias)
+        self.focus_bias = float(focus_bias)
         self.augment = Augmenter() if augment is True else (augment or None)
         w = np.ones(len(images)) if image_weights is None else np.asarray(image_weights, np.float64)
         if w.shape != (len(images),) or (w < 0).any() or w.sum() <= 0:
@@ -303,6 +327,8 @@ class PatchSampler:
 
     def _corner(self, im: TrainingImage) -> tuple[int, ...]:
         shape = im.target.shape
+        if self.focus_bias and im.focus is not None and im.focus.size and self.rng.uniform() < self.focus_bias:
+            return self._around(im.focus[self.rng.integers(im.focus.size)], shape)
         if im.foreground.size and self.rng.uniform() < self.foreground_bias:
             return self._around(im.foreground[self.rng.integers(im.foreground.size)], shape)
         if im.counted is not None:  # part of the image is ignored: put a reviewed pixel in the patch

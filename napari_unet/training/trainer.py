@@ -132,6 +132,21 @@ def _held_out_probabilities(net, pairs, normalization, device, target, stop):
         yield probs, labels
 
 
+def error_maps(net, triples: Sequence, normalization: dict = DEFAULT, device: str = "auto",
+               postprocess: dict | None = None, target: str = "binary",
+               stop: threading.Event | None = None) -> list:
+    """For each ``(image, labels[, reviewed])``: where ``net`` (with ``postprocess``) gets the
+    objects wrong (:func:`~napari_unet.training.focus.error_map`). Setting ``stop`` raises
+    :class:`~napari_unet.inference.predictor.PredictionCancelled`."""
+    from .focus import error_map
+
+    pairs = [(t[0], t[1]) for t in triples]
+    return [error_map(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})),
+                      triple[2] if len(triple) > 2 else None)
+            for (probs, labels), triple in zip(_held_out_probabilities(net, pairs, normalization, device, target,
+                                                                       stop), triples)]
+
+
 def tune_postprocess(net, pairs: Sequence, normalization: dict = DEFAULT, device: str = "auto",
                      target: str = "binary", stop: threading.Event | None = None) -> tuple[dict, list]:
     """The post-processing (threshold, minimum size, splitting) that scores best on the held-out
@@ -209,7 +224,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                target: str = "binary", patience: int | None = None,
                deep_supervision: bool = False, augment=True,
                classification_weight: float = 0.0, checkpoint=None,
-               resume: bool = False) -> Iterator[TrainingEvent]:
+               resume: bool = False, focus_maps: Sequence | None = None,
+               focus_bias: float = 0.0) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -218,7 +234,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             ``(image (D, H, W) or (C, D, H, W), labels (D, H, W)[, reviewed (D, H, W)])``.
             Targets are binary (see :func:`~napari_unet.training.patches.binary_target`:
             boundaries between touching objects are background).
-        val_pairs: whole held-out images (volumes) and their labels, scored by AP@0.5 after each epoch.
+        val_pairs: whole held-out images (volumes) and their labels, scored by AP@0.5 after each epoch
+            and, with a time budget, at least every quarter of it (and at the end).
         patch_size: side of the square (cubic) training patches, or one size per axis such as
             ``(16, 64, 64)``; multiples of ``net.size_divisor``. None: 256 for 2D networks,
             ``(16, 64, 64)`` for 3D ones (rounded up to the divisor).
@@ -244,6 +261,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             ``classification_weight x cgm_loss`` (binary cross-entropy of "the patch holds an
             object", the paper's weight is 1) to the segmentation loss, so the module learns; its
             share shows in the events' loss parts as ``"cgm"``. 0 (default) leaves it untrained.
+        focus_maps: one boolean map (or None) per training pair, e.g. where the base model was
+            wrong (:func:`~napari_unet.training.focus.error_map`); ``focus_bias`` of the patches
+            are placed on one of its pixels.
         augment: ``True`` for the default augmentation (flips, quarter turns, the paper's elastic
             deformation, scale, intensity, noise), ``False`` for none, or an ``Augmenter``.
         checkpoint: a file to write after every epoch (atomically): weights, AdamW state, step,
@@ -303,7 +323,14 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     for i, pair in enumerate(val_pairs):  # the same checks now, not after the first epoch
         prepare_image(pair[0], pair[1], normalization, name=f"{i} (validation)", target=target,
                       in_channels=net.in_channels)
-    sampler = PatchSampler(images, patch, rng, foreground_bias, augment=augment, image_weights=image_weights)
+    if focus_maps is not None:
+        if len(focus_maps) != len(images):
+            raise ValueError(f"focus_maps needs one map (or None) per training pair: {len(focus_maps)} for "
+                             f"{len(images)}.")
+        for im, mask in zip(images, focus_maps):
+            im.set_focus(mask)
+    sampler = PatchSampler(images, patch, rng, foreground_bias, augment=augment, image_weights=image_weights,
+                           focus_bias=focus_bias)
     loss_fn = loss or SegmentationLoss()
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):
         loss_fn = DeepSupervisionLoss(loss_fn)
@@ -353,6 +380,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             best.update(state=snapshot(), metrics=metrics, step=step, ap=val_ap)
         return metrics
 
+    last_validation = time.perf_counter()
     while True:
         elapsed = time.perf_counter() - start
         progress = max(step / total_steps if total_steps else 0.0, elapsed / budget if budget else 0.0)
@@ -424,8 +452,11 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
         optimizer.step()
         step += 1
         metrics, improved = None, False
-        if step % steps_per_epoch == 0 and val_pairs:
+        # every epoch, and at least every quarter of a time budget (a short run validates 3+ times)
+        due = step % steps_per_epoch == 0 or (budget is not None and time.perf_counter() - last_validation >= budget / 4)
+        if due and val_pairs:
             metrics = run_validation()
+            last_validation = time.perf_counter()
             if metrics is None:
                 stopped = "stopped by user"
                 break

@@ -95,7 +95,8 @@ def test_train_on_a_training_set_folder_of_the_correct_widget(train_folders, mak
     assert main(["train", str(make_random_model("cli-base")), "--training-set", str(t / "corrections"), "-o",
                  str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2"]) == 0
     provenance = load_model(t / "tuned.safetensors").config["provenance"]
-    assert provenance["data"] == str((t / "corrections").resolve()) and provenance["train_images"] == 2  # 1 held out
+    assert provenance["data"] == str((t / "corrections").resolve()) and provenance["train_images"] == 2
+    assert provenance["val_regions"] == 1  # 3 images of 96 px, too small for a strip: one is held out whole
     for args, message in ([], "--training-set DIR"),  \
             (["--training-set", str(t / "corrections"), "--images", str(t / "images")], "not both"), \
             (["--training-set", str(t / "images")], "not a training set"), \

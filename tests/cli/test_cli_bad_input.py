@@ -218,7 +218,7 @@ def train_folders(make_train_folders):
 
 def _train_args(t, model, out):
     return ["train", str(model), "--images", str(t / "images"), "--masks", str(t / "masks"), "-o", str(out),
-            "--epochs", "1", "--patch-size", "32", "--batch-size", "2"]
+            "--epochs", "1", "--patch-size", "32", "--batch-size", "2", "--keep-worse"]
 
 
 REFUSED_TRAIN = [

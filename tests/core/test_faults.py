@@ -177,7 +177,7 @@ def test_cancel_finetune_at_random_points(tiny_file, training_set, tmp_path, one
     ts_before = folder_digest(training_set.folder)
     base_bytes = tiny_file.read_bytes()
     settings = FinetuneSettings(minutes=None, epochs=3, steps_per_epoch=3, patch_size=64, batch_size=2,
-                                device="cpu", augment=False)
+                                device="cpu", augment=False, only_if_better=False)  # a random base: keep any
     triples = training_set.triples()
     events = []
     full = run_to_end(finetune_iter(tiny_file, triples, settings, name="full", out_dir=out), events.append)
@@ -588,7 +588,7 @@ def test_nan_loss_stops_finetuning_and_keeps_the_best_checkpoint(tiny_file, trai
     monkeypatch.setattr(losses.SegmentationLoss, "from_spec", classmethod(poisoned_from_spec))
     out = tmp_path / "models"
     settings = FinetuneSettings(minutes=None, epochs=4, steps_per_epoch=3, patch_size=64, batch_size=2,
-                                device="cpu", augment=False)
+                                device="cpu", augment=False, only_if_better=False)  # a random base: keep any
     checkpoints = {}
 
     def on_event(event):
@@ -623,7 +623,7 @@ def test_huge_learning_rate_stops_with_finite_weights(tiny_file, nuclei, one_thr
 def test_nan_loss_without_validation_saves_nothing(tiny_file, tmp_path, nuclei, one_thread):
     small = [(nuclei[0][0][:96, :96], nuclei[0][1][:96, :96], None)]  # too small to hold out a strip
     settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=5, patch_size=64, batch_size=2,
-                                device="cpu", lr=1e20, augment=False, loss="plain CE")
+                                device="cpu", lr=1e20, augment=False, loss="plain CE", validate=False)
     result = run_to_end(finetune_iter(tiny_file, small, settings, name="diverged", out_dir=tmp_path))
     assert result.stopped.startswith("non-finite") and result.path is None
     assert list(tmp_path.iterdir()) == []
@@ -637,25 +637,26 @@ def test_finetune_cancel_during_validation_returns_within_a_second(tmp_path, mon
     from napari_unet.training import trainer
 
     image, labels = (np.asarray(a) for a in nuclei_sample[:2])
-    # 3 images: the first is held out whole for validation
-    triples = [(image, labels, None), (image.T, labels.T, None), (image[::-1], labels[::-1], None)]
+    # 4 images: the first is held out whole for validation
+    triples = [(image, labels, None), (image.T, labels.T, None), (image[::-1], labels[::-1], None),
+               (image[:, ::-1], labels[:, ::-1], None)]
     assert image.shape == (512, 512)
     settings = FinetuneSettings(minutes=None, epochs=5, steps_per_epoch=1, patch_size=64, batch_size=1,
-                                device="cpu", augment=False)
-    real_validate, state = trainer.validate, {}
+                                device="cpu", augment=False, only_if_better=False)  # 1 step: keep it anyway
+    real_held_out, state = trainer._held_out_probabilities, {}
 
-    def validate(*args, **kwargs):
+    def held_out(net, pairs, normalization, device, target, stop):  # every pass over the validation images
         state["calls"] = state.get("calls", 0) + 1
         if state["calls"] == state["cancel_call"]:
             state["timer"] = threading.Timer(state["delay"], lambda: (state.update(t=time.perf_counter()),
-                                                                       kwargs["stop"].set()))
+                                                                       stop.set()))
             state["timer"].start()
-        return real_validate(*args, **kwargs)
+        return real_held_out(net, pairs, normalization, device, target, stop)
 
-    monkeypatch.setattr(trainer, "validate", validate)
+    monkeypatch.setattr(trainer, "_held_out_probabilities", held_out)
     latencies = []
     rng = np.random.default_rng(SEED + 5)
-    # the base model's scoring (validate call 1), the second validation in training (call 3)
+    # the base model's scoring (pass 1), the second validation in training (pass 3)
     for run, cancel_call in enumerate((1, 3)):
         state.clear()
         state.update(cancel_call=cancel_call, delay=float(rng.uniform(0.02, 0.2)))

@@ -326,7 +326,7 @@ def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp
         image, labels = fluorescent_nuclei((160, 160), 18, seed=seed)
         triples.append((image, labels, np.ones(labels.shape, bool)))
     settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=3, patch_size=64, batch_size=2,
-                                device="cpu")
+                                device="cpu", only_if_better=False)  # 3 steps may not beat the base
     result = run_to_end(finetune_iter("unet", triples, settings, out_dir=tmp_path))
     assert result.tuned_ap50 is not None and 0.0 <= result.tuned_ap50 <= 1.0
     assert result.postprocess["threshold"] in THRESHOLDS
@@ -334,3 +334,65 @@ def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp
     assert model.postprocess == result.postprocess
     assert model.config["provenance"]["postprocess_tuned"] and "Post-processing chosen" in model.config["card"]
     assert model.config["provenance"]["weight_map"] == {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+
+
+def test_validation_split_three_images_all_train_four_hold_one_out_whole():
+    """Three corrected images all train (a reviewed strip of each is held out, cut off its training
+    image); from four on, every 4th image is held out whole. Never a pixel in both."""
+    from napari_unet.finetune import split_by_region
+
+    rng = np.random.default_rng(7)
+    triples = [(rng.random((200, 300)), rng.integers(0, 5, (200, 300)).astype(np.int32), np.ones((200, 300), bool))
+               for _ in range(4)]
+    train, val = split_by_region(triples[:3], 0.25)
+    assert len(train) == 3 and len(val) == 3
+    for (image, labels, reviewed), (v_image, v_labels), (full, full_labels, _) in zip(train, val, triples):
+        assert image.shape == (200, 225) and v_image.shape == (200, 75)  # the longer axis, 25 %
+        np.testing.assert_array_equal(np.concatenate([image, v_image], 1), full)
+        np.testing.assert_array_equal(np.concatenate([labels, v_labels], 1), full_labels)
+    train, val = split_by_region(triples, 0.25)
+    assert len(train) == 3 and len(val) == 1 and val[0][0] is triples[0][0]
+    assert all(t[0].shape == (200, 300) for t in train)
+    # a reviewed box (the left 200 x 200): its strip is held out, the rest of the image trains
+    partly = [(im, lab, np.pad(np.ones((200, 200), bool), ((0, 0), (0, 100)))) for im, lab, _ in triples[:2]]
+    train, val = split_by_region(partly, 0.25)
+    assert [t[0].shape for t in train] == [(136, 300)] * 2 and [v[0].shape for v in val] == [(64, 200)] * 2
+    np.testing.assert_array_equal(val[0][1], triples[0][1][136:, :200])
+    # no fully reviewed strip anywhere (a checkerboard): two images, the first is held out whole
+    sparse = [(im, lab, np.indices((200, 300)).sum(0) % 2 == 0) for im, lab, _ in triples[:2]]
+    train, val = split_by_region(sparse, 0.25)
+    assert len(train) == 1 and len(val) == 1 and val[0][1][0, 1] == 0  # unreviewed pixels count as unknown
+    # one small image: nothing can be held out
+    assert split_by_region([(triples[0][0][:100, :100], triples[0][1][:100, :100], np.ones((100, 100), bool))])[1] == []
+
+
+def test_error_map_marks_missed_merged_and_invented_objects():
+    from napari_unet.training.focus import error_map
+
+    truth = np.zeros((20, 40), np.int32)
+    truth[2:8, 2:8] = 1  # found
+    truth[2:8, 12:18] = 2  # missed
+    truth[12:18, 2:8], truth[12:18, 8:14] = 3, 4  # merged into one prediction
+    pred = np.zeros_like(truth)
+    pred[2:8, 2:8] = 7
+    pred[12:18, 2:15] = 8  # IoU 36/78 with each
+    pred[12:18, 30:36] = 9  # invented
+    wrong = error_map(truth, pred)
+    assert not wrong[2:8, 2:8].any() and wrong[2:8, 12:18].all() and wrong[12:18, 2:15].all()
+    assert wrong[12:18, 30:36].all() and wrong.sum() == 36 + 78 + 36
+    reviewed = np.zeros(truth.shape, bool)
+    reviewed[:, :20] = True
+    assert not error_map(truth, pred, reviewed)[:, 20:].any()
+
+
+def test_patches_go_where_the_focus_is(nuclei_pairs):
+    """focus_bias 1: every patch contains a focus pixel (here one corner of the image)."""
+    image, labels = nuclei_pairs[0][:2]
+    im = prepare_image(image, labels, DEFAULT_NORMALIZATION, 64)
+    focus = np.zeros(labels.shape, bool)
+    focus[:10, :10] = True
+    im.set_focus(focus)
+    sampler = PatchSampler([im], 64, np.random.default_rng(0), augment=False, focus_bias=1.0)
+    for _ in range(20):
+        corner = sampler._corner(im)
+        assert corner[0] < 10 and corner[1] < 10

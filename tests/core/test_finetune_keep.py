@@ -1,0 +1,92 @@
+"""What fine-tuning keeps: only a model better than its base (by default), never an unchecked one
+unless validation was turned off, and short runs validate several times."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.finetune import FinetuneSettings, finetune_iter
+from napari_unet.inference.predictor import run_to_end
+from napari_unet.modelfile import load_model
+
+
+@pytest.fixture(scope="module")
+def crops(nuclei_sample):
+    image, labels = (np.asarray(a) for a in nuclei_sample[:2])
+    return [(image[:256, :256], labels[:256, :256], None), (image[256:, 256:], labels[256:, 256:], None)]
+
+
+def _settings(**kwargs):
+    return FinetuneSettings(**{"minutes": None, "epochs": 1, "steps_per_epoch": 2, "patch_size": 64,
+                               "batch_size": 1, "device": "cpu", "augment": False, **kwargs})
+
+
+def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, tmp_path, one_thread,
+                                                      monkeypatch):
+    from napari_unet import finetune
+
+    real, bars = finetune._score_base, []
+
+    def score_base(*args, **kwargs):  # the real scoring, and an unbeatable base (AP@0.5 1 after tuning)
+        metrics, bar = real(*args, **kwargs)
+        bars.append(bar)
+        return metrics, (1.0 if kwargs["tune"] else None)
+
+    monkeypatch.setattr(finetune, "_score_base", score_base)
+    base = make_random_model("keep-base")
+    settings = _settings(epochs=2, steps_per_epoch=1)
+    result = run_to_end(finetune_iter(str(base), crops, settings, out_dir=tmp_path, name="same"))
+    # the base's bar is its best AP@0.5 over the post-processing grid, at least its own settings' score
+    assert bars[0] >= result.baseline["ap50"]
+    assert result.steps == 2 and result.metrics and result.path is None and not list(tmp_path.iterdir())
+    best = max(result.metrics["ap50"], result.tuned_ap50)
+    assert result.discarded == f"not saved: its validation AP@0.5 {best:.3f} is not better than the base model's 1.000"
+    kept = run_to_end(finetune_iter(str(base), crops, _settings(only_if_better=False), out_dir=tmp_path,
+                                    name="kept"))
+    assert kept.path == tmp_path / "kept.safetensors" and kept.discarded == ""
+    card = load_model(kept.path).config["card"]
+    assert "Validation AP@0.5 on held-out regions" in card and "nan" not in card
+
+
+def test_nothing_to_hold_out_is_refused_unless_validation_is_off(crops, make_random_model, tmp_path, one_thread):
+    base = make_random_model("keep-base-2")
+    small = [(crops[0][0][:100, :100], crops[0][1][:100, :100], None)]  # one image, too small for a strip
+    with pytest.raises(ValueError, match="Nothing can be held out.*turn validation off"):
+        next(finetune_iter(str(base), small, _settings(), out_dir=tmp_path, name="refused"))
+    assert not list(tmp_path.iterdir())
+    result = run_to_end(finetune_iter(str(base), small, _settings(validate=False), out_dir=tmp_path, name="free"))
+    assert result.path is not None and result.metrics == {} and result.baseline == {}
+    config = load_model(result.path).config
+    assert "Not validated: validation was turned off" in config["card"] and "nan" not in config["card"]
+    assert config["provenance"]["val_regions"] == 0
+
+
+def test_a_short_timed_run_validates_at_least_three_times(crops, make_random_model, tmp_path, one_thread):
+    """With a time budget the validation comes every epoch and at least every quarter of the budget."""
+    base = make_random_model("keep-base-3")
+    settings = _settings(epochs=None, minutes=0.1, steps_per_epoch=100_000, only_if_better=False)
+    result = run_to_end(finetune_iter(str(base), crops, settings, out_dir=tmp_path, name="short"))
+    assert result.steps < 100_000 and len(result.history) >= 3
+
+
+def test_focus_on_the_base_models_errors_trains_and_is_recorded(crops, make_random_model, tmp_path, one_thread,
+                                                               monkeypatch):
+    from napari_unet.training import trainer
+
+    seen = {}
+    real = trainer.train_iter
+
+    def train_iter(*args, **kwargs):
+        seen.update(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(trainer, "train_iter", train_iter)
+    monkeypatch.setattr("napari_unet.training.train_iter", train_iter)
+    base = make_random_model("focus-base")
+    result = run_to_end(finetune_iter(str(base), crops, _settings(focus=0.5, only_if_better=False),
+                                      out_dir=tmp_path, name="focused"))
+    assert result.path is not None and seen["focus_bias"] == 0.5
+    maps = seen["focus_maps"]
+    assert len(maps) == 2 and all(m.dtype == bool and m.any() for m in maps)  # a random base misses objects
+    assert load_model(result.path).config["provenance"]["settings"]["focus"] == 0.5
