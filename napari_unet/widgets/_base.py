@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from magicgui.widgets import Container
 from napari.utils import progress
 from napari.utils.notifications import show_error
 
 from . import _workers
 from ._workers import BACKGROUND_NICENESS, in_background, yield_to_the_ui  # noqa: F401  (used from here)
+from ._dock import DockContainer
 from ._layers import layer_meta  # noqa: F401  (widgets import it from here)
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def error_message(exc: BaseException, what: str) -> str:
     return f"{what} failed ({type(exc).__name__}: {exc}). Nothing was changed."
 
 
-class JobWidget(Container):
-    """A labelled magicgui container that runs one thread-worker job at a time.
+class JobWidget(DockContainer):
+    """A scrolling dock (:class:`~._dock.DockContainer`) that runs one thread-worker job at a time.
 
     Subclasses set ``status`` (a Label) before calling :meth:`start_job`, and may override
     :meth:`_on_torch_ready`, :meth:`_on_job_started`, :meth:`_on_job_finished` and
@@ -59,7 +59,7 @@ class JobWidget(Container):
     cancelling_message = "cancelling…"
 
     def __init__(self, viewer, warm_up: bool = True):
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = viewer
         self._worker = None
         self._stop: threading.Event | None = None

@@ -110,6 +110,17 @@ def put_layer(viewer, layer):
     return layer
 
 
+def move_below(viewer, layer, anchor) -> None:
+    """Move ``layer`` just below ``anchor`` in the layer list (so a probability map never hides the
+    labels drawn from it); nothing happens when either is gone or it is already below."""
+    layers = viewer.layers
+    if layer not in layers or anchor not in layers:
+        return
+    index, target = layers.index(layer), layers.index(anchor)
+    if index > target:
+        layers.move(index, target)
+
+
 # -- results on disk ---------------------------------------------------------------------------
 #: Temporary folders behind zarr-backed result layers; removed with their last layer, or at exit.
 _TEMPORARY: set[str] = set()

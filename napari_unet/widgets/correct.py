@@ -25,13 +25,14 @@ from pathlib import Path
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox)
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
 from . import _workers
+from ._dock import TRAINING_FOLDER, DockContainer
 from ._layers import KEY
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ def reviewed_colormap():
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: [0.2, 0.9, 0.4, 1.0]})
 
 
-class CorrectWidget(Container):
+class CorrectWidget(DockContainer):
     """Dock widget for correcting masks and collecting them into a training set."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__()
         self._viewer = viewer
         self._clicks: list = []  # pending click positions of a two-click tool
         self._hooked: dict[int, tuple] = {}  # id of a watched layer -> (layer, its event callbacks)
@@ -70,10 +71,9 @@ class CorrectWidget(Container):
         self._written = 0  # number of the latest snapshot written
         self.lifetime = _workers.Lifetime()  # its workers' callbacks are dropped once the dock is gone
         self.lifetime.attach(self.native)
-        self._close_watch = _CloseWatch(self.flush_now)
-        qt_window = getattr(viewer.window, "_qt_window", None) if viewer.window is not None else None
-        if qt_window is not None:  # the last second of edits is saved when the window closes
-            qt_window.installEventFilter(self._close_watch)
+        # the last second of edits is saved when the window closes: once docked, the watch follows
+        # the dock's top-level window (QWidget.window(), no private napari attribute)
+        self._close_watch = _CloseWatch(self.flush_now, self.native)
 
         self.source = ComboBox(label="Labels", choices=self._labels_choices,
                                tooltip="The labels to correct (a prediction, or your own layer).")
@@ -94,17 +94,20 @@ class CorrectWidget(Container):
         self.sigma_unit = ComboBox(label="sigma unit", choices=("pixels", "micrometres (layer scale)"),
                                    value="pixels")
         self.weight_button = PushButton(text="Show weight map")
-        self.folder = FileEdit(label="Training set", mode="d", value=str(Path.home() / "napari-unet-training"),
-                               tooltip="A folder for your corrections (images/, masks/, reviewed/ and index.json).")
+        self.folder = TRAINING_FOLDER.field(tooltip="A folder for your corrections (images/, masks/, reviewed/ and "
+                                                    "index.json), shared with the Fine-tune dock.")
         self.plane_only = CheckBox(text="Only the current plane (stacks)", value=False)
         self.add_button = PushButton(text="Add to training set")
         self.open_button = PushButton(text="Open training set")
         self.status = Label(label="")
         self.status.native.setWordWrap(True)
-        self.extend([self.source, self.correct_button, self.tool, self.min_size, self.remove_small_button,
-                     self.relabel_button, self.review_whole, self.review_plane, self.review_view, self.review_clear,
-                     self.w0, self.sigma, self.sigma_unit, self.weight_button, self.folder, self.plane_only,
-                     self.add_button, self.open_button, self.status])
+        self.extend([self.source, self.correct_button, self.tool, self.review_whole, self.review_plane,
+                     self.review_view, self.review_clear, self.folder, self.add_button])
+        self.add_section("Clean-up, weight map, training set", [
+            self.min_size, self.remove_small_button, self.relabel_button, self.w0, self.sigma, self.sigma_unit,
+            self.weight_button, self.plane_only, self.open_button])
+        self.add_qt(self.status.native)
+        self.finish_layout()
 
         self.correct_button.changed.connect(lambda *_: self._guard(self.start_correcting))
         self.tool.changed.connect(self._on_tool_changed)
@@ -338,7 +341,8 @@ class CorrectWidget(Container):
     def _visible_box(self, layer) -> tuple:
         """The data-space box of the canvas' visible area (the last two axes)."""
         camera = self._viewer.camera
-        canvas = self._viewer.window._qt_viewer.canvas.size if self._viewer.window is not None else (512, 512)
+        # napari >= 0.6: the canvas size (height, width) is public on the viewer model
+        canvas = getattr(getattr(self._viewer, "canvas", None), "size", None) or (512, 512)
         height, width = canvas[0] / camera.zoom, canvas[1] / camera.zoom
         centre = np.asarray(camera.center[-2:])
         lo = layer.world_to_data(list(self._viewer.dims.point[:-2]) + list(centre - [height / 2, width / 2]))[-2:]
@@ -539,15 +543,36 @@ class CorrectWidget(Container):
 
 
 class _CloseWatch(QObject):
-    """Calls ``callback`` when the watched window is about to close."""
+    """Calls ``callback`` when the top-level window of ``widget`` is about to close (the window is
+    looked up whenever the widget is shown or moved to another parent, e.g. docked)."""
 
-    def __init__(self, callback):
+    def __init__(self, callback, widget):
         import weakref
 
         super().__init__()
         self._callback = weakref.WeakMethod(callback)  # the window must not keep a closed widget alive
+        self._widget = widget
+        self._window = lambda: None  # a weak reference: the dock must not keep napari's window alive
+        widget.installEventFilter(self)
+
+    def _follow_window(self):
+        import weakref
+
+        window, previous = self._widget.window(), self._window()
+        if window is self._widget or window is previous:
+            return
+        if previous is not None:
+            previous.removeEventFilter(self)
+        window.installEventFilter(self)
+        self._window = weakref.ref(window)
 
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        # napari docks the widget into a dock widget first, then the dock into its window: a
+        # reparenting of either (or a show) looks for the top-level window again
+        if event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
+            self._follow_window()
+        if obj is self._widget:
+            return False
         callback = self._callback()
         if callback is not None and event.type() == QEvent.Type.Close:
             try:

@@ -11,6 +11,7 @@ up at once in the Segment widget's model list.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import napari.viewer
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_info, show_warning
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
+from ._dock import TRAINING_FOLDER
 from ._plot import LossPlot
 
 FROM_VIEWER = "corrected layers in the viewer"
@@ -62,7 +64,10 @@ class FinetuneWidget(JobWidget):
                               tooltip="The model to start from: a bundled one or one of yours. It is never modified.")
         self.source = ComboBox(label="Train on", choices=(FROM_VIEWER, FROM_FOLDER), value=FROM_VIEWER,
                                tooltip="The corrected layers in this viewer (Correct widget), or a training-set folder.")
-        self.folder = FileEdit(label="Training set", mode="d", value=str(Path.home() / "napari-unet-training"))
+        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True, value=None,
+                              tooltip="Only for corrections that do not say which image they belong to (masks "
+                                      "opened from a file): their image. Empty: the only open image of their shape.")
+        self.folder = TRAINING_FOLDER.field(tooltip="The training-set folder (shared with the Correct dock).")
         self.loss = ComboBox(label="Loss", choices=list(LOSS_PRESETS), value=defaults.loss,
                              tooltip="Weight-map cross-entropy is the U-Net paper's loss: it stresses the thin gaps "
                                      "between touching objects.")
@@ -78,6 +83,12 @@ class FinetuneWidget(JobWidget):
                                             f"(patches of 256 px, batch {defaults.batch_size}, "
                                             f"learning rate {defaults.lr:g} with warm-up and cosine decay).")
         self.augment = CheckBox(text="Augmentation (flips, elastic, intensity)", value=defaults.augment)
+        self.only_if_better = CheckBox(text="Keep only if better than the base model", value=defaults.only_if_better,
+                                       tooltip="Save the new model only if it scores better than the base model on "
+                                               "the held-out part of your corrections.")
+        self.validate = CheckBox(text="Hold out part to check the model", value=defaults.validate,
+                                 tooltip="Score the model on a held-out strip of each image (every 4th image from "
+                                         "four on). Off: everything trains and the model is kept unchecked.")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.device_info = Label(label="")
         self.name = LineEdit(label="Save as", value="",
@@ -88,10 +99,13 @@ class FinetuneWidget(JobWidget):
         self.status.native.setWordWrap(True)
         self.device_info.native.setWordWrap(True)
         self.run_button = PushButton(text="Run new model on current layer", enabled=False)
-        self.extend([self.model, self.source, self.folder, self.loss, self.w0, self.sigma, self.target, self.minutes,
-                     self.augment, self.device, self.device_info, self.name, self.train_button])
-        self.native.layout().addWidget(self.plot)
-        self.extend([self.status, self.run_button])
+        self.extend([self.model, self.source, self.image, self.folder, self.minutes, self.name])
+        self.add_section("Loss, target, device", [self.loss, self.w0, self.sigma, self.target, self.augment,
+                                                   self.validate, self.only_if_better, self.device,
+                                                   self.device_info])
+        for widget in (self.train_button, self.plot, self.status, self.run_button):  # in this order, below
+            self.add_qt(getattr(widget, "native", widget))
+        self.finish_layout()
 
         self.train_button.changed.connect(self._on_train_clicked)
         self.run_button.changed.connect(self.run_new_model)
@@ -126,32 +140,70 @@ class FinetuneWidget(JobWidget):
         self.w0.enabled = self.sigma.enabled = uses_map
 
     # -- training data ---------------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and "napari_unet" not in layer.metadata]
+
+    def _image_of(self, layer, image_name) -> tuple[object, str]:
+        """``(image layer, "")`` for a corrections layer, or ``(None, why not)``: the layer it was
+        made from, else the one chosen in Image, else the only image of its shape."""
+        from napari.layers import Image
+
+        if image_name and image_name in self._viewer.layers:
+            return self._viewer.layers[image_name], ""
+        shape = tuple(layer.data.shape)
+
+        def fits(image):
+            data_shape = tuple(image.data[0].shape if image.multiscale else image.data.shape)
+            return (data_shape[:-1] if image.rgb else data_shape)[-len(shape):] == shape
+
+        chosen = self.image.value
+        if chosen is not None and chosen in self._viewer.layers and fits(chosen):
+            return chosen, ""
+        fitting = [im for im in self._viewer.layers if isinstance(im, Image) and "napari_unet" not in im.metadata
+                   and fits(im)]
+        if len(fitting) == 1:
+            return fitting[0], ""
+        what = (f"the image of '{layer.name}' ({image_name}) is no longer in the viewer" if image_name
+                else f"'{layer.name}' does not say which image it belongs to")
+        if not fitting:
+            return None, f"{what} and no open image has its shape {shape}: open it again under that name"
+        return None, (f"{what} and {len(fitting)} images have its shape {shape}: choose its image in 'Image'")
+
     def viewer_triples(self) -> tuple[list, str]:
         """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer, as
-        ``(triples, source)``; the layers' names are kept for :meth:`check_triples`' messages."""
-        triples, names = [], []
+        ``(triples, source)``; the layers' names are kept for :meth:`check_triples`' messages. A
+        layer whose image cannot be found is skipped with a warning (an error when none is left)."""
+        triples, names, skipped = [], [], []
         for layer in self._viewer.layers:
             meta = _meta(layer)
             if not isinstance(layer, Labels) or meta.get("kind") != "corrections":
                 continue
-            image_name, reviewed_name = meta.get("source"), meta.get("reviewed")
-            if image_name not in self._viewer.layers:
-                raise ValueError(f"The image of '{layer.name}' ({image_name}) is no longer in the viewer: open it "
-                                 "again under that name, or remove the corrections layer.")
-            image_layer = self._viewer.layers[image_name]
+            reviewed_name = meta.get("reviewed")
             reviewed = (np.asarray(self._viewer.layers[reviewed_name].data) > 0
                         if reviewed_name in self._viewer.layers else np.zeros(layer.data.shape, bool))
             if not reviewed.any():
+                continue
+            image_layer, why = self._image_of(layer, meta.get("source"))
+            if image_layer is None:
+                skipped.append(why)
                 continue
             data = image_layer.data[0] if image_layer.multiscale else image_layer.data
             image = np.array(data, copy=True)
             if image_layer.rgb:
                 image = np.moveaxis(image, -1, 0)
             triples.append((image, np.array(layer.data, copy=True), reviewed))
-            names.append((layer.name, image_name))
+            names.append((layer.name, image_layer.name))
         if not triples:
+            if skipped:
+                raise ValueError(skipped[0][0].upper() + skipped[0][1:] + "." +
+                                 "".join(f" Also: {why}." for why in skipped[1:]))
             raise ValueError("No reviewed corrections in the viewer: use the Correct widget (Correct, edit, "
                              "mark reviewed), or train on a training-set folder.")
+        for why in skipped:
+            show_warning(f"Skipped: {why}.")
         self._triple_names = names
         return triples, "layers " + ", ".join(n for n, _ in names)
 
@@ -235,6 +287,7 @@ class FinetuneWidget(JobWidget):
         return FinetuneSettings(minutes=float(self.minutes.value), loss=self.loss.value, w0=float(self.w0.value),
                                 sigma=float(self.sigma.value), augment=bool(self.augment.value),
                                 target=None if self.target.value == SAME_TARGET else self.target.value,
+                                only_if_better=bool(self.only_if_better.value), validate=bool(self.validate.value),
                                 device=self.device.value)
 
     def train(self):
@@ -274,12 +327,15 @@ class FinetuneWidget(JobWidget):
                 self.plot.set_baseline(event.val_ap)
                 self.status.value = f"base model: validation AP@0.5 {event.val_ap:.3f}; training…"
             return
-        self.plot.add_loss(event.step, event.loss)
+        finite = math.isfinite(event.loss)  # the closing validation event carries no loss
+        if finite:
+            self.plot.add_loss(event.step, event.loss)
         if event.validated and event.val_ap is not None:
             self.plot.add_score(event.step, event.val_ap)
         left = "" if event.seconds_left is None else f", {event.seconds_left / 60:.1f} min left"
-        score = "" if event.val_ap is None else f", validation AP@0.5 {event.val_ap:.3f}"
-        self.status.value = f"step {event.step}: loss {event.loss:.3f}{score}{left}"
+        parts = ([f"loss {event.loss:.3f}"] if finite else []) + \
+            ([f"validation AP@0.5 {event.val_ap:.3f}"] if event.val_ap is not None else [])
+        self.status.value = f"step {event.step}: {', '.join(parts) or 'validating'}{left}"
         bar = self._progress
         if bar is not None and self._budget:
             bar.n = int(min(100, 100 * (time.perf_counter() - self._started) / self._budget))
@@ -290,17 +346,22 @@ class FinetuneWidget(JobWidget):
 
         self.last_result = result
         if result.path is None:
-            self.status.value = f"{result.stopped} before the first validation: nothing was saved."
+            if result.discarded:  # trained and validated, but no better than the base model
+                self.status.value = (f"{result.discarded} ({result.steps} steps, {result.stopped}); the base model "
+                                     "stays your best. Correct more objects, train longer, or untick 'Keep only if "
+                                     "better' to keep it anyway.")
+            else:
+                self.status.value = f"{result.stopped} before the first validation: nothing was saved."
             return
         base = result.baseline.get("ap50")
         best = result.metrics.get("ap50")
         gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
+        score = f"validation AP@0.5 {best:.3f}" if best is not None else "not validated"
         pp = result.postprocess
         chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
                   f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
                   f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
-        self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): validation AP@0.5 "
-                             f"{best if best is not None else float('nan'):.3f}{gain}{chosen}"
+        self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"
                              f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
         for warning in result.warnings:
             show_warning(warning)

@@ -27,7 +27,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, model_label, put_layer,
+from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, model_label, move_below, put_layer,
                       release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
@@ -186,9 +186,13 @@ class SegmentWidget(JobWidget):
         self.add_probabilities = CheckBox(text="Also add probabilities", value=False)
         self.run_button = PushButton(text="Run")
         self.status = Label(label="")
-        self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.device, self.device_info,
-                     self.tile_size, self.threshold, self.min_size, self.split, self.add_probabilities,
-                     self.run_button, self.status])
+        self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.threshold,
+                     self.min_size, self.split])
+        self.add_section("Device, tiles, probabilities", [self.device, self.device_info, self.tile_size,
+                                                          self.add_probabilities])
+        self.add_qt(self.run_button.native)
+        self.add_qt(self.status.native)
+        self.finish_layout()
 
         for label in (self.model_info, self.device_info, self.status):
             label.native.setWordWrap(True)  # long model cards and messages wrap instead of widening the dock
@@ -207,6 +211,7 @@ class SegmentWidget(JobWidget):
 
         on_models_changed(self.refresh_models)  # a fine-tuned model shows up at once
         if not self._torch_ready:
+            self._on_model_changed()  # the model's threshold from the start (read without PyTorch)
             self.model_info.value = self.device_info.value = "loading PyTorch…"
 
     def _on_torch_ready(self):
@@ -247,11 +252,25 @@ class SegmentWidget(JobWidget):
             self.image.value = self.image.choices[-1]  # the top-most image
 
     # -- model and device ---------------------------------------------------------------
+    def _apply_postprocess_defaults(self, config: dict) -> None:
+        from ..catalog import postprocess_defaults
+
+        defaults = postprocess_defaults(config)
+        self.threshold.value = defaults["threshold"]
+        self.min_size.value = defaults["min_size"]
+        self.split.value = defaults["split_touching"]
+
     def _on_model_changed(self, *_):
-        """Describe the chosen model and apply the post-processing it was tuned with."""
+        """Describe the chosen model and apply the post-processing it was tuned with (the fields
+        show it at once, read from the file's header, before PyTorch has loaded)."""
         if not self._torch_ready:
-            return  # done by _on_torch_ready
-        from ..modelfile import ModelFileError, postprocess_defaults, read_config, resolve_model_path
+            from ..catalog import peek_config
+
+            config = peek_config(self.model.value) if self.model.value else None
+            if config is not None:
+                self._apply_postprocess_defaults(config)
+            return  # the description: _on_torch_ready
+        from ..modelfile import ModelFileError, read_config, resolve_model_path
         from ..models import get_spec
 
         name = self.model.value
@@ -266,10 +285,7 @@ class SegmentWidget(JobWidget):
         text = f"{get_spec(config['architecture']).title}, {config['output']['target']} target"
         trained = config.get("provenance", {}).get("data", "")
         self.model_info.value = text + (f"\ntrained on {trained}" if trained else "")
-        defaults = postprocess_defaults(config)
-        self.threshold.value = defaults["threshold"]
-        self.min_size.value = defaults["min_size"]
-        self.split.value = defaults["split_touching"]
+        self._apply_postprocess_defaults(config)
 
     def _ask_for_model_file(self, *_):
         from qtpy.QtWidgets import QFileDialog
@@ -428,7 +444,8 @@ class SegmentWidget(JobWidget):
             self._on_large_result(ready, layer, started)
             return
         if layer not in self._viewer.layers:
-            show_warning(f"'{layer.name}' was removed while it was being segmented; the result was discarded.")
+            self.status.value = f"'{layer.name}' was removed while it was being segmented; the result was discarded."
+            show_warning(self.status.value)
             return
         result = ready.segmentation
         self.last_result = result
@@ -446,7 +463,7 @@ class SegmentWidget(JobWidget):
 
             def add_probabilities():
                 self._pending_ui = False
-                put_layer(self._viewer, ready.probabilities)
+                move_below(self._viewer, put_layer(self._viewer, ready.probabilities), labels)
                 self._viewer.layers.selection.active = labels
 
             QTimer.singleShot(0, add_probabilities)
@@ -455,8 +472,9 @@ class SegmentWidget(JobWidget):
         result, live = ready.segmentation, self._live
         self._live = None
         self.last_result = result
-        if live is None or live not in self._viewer.layers:
-            return  # removed by the user meanwhile (which removed its folder)
+        if live is None or live not in self._viewer.layers:  # removed by the user meanwhile (with its folder)
+            self.status.value = "the result layer was removed while it was being filled; the result was discarded."
+            return
         if not live.multiscale:  # napari paints single-scale layers only: now into the store itself
             import zarr
 
@@ -474,7 +492,7 @@ class SegmentWidget(JobWidget):
             show_warning(message)
         show_info(f"napari-unet: {n} objects found in '{layer.name}'.")
         if ready.probabilities is not None:
-            put_layer(self._viewer, ready.probabilities)
+            move_below(self._viewer, put_layer(self._viewer, ready.probabilities), live)
             self._viewer.layers.selection.active = live
 
     def _on_job_finished(self):

@@ -13,7 +13,6 @@ Torch and scoring run in thread workers; this module only reads widgets and puts
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import napari.viewer
 import numpy as np
@@ -91,18 +90,21 @@ class SupervisionWidget(JobWidget):
         self.prune_button = PushButton(text="Run pruned")
         self.pruned = Table(tooltip="Time per megapixel of each pruned run, its speed-up over the full network "
                                     "(timed the same way, after a warm-up) and its score.")
-        self.extend([self.image, self.model, self.corrections, self.device, self.device_info, self.run_button,
-                     self.status, self.show_depth, self.grid, self.next_button, self.rescore_button,
-                     self.prune_depth, self.prune_button])
+        self.extend([self.image, self.model, self.corrections, self.run_button, self.status, self.show_depth,
+                     self.grid])
         # the tables span the dock's width, under a title, instead of sitting in the value column
-        from qtpy.QtWidgets import QLabel
+        from magicgui.widgets import Label as MLabel
 
-        for title, table in (("Scores against the corrections (★ best AP@0.5)", self.scores),
-                             ("Pruned U-Net++ runs (speed-up over the full network)", self.pruned)):
+        for table in (self.scores, self.pruned):
             table.read_only = True
             table.native.setMinimumHeight(150)
-            self.native.layout().addWidget(QLabel(title))
-            self.native.layout().addWidget(table.native)
+        self.add_qt(MLabel(value="Scores against the corrections (★ best AP@0.5)").native)
+        self.add_qt(self.scores.native)
+        self.add_section("Review, pruning, device", [
+            self.next_button, self.rescore_button, self.prune_depth, self.prune_button,
+            MLabel(value="Pruned U-Net++ runs (speed-up over the full network)"), self.pruned, self.device,
+            self.device_info])
+        self.finish_layout()
         for label in (self.device_info, self.status):
             label.native.setWordWrap(True)
 
@@ -321,7 +323,8 @@ class SupervisionWidget(JobWidget):
             if result is None or stop.is_set():
                 return
             if layer not in self._viewer.layers:
-                show_info(f"'{layer.name}' was removed while it was predicted; the result was discarded.")
+                self.status.value = f"'{layer.name}' was removed while it was predicted; the result was discarded."
+                show_info(self.status.value)
                 return
             depths, scores, layers, disagreement = result
             self.last_depths, self.last_scores = depths, scores

@@ -143,6 +143,7 @@ def finetune_run():
     def train():
         widget.model.value = "unet"
         widget.minutes.value = 5.0
+        widget.only_if_better.value = False  # the first validation writes a checkpoint, better or not
         widget.train_button.native.click()
         step("Train clicked")
         # close once a validation has scored a model better than nothing: it must be kept

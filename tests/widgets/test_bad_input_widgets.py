@@ -280,6 +280,7 @@ def test_finetune_after_a_refusal_trains_colour_images_as_grey(installed, finetu
     _corrections(viewer, rgb, -labels, rgb=True)
     widget.model.value = "tiny"
     widget.minutes.value = 0.1
+    widget.validate.value = False  # one 64 px image: nothing to hold out
     click(widget.train_button)
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert "negative ids" in widget.status.value

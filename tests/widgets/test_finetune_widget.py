@@ -29,6 +29,7 @@ def test_finetune_on_corrections_then_run_the_new_model(finetune_widget, click, 
     widget.model.value = "unet"
     widget.minutes.value = 0.3
     widget.name.value = "my nuclei"
+    widget.only_if_better.value = False  # 18 s may not beat the base model: keep it anyway (tested below)
     assert widget.device_info.value.startswith("trains on: ")
     click(widget.train_button)
     assert widget.running and widget.train_button.text == "Cancel"
@@ -95,6 +96,7 @@ def test_finetune_from_a_training_set_folder(finetune_widget, click, qtbot, tmp_
     widget.model.value = "mobile-unet"
     widget.minutes.value = 0.15
     widget.name.value = "from folder"
+    widget.only_if_better.value = False
     click(widget.train_button)
     assert widget.running
     qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
@@ -127,10 +129,11 @@ from napari_unet.finetune import FinetuneSettings, finetune_iter
 from napari_unet.inference.predictor import run_to_end
 from napari_unet.synthetic import fluorescent_nuclei
 warm_up_imports()
-image, labels = fluorescent_nuclei((96, 96), 12, seed=0)
+pairs = [fluorescent_nuclei((96, 96), 12, seed=seed)[:2] for seed in (0, 1)]  # one trains, one validates
 before = set(sys.modules)
 settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1)
-run_to_end(finetune_iter("unet", [(image, labels, np.ones(labels.shape, bool))], settings, out_dir={str(tmp_path)!r}))
+run_to_end(finetune_iter("unet", [(im, lab, np.ones(lab.shape, bool)) for im, lab in pairs], settings,
+                         out_dir={str(tmp_path)!r}))
 print(json.dumps(sorted(set(sys.modules) - before)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -138,3 +141,60 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     late = json.loads(out.stdout.strip().splitlines()[-1])
     assert not [m for m in late if m.startswith(("sympy", "torch._dynamo", "scipy", "skimage"))], late
     assert len(late) < 20, late
+
+
+def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(finetune_widget, click, qtbot,
+                                                                            monkeypatch):
+    from napari_unet import finetune
+    from napari_unet.training import trainer
+
+    real_validate, real_score_base, calls = trainer.validate, finetune._score_base, []
+
+    def validate(*args, **kwargs):  # every fine-tuned state scores 0.7
+        calls.append(1)
+        return {**real_validate(*args, **kwargs), "ap50": 0.7}
+
+    def score_base(*args, **kwargs):  # the base scores 0.8, with its own post-processing and tuned
+        metrics, _ = real_score_base(*args, **kwargs)
+        return {**metrics, "ap50": 0.8}, (0.8 if kwargs["tune"] else None)
+
+    monkeypatch.setattr(trainer, "validate", validate)
+    monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(trainer, "tune_postprocess", lambda *a, **k: ({"threshold": 0.5, "min_size": 16,
+                                                                       "split_touching": True}, [(None, 0.7)]))
+    viewer, widget = finetune_widget
+    _corrections(viewer, click)
+    models_before = set(user_models())
+    widget.model.value = "mobile-unet"
+    widget.minutes.value = 0.2
+    assert widget.only_if_better.value  # the default
+    click(widget.train_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
+    result = widget.last_result
+    assert result.path is None and result.steps > 0 and calls  # validated (3+ times: test_finetune_keep.py)
+    assert set(user_models()) == models_before and not widget.run_button.enabled
+    status = widget.status.value
+    assert "not better than the base model's 0.800" in status and "untick 'Keep only if better'" in status
+    assert "nan" not in status
+
+
+def test_masks_opened_from_a_file_are_fine_tuned_with_their_image(finetune_widget, click, qtbot):
+    """Corrections of a Labels layer the user opened (no image recorded): the only image of their
+    shape is used; with two such images the user picks one in 'Image'."""
+    viewer, widget = finetune_widget
+    viewer.open_sample("napari-unet", "nuclei")
+    image, truth = viewer.layers
+    truth.metadata.pop("napari_unet", None)  # as if opened from a mask file
+    _, correct = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    correct.source.value = truth
+    click(correct.correct_button)
+    click(correct.review_whole)
+    triples, source = widget.viewer_triples()
+    assert len(triples) == 1 and np.array_equal(triples[0][0], image.data) and truth.name in source
+    twin = viewer.add_image(image.data[::-1].copy(), name="another image")
+    with pytest.raises(ValueError, match="2 images have its shape.*choose its image in 'Image'"):
+        widget.viewer_triples()
+    widget.image.reset_choices()
+    widget.image.value = twin
+    triples, _ = widget.viewer_triples()
+    assert np.array_equal(triples[0][0], twin.data)

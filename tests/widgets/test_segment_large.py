@@ -53,7 +53,8 @@ def test_a_dask_layer_becomes_a_zarr_labels_layer_filled_while_it_runs(tiny_in_l
     viewer.layers.events.inserted.connect(lambda e: seen_while_running.append((e.value.name, widget.job_running)))
     run_and_wait(widget)
 
-    assert [layer.name for layer in viewer.layers] == ["lazy", "lazy [tiny] labels", "lazy [tiny] probabilities"]
+    # the probabilities go below the labels, which stay visible on top
+    assert [layer.name for layer in viewer.layers] == ["lazy", "lazy [tiny] probabilities", "lazy [tiny] labels"]
     labels = viewer.layers["lazy [tiny] labels"]
     assert ("lazy [tiny] labels", True) in seen_while_running  # shown while it filled
     assert labels.multiscale and isinstance(labels.data[0], zarr.Array)

@@ -27,6 +27,7 @@ def test_bundled_unet_segments_the_nuclei_sample(segment_widget, run_and_wait):
     run_and_wait(widget)
     labels = viewer.layers["nuclei (synthetic) [unet] labels"]
     probs = viewer.layers["nuclei (synthetic) [unet] probabilities"]
+    assert viewer.layers.index(probs) < viewer.layers.index(labels)  # below: the labels stay visible
     assert labels.data.shape == image.data.shape and labels.data.dtype == np.int32
     assert probs.data.shape == image.data.shape
     n_true = int(truth.data.max())
