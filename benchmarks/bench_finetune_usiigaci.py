@@ -97,7 +97,7 @@ def run_finetune(arm: str, corrected, scored, minutes: float, seed: int, out: st
         return {"ap50": float("nan"), "steps": result.steps, "seconds": seconds, "note": result.stopped}
     scores = score_model(load_model(result.path), scored)
     return {**scores, "steps": result.steps, "seconds": seconds, "val": result.metrics.get("ap50"),
-            "pp": result.postprocess}
+            "pp": {**result.postprocess, **({"weights": "base's"} if result.weights == "base" else {})}}
 
 
 def run_monai(corrected, scored, minutes: float, seed: int) -> dict:

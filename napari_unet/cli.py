@@ -378,6 +378,8 @@ def cmd_train(args) -> int:
               if result.tuned_ap50 is not None else "")
     score = (f"best validation AP@0.5 {result.metrics['ap50']:.3f} at step {result.best_step} of {result.steps}"
              if result.metrics else f"not validated, {result.steps} steps")
+    if result.weights == "base":
+        score = f"{result.discarded}; {result.steps} steps"
     print(f"saved {result.path} ({score}; {result.stopped}){chosen}")
     return 0
 

@@ -105,7 +105,8 @@ class FinetuneResult:
     postprocess: dict = field(default_factory=dict)  # the post-processing stored with the model
     tuned_ap50: float | None = None  # validation AP@0.5 with it (chosen on the same regions)
     best_step: int = 0  # the step of the best validation (of the saved weights)
-    discarded: str = ""  # why nothing was saved although training ran (e.g. not better than the base model)
+    discarded: str = ""  # why the fine-tuned weights were not kept although training ran (not better than the base)
+    weights: str = "fine-tuned"  # or "base": the saved file holds the base's weights with tuned post-processing
 
     @property
     def gain(self) -> float | None:
@@ -202,8 +203,9 @@ def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 6
 
 def _score_base(net, val, normalization, device, postprocess, target, stop, tune: bool):
     """``(metrics with the base model's own post-processing, its best AP@0.5 over the tuning grid
-    or None)`` on the held-out regions, predicted once: a fine-tuned model is kept only if it
-    beats the second (both sides then choose their post-processing on the same data)."""
+    and its own settings or None, the grid's best settings when they beat its own or None)`` on
+    the held-out regions, predicted once: a fine-tuned model is kept only if it beats the second
+    (both sides then choose their post-processing on the same data)."""
     from .inference.postprocess import choose_postprocess, probabilities_to_labels
     from .metrics import evaluate, mean_metrics
     from .training.trainer import _held_out_probabilities
@@ -212,9 +214,12 @@ def _score_base(net, val, normalization, device, postprocess, target, stop, tune
     metrics = mean_metrics([evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
                             for probs, labels in items])
     if not tune:
-        return metrics, None
-    _, table = choose_postprocess(items, target)
-    return metrics, round(max([metrics["ap50"]] + [score for _, score in table]), 4)
+        return metrics, None, None
+    best, table = choose_postprocess(items, target)
+    best_score = max(score for _, score in table)
+    if best_score > metrics["ap50"]:  # the grid beats the base's own settings on the user's data
+        return metrics, round(best_score, 4), best
+    return metrics, round(metrics["ap50"], 4), None
 
 
 def unique_model_name(base: str) -> str:
@@ -252,8 +257,11 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     turns NaN/Inf stops training, keeps the best model and says why in ``stopped``.
 
     With ``settings.only_if_better`` (the default) a model that does not validate better than the
-    base model (same held-out regions, same post-processing) is not saved, not even as a
-    checkpoint: ``FinetuneResult.discarded`` says so. With ``settings.validate`` (the default) a
+    base model is not saved, not even as a checkpoint: both are judged by their best AP@0.5 over
+    the post-processing grid on the same held-out regions. When the base model with the grid's
+    best settings beats its own settings, that is saved instead (the base's weights, unchanged,
+    with the tuned post-processing: ``FinetuneResult.weights == "base"``); ``discarded`` says
+    what happened. With ``settings.validate`` (the default) a
     training set from which nothing can be held out is refused before training.
     """
     from .inference.predictor import PredictionCancelled
@@ -325,10 +333,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     baseline = {}
     if stop is not None and stop.is_set():
         return stopped_early()
-    base_bar = None  # what a fine-tuned model must beat to be kept: the base's best on the held-out part
+    base_bar = base_pp = None  # what a fine-tuned model must beat to be kept: the base's best on the held-out part
     if val and target == loaded.target:
         try:
-            baseline, base_bar = _score_base(net, val, loaded.normalization, settings.device, postprocess, target,
+            baseline, base_bar, base_pp = _score_base(net, val, loaded.normalization, settings.device, postprocess, target,
                                              stop, tune=settings.only_if_better)
         except PredictionCancelled:
             return stopped_early()
@@ -348,9 +356,12 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
 
         net.set_out_channels(len(TARGETS[target]))
 
-    def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float) -> dict:
+    def config_now(stopped: str, metrics: dict, best_step: int, steps: int, seconds: float,
+                   weights_net=None) -> dict:
+        base_weights = weights_net is not None
         provenance = {
-            "trained": True, "fine_tuned": True, "base_model": loaded.name,
+            "trained": True, "fine_tuned": not base_weights, "base_model": loaded.name,
+            "weights": "the base model's, unchanged (fine-tuning did not beat them)" if base_weights else "fine-tuned",
             "base_provenance": loaded.config.get("provenance", {}).get("data"),
             "data": source or "corrections", "train_images": len(train), "val_regions": len(val),
             "loss": spec, "loss_preset": settings.loss, "weight_map": weight_map, "target": target,
@@ -364,6 +375,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                 f"({source or 'corrections'}), loss {settings.loss}"
                 f"{f' (w0={settings.w0:g}, sigma={settings.sigma:g} px)' if weight_map else ''}, target {target}, "
                 f"{steps} steps ({stopped}).\n\n")
+        if base_weights:
+            card += (f"The fine-tuned weights scored no better than `{loaded.name}` with post-processing tuned on "
+                     "the same held-out regions, so this file holds the base model's weights, unchanged, with "
+                     "that post-processing.\n\n")
         if metrics:
             card += (f"Validation AP@0.5 on held-out regions: {metrics['ap50']:.3f}"
                      + (f" (base model: {baseline['ap50']:.3f}).\n" if baseline else ".\n"))
@@ -374,7 +389,8 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             card += (f"\nPost-processing chosen on the same regions: threshold {postprocess['threshold']:g}, minimum "
                      f"size {postprocess['min_size']} px, {'split' if postprocess['split_touching'] else 'no split'} "
                      f"(AP@0.5 {tuned:.3f}).\n")
-        return make_config(net, loaded.config["architecture"], target, loaded.normalization, provenance, card)
+        return make_config(weights_net if base_weights else net, loaded.config["architecture"], target,
+                           loaded.normalization, provenance, card)
 
     saved, tuned = None, None
 
@@ -416,9 +432,19 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             discarded = (f"not saved: its validation AP@0.5 {best:.3f} is not better than the base model's "
                          f"{base_bar:.3f}")
             postprocess = loaded.postprocess
+    weights = "fine-tuned"
     if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
         saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
+    elif discarded and base_pp is not None and not (stop is not None and stop.is_set()):
+        # the base's weights with the post-processing tuned on the held-out part beat both the fine-tuned
+        # weights and the base as it was: that is the best model for these images
+        postprocess, tuned, weights = dict(base_pp), base_bar, "base"
+        discarded = (f"the fine-tuned weights (validation AP@0.5 {best:.3f}) did not beat the base model with "
+                     f"post-processing tuned on your corrections ({base_bar:.3f}; {baseline['ap50']:.3f} with its "
+                     "own): saved the base model's weights with that post-processing")
+        saved = save_model(path, loaded.net.eval(), config_now(result.stopped, baseline, 0, result.steps,
+                                                               result.seconds, weights_net=loaded.net))
     return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
                           result.seconds, result.history, list(result.warnings), dict(postprocess), tuned,
-                          result.best_step, discarded)
+                          result.best_step, discarded, weights)

@@ -361,6 +361,10 @@ class FinetuneWidget(JobWidget):
         chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
                   f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
                   f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
+        if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
+            score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
+            chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "
+                      f"{'split' if pp['split_touching'] else 'no split'}")
         self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"
                              f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
         for warning in result.warnings:

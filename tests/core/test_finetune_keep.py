@@ -29,9 +29,9 @@ def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, 
     real, bars = finetune._score_base, []
 
     def score_base(*args, **kwargs):  # the real scoring, and an unbeatable base (AP@0.5 1 after tuning)
-        metrics, bar = real(*args, **kwargs)
+        metrics, bar, _ = real(*args, **kwargs)
         bars.append(bar)
-        return metrics, (1.0 if kwargs["tune"] else None)
+        return metrics, (1.0 if kwargs["tune"] else None), None
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     base = make_random_model("keep-base")
@@ -90,3 +90,32 @@ def test_focus_on_the_base_models_errors_trains_and_is_recorded(crops, make_rand
     maps = seen["focus_maps"]
     assert len(maps) == 2 and all(m.dtype == bool and m.any() for m in maps)  # a random base misses objects
     assert load_model(result.path).config["provenance"]["settings"]["focus"] == 0.5
+
+
+def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_beat_it(
+        crops, make_random_model, tmp_path, one_thread, monkeypatch):
+    """The base model's weights, unchanged, with the post-processing that scored best on the
+    held-out part: better for these images than the base as it was and than the fine-tuned weights."""
+    import torch
+
+    from napari_unet import finetune
+
+    real = finetune._score_base
+    tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False}
+
+    def score_base(*args, **kwargs):  # the base with `tuned` scores 1.0 (unbeatable)
+        metrics, _, _ = real(*args, **kwargs)
+        return metrics, 1.0, dict(tuned)
+
+    monkeypatch.setattr(finetune, "_score_base", score_base)
+    base = make_random_model("keep-base-4")
+    result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=2, steps_per_epoch=1), out_dir=tmp_path,
+                                      name="base-tuned"))
+    assert result.weights == "base" and result.path == tmp_path / "base-tuned.safetensors"
+    assert result.postprocess == tuned and result.tuned_ap50 == 1.0
+    assert "saved the base model's weights with that post-processing" in result.discarded
+    saved, original = load_model(result.path), load_model(base)
+    assert saved.postprocess == tuned and saved.config["provenance"]["weights"].startswith("the base model's")
+    for key, value in original.net.state_dict().items():
+        torch.testing.assert_close(saved.net.state_dict()[key], value)
+    assert "base model's weights, unchanged" in saved.config["card"]

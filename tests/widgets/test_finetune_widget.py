@@ -155,8 +155,8 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
         return {**real_validate(*args, **kwargs), "ap50": 0.7}
 
     def score_base(*args, **kwargs):  # the base scores 0.8, with its own post-processing and tuned
-        metrics, _ = real_score_base(*args, **kwargs)
-        return {**metrics, "ap50": 0.8}, (0.8 if kwargs["tune"] else None)
+        metrics, _, _ = real_score_base(*args, **kwargs)
+        return {**metrics, "ap50": 0.8}, (0.8 if kwargs["tune"] else None), None
 
     monkeypatch.setattr(trainer, "validate", validate)
     monkeypatch.setattr(finetune, "_score_base", score_base)
