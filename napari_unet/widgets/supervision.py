@@ -311,6 +311,7 @@ class SupervisionWidget(JobWidget):
             disagreement = depths.disagreement()
             layers.append(build_layer(disagreement, "image", f"{base} disagreement",
                                       {**meta, "kind": "disagreement"}, colormap="inferno",
+                                      blending="additive",  # black where the depths agree: the image shows
                                       contrast_limits=(0.0, 0.5), **transform))
             present = depths.object_probability_map()
             if present is not None:

@@ -33,7 +33,9 @@ def test_unet_pp_and_unet_3p_depths_scores_pruning_and_next_region(supervision_w
         [f"{prefix} ensemble"]
     for layer in layers:
         assert layer.data.shape == image.data.shape and 0 <= layer.data.min() and layer.data.max() <= 1
-    assert viewer.layers[f"{prefix} disagreement"].data.shape == image.data.shape
+    disagreement = viewer.layers[f"{prefix} disagreement"]
+    assert disagreement.data.shape == image.data.shape
+    assert disagreement.blending == "additive"  # black where the depths agree: the image shows through
     # the scores table: one row per depth and the ensemble, the best one highlighted
     table = widget.scores
     assert table.shape == (5, 3)
