@@ -10,8 +10,36 @@ collapsed section (:meth:`DockContainer.add_section`).
 from __future__ import annotations
 
 from magicgui.widgets import Container
+from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QWidget
 from superqt import QCollapsible
+
+
+def wrap(label) -> None:
+    """A magicgui Label whose long text wraps at the dock's width instead of widening the dock."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+
+class _FitWidth(QObject):
+    """Keeps a scroll area at least as wide as its content's minimum plus a vertical scroll bar,
+    whenever the content's layout changes (a longer text, a section unfolded)."""
+
+    def __init__(self, scroll):
+        super().__init__(scroll)
+        self._scroll = scroll
+
+    def update(self):
+        scroll = self._scroll
+        bar = scroll.verticalScrollBar().sizeHint().width()
+        scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + bar + 2 * scroll.frameWidth())
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.LayoutRequest:
+            self.update()
+        return False
 
 
 class DockContainer(Container):
@@ -49,8 +77,12 @@ class DockContainer(Container):
         return box
 
     def finish_layout(self) -> None:
-        """Call after the last control: spare height goes below the controls, not between them."""
+        """Call after the last control: spare height goes below the controls, not between them,
+        and the dock is never narrower than its controls (it scrolls vertically only)."""
         self.controls.layout().addStretch(1)
+        self._fit_width = _FitWidth(self.root_native_widget)
+        self.controls.installEventFilter(self._fit_width)
+        self._fit_width.update()
 
 
 class _SharedFolder:

@@ -32,7 +32,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
 from . import _workers
-from ._dock import TRAINING_FOLDER, DockContainer
+from ._dock import TRAINING_FOLDER, DockContainer, wrap
 from ._layers import KEY
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class CorrectWidget(DockContainer):
         self.add_button = PushButton(text="Add to training set")
         self.open_button = PushButton(text="Open training set")
         self.status = Label(label="")
-        self.status.native.setWordWrap(True)
+        wrap(self.status)
         self.extend([self.source, self.correct_button, self.tool, self.review_whole, self.review_plane,
                      self.review_view, self.review_clear, self.folder, self.add_button])
         self.add_section("Clean-up, weight map, training set", [

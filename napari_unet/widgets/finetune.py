@@ -24,7 +24,7 @@ from napari.layers import Labels
 from napari.utils.notifications import show_info, show_warning
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
-from ._dock import TRAINING_FOLDER
+from ._dock import TRAINING_FOLDER, wrap
 from ._plot import LossPlot
 
 FROM_VIEWER = "corrected layers in the viewer"
@@ -96,8 +96,8 @@ class FinetuneWidget(JobWidget):
         self.train_button = PushButton(text="Train")
         self.plot = LossPlot()
         self.status = Label(label="")
-        self.status.native.setWordWrap(True)
-        self.device_info.native.setWordWrap(True)
+        wrap(self.status)
+        wrap(self.device_info)
         self.run_button = PushButton(text="Run new model on current layer", enabled=False)
         self.extend([self.model, self.source, self.image, self.folder, self.minutes, self.name])
         self.add_section("Loss, target, device", [self.loss, self.w0, self.sigma, self.target, self.augment,

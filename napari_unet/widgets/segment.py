@@ -27,6 +27,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
+from ._dock import wrap
 from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, model_label, move_below, put_layer,
                       release_temporary, spatial_transform, temporary_folder)
 
@@ -195,7 +196,7 @@ class SegmentWidget(JobWidget):
         self.finish_layout()
 
         for label in (self.model_info, self.device_info, self.status):
-            label.native.setWordWrap(True)  # long model cards and messages wrap instead of widening the dock
+            wrap(label)  # long model cards and messages wrap instead of widening the dock
         self.run_button.changed.connect(self._on_run_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._ask_for_model_file)

@@ -23,6 +23,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
+from ._dock import wrap
 from ._layers import KEY, build_layer, model_label, put_layer, spatial_transform
 
 ALL = "all depths"
@@ -106,7 +107,7 @@ class SupervisionWidget(JobWidget):
             self.device_info])
         self.finish_layout()
         for label in (self.device_info, self.status):
-            label.native.setWordWrap(True)
+            wrap(label)
 
         self.run_button.changed.connect(self._on_run_clicked)
         self.prune_button.changed.connect(lambda *_: self.run_pruned())

@@ -207,7 +207,8 @@ def test_memory_mapped_input_is_not_loaded_whole(blur_model, tmp_path, monkeypat
         peak_single = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peaks[768] < 1.25 * peaks[384], peaks  # flat: 4x the pixels, the same memory
+    # flat: 4x the pixels, about the same memory (1.28x was seen once: allocations of other threads are traced too)
+    assert peaks[768] < 1.5 * peaks[384], peaks
     assert peaks[768] < sources[768].size * 4, peaks  # less than one float32 copy of the image
     assert peak_single > 2 * sources[384].size * 4  # while a single pass holds the image
 

@@ -20,6 +20,8 @@ def test_all_four_docks_fit_a_1080_px_screen(make_napari_viewer, qtbot):
         # a dock may shrink to a few rows (it scrolls); unfolded, it is still under 1080 px
         assert dock.minimumSizeHint().height() < 200, (name, dock.minimumSizeHint().height())
         assert widget.controls.sizeHint().height() < 900, (name, widget.controls.sizeHint().height())
+        # nothing is cut off on the right: the controls are as wide as the visible area (long texts wrap)
+        assert widget.controls.width() <= dock.widget().viewport().width(), name
     # napari's whole window: its minimum height with all four docks (was 2,484 px before)
     window = docks["Segment"][0].window()
     assert window.minimumSizeHint().height() < 1000, window.minimumSizeHint().height()
