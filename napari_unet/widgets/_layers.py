@@ -110,6 +110,14 @@ def put_layer(viewer, layer):
     return layer
 
 
+def input_images(viewer) -> list:
+    """``(name, layer)`` of the viewer's Image layers a model may run on: not the plugin's own
+    outputs (probability maps, depths)."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and KEY not in layer.metadata]
+
+
 def move_below(viewer, layer, anchor) -> None:
     """Move ``layer`` just below ``anchor`` in the layer list (so a probability map never hides the
     labels drawn from it); nothing happens when either is gone or it is already below."""

@@ -25,6 +25,7 @@ from napari.utils.notifications import show_info, show_warning
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
+from ._layers import input_images
 from ._plot import LossPlot
 
 FROM_VIEWER = "corrected layers in the viewer"
@@ -141,16 +142,11 @@ class FinetuneWidget(JobWidget):
 
     # -- training data ---------------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Image) and "napari_unet" not in layer.metadata]
+        return input_images(self._viewer)
 
     def _image_of(self, layer, image_name) -> tuple[object, str]:
         """``(image layer, "")`` for a corrections layer, or ``(None, why not)``: the layer it was
         made from, else the one chosen in Image, else the only image of its shape."""
-        from napari.layers import Image
-
         if image_name and image_name in self._viewer.layers:
             return self._viewer.layers[image_name], ""
         shape = tuple(layer.data.shape)
@@ -162,8 +158,7 @@ class FinetuneWidget(JobWidget):
         chosen = self.image.value
         if chosen is not None and chosen in self._viewer.layers and fits(chosen):
             return chosen, ""
-        fitting = [im for im in self._viewer.layers if isinstance(im, Image) and "napari_unet" not in im.metadata
-                   and fits(im)]
+        fitting = [im for _, im in input_images(self._viewer) if fits(im)]
         if len(fitting) == 1:
             return fitting[0], ""
         what = (f"the image of '{layer.name}' ({image_name}) is no longer in the viewer" if image_name

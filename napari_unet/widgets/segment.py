@@ -28,7 +28,7 @@ from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
 from ._dock import wrap
-from ._layers import (KEY, build_layer, keep_temporary, layer_kind, layer_meta, model_label, move_below, put_layer,
+from ._layers import (KEY, build_layer, input_images, keep_temporary, layer_kind, layer_meta, model_label, move_below, put_layer,
                       release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
@@ -221,9 +221,7 @@ class SegmentWidget(JobWidget):
 
     # -- choices ------------------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        # the plugin's own outputs (probability maps) are not offered as inputs
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Image) and KEY not in layer.metadata]
+        return input_images(self._viewer)
 
     def _channel_choices(self, _widget=None):
         layer = self.image.value

@@ -24,7 +24,7 @@ from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import wrap
-from ._layers import KEY, build_layer, model_label, put_layer, spatial_transform
+from ._layers import KEY, build_layer, input_images, model_label, put_layer, spatial_transform
 
 ALL = "all depths"
 NO_CORRECTIONS = "none"
@@ -135,8 +135,7 @@ class SupervisionWidget(JobWidget):
 
     # -- choices ------------------------------------------------------------------------
     def _image_choices(self, _widget=None):
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Image) and KEY not in layer.metadata]
+        return input_images(self._viewer)
 
     def _depth_choices(self, _widget=None):
         names = [] if self.last_depths is None else self.last_depths.names + ["ensemble"]
