@@ -21,7 +21,9 @@ CPU (preparation and validation included for ours):
         --arms finetune:benchmarks/weights/unet-nuclei-only.safetensors finetune:unet monai
 
 An arm may change the defaults to compare a lever side by side: ``finetune:unet?lr=1e-3,batch_size=8``
-(fields of :class:`~napari_unet.finetune.FinetuneSettings`).
+(fields of :class:`~napari_unet.finetune.FinetuneSettings`; ``?resize=False`` trains at the frames'
+own size instead of shrinking their 69 px cells to the network's object diameter). The
+fine-tuned model is scored as a user would run it: at the object size stored in its file.
 
 Published masks hold stray fragments under 50 px for some ids (see the data README):
 :func:`napari_unet.datasets.read_pair` drops them before anything.

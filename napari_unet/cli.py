@@ -143,7 +143,7 @@ def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
     try:
         seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
                                       threshold=args.threshold, min_size=args.min_size,
-                                      split_touching=False if args.no_split else None),
+                                      split_touching=False if args.no_split else None, diameter=args.diameter),
                          lambda e, show=_progress_printer(path.name): show(e.done, e.total, e.message))
     except ValueError as exc:
         raise UsageError(f"{path}: {exc}") from None
@@ -197,6 +197,7 @@ def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
     # workers resolve the model themselves: an absolute path for a file, else the (bundled) name
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
     options = {"channel_axis": args.channel_axis, "threshold": args.threshold, "min_size": args.min_size,
+               "diameter": args.diameter,
                "split_touching": False if args.no_split else None, "block_size": args.block_size,
                "label_halo": args.label_halo}
     runner = make_runner(args.scheduler)
@@ -307,6 +308,10 @@ def cmd_train(args) -> int:
         given["patch_size"] = args.patch_size[0] if len(args.patch_size) == 1 else tuple(args.patch_size)
     if args.keep_worse:
         given["only_if_better"] = False
+    if args.object_diameter is not None:
+        given["object_diameter"] = args.object_diameter
+    if args.no_resize:
+        given["resize"] = False
     if args.no_validation:
         given["validate"] = False
     if args.no_weight_map:
@@ -430,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="foreground probability (default: the model's)")
     p.add_argument("--min-size", type=int, default=None, help="smallest object in pixels (default: the model's)")
     p.add_argument("--no-split", action="store_true", help="do not split touching objects by watershed")
+    p.add_argument("--diameter", type=float, default=None, metavar="PX",
+                   help="typical object diameter in pixels: images are resized so that objects reach the size the "
+                        "model works at (default: the model's own; models that declare no object size ignore it)")
     p.add_argument("--channel-axis", type=int, default=None)
     p.add_argument("--probabilities", action="store_true",
                    help="also write <stem>_probabilities.tif (.zarr: every foreground class)")
@@ -468,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on everything and hold nothing out (the model is written unchecked)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop early after this many validations without a better validation AP@0.5")
+    p.add_argument("--object-diameter", type=float, default=None, metavar="PX",
+                   help="train with objects resized to this diameter (default: the base model's, else objects over "
+                        "30 px are shrunk to 30)")
+    p.add_argument("--no-resize", action="store_true", help="train at the images' own size")
     p.add_argument("--patch-size", type=int, nargs="+", default=None,
                    help="patch side, or one size per axis (default: 256 for 2D models, 16 64 64 for 3D)")
     p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")

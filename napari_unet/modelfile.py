@@ -4,7 +4,8 @@ One file holds everything needed to rebuild and use a network::
 
     {"format": "napari-unet", "format_version": 1,
      "architecture": "unet", "arguments": {...constructor arguments...},
-     "input": {"channels": 1, "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}},
+     "input": {"channels": 1, "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8},
+               "object_diameter": 30.0, "image_object_diameter": 69.0},   # both optional
      "output": {"target": "binary", "classes": ["background", "foreground"]},
      "provenance": {...}, "card": "markdown text"}
 
@@ -75,12 +76,33 @@ class LoadedModel:
     def postprocess(self) -> dict:
         return postprocess_defaults(self.config)
 
+    @property
+    def object_diameter(self) -> float | None:
+        """The object diameter (pixels) the network works at, or None: images are not resized
+        (see :mod:`napari_unet.scaling`)."""
+        return self.config["input"].get("object_diameter")
+
+    @property
+    def image_object_diameter(self) -> float | None:
+        """The objects' diameter (image pixels) in the images the model was made for: prediction
+        resizes by ``object_diameter / image_object_diameter`` unless told another diameter."""
+        return self.config["input"].get("image_object_diameter", self.object_diameter)
+
+    def scale(self, diameter: float | None = None) -> float:
+        """The factor images are resized by for objects of ``diameter`` px (None: the model's own)."""
+        from .scaling import check_diameter, scale_for
+
+        return scale_for(self.object_diameter, check_diameter(diameter) or self.image_object_diameter)
+
 
 
 def make_config(net: SegmentationNet, architecture: str | None = None, target: str = "binary",
-                normalization: dict | None = None, provenance: dict | None = None, card: str = "") -> dict:
+                normalization: dict | None = None, provenance: dict | None = None, card: str = "",
+                object_diameter: float | None = None, image_object_diameter: float | None = None) -> dict:
     """The JSON config that describes ``net`` (see the module docstring); ``architecture``
-    defaults to the registry name the network was built under."""
+    defaults to the registry name the network was built under. ``object_diameter``: the object
+    diameter (px) the network works at; ``image_object_diameter``: the objects' diameter in the
+    images the model is for (both optional, see :mod:`napari_unet.scaling`)."""
     architecture = architecture or net.architecture
     if not architecture:
         raise ValueError("Name the architecture: this network was not built by build_model().")
@@ -96,7 +118,10 @@ def make_config(net: SegmentationNet, architecture: str | None = None, target: s
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
         "arguments": dict(net.config),
-        "input": {"channels": net.in_channels, "normalization": dict(normalization or DEFAULT_NORMALIZATION)},
+        "input": {"channels": net.in_channels, "normalization": dict(normalization or DEFAULT_NORMALIZATION),
+                  **({"object_diameter": round(float(object_diameter), 2)} if object_diameter else {}),
+                  **({"image_object_diameter": round(float(image_object_diameter), 2)}
+                     if object_diameter and image_object_diameter else {})},
         "output": {"target": target, "classes": TARGETS[target]},
         "provenance": dict(provenance or {}),
         "card": card,
@@ -130,6 +155,12 @@ def validate_config(config: dict) -> dict:
     if norm["kind"] == "percentile":
         need(all(isinstance(norm.get(k), (int, float)) for k in ("low", "high")) and 0 <= norm["low"] < norm["high"] <= 100,
              "'input.normalization' needs 0 <= low < high <= 100")
+    for key in ("object_diameter", "image_object_diameter"):
+        value = inp.get(key)
+        need(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e5),
+             f"'input.{key}' must be a positive number of pixels")
+    need(inp.get("image_object_diameter") is None or inp.get("object_diameter") is not None,
+         "'input.image_object_diameter' needs 'input.object_diameter'")
     need(isinstance(out, dict) and out.get("target") in TARGETS, f"'output.target' must be one of {list(TARGETS)}")
     need(out.get("classes") == TARGETS[out["target"]], "'output.classes' does not match the target")
     need(isinstance(config.get("provenance", {}), dict), "'provenance' must be an object")

@@ -62,6 +62,24 @@ def load_sources(names, root):
     return out
 
 
+def rescale_pairs(pairs, diameter: float | None):
+    """Each ``(image, labels)`` resized so that its objects' median diameter becomes ``diameter``
+    (pixels; None: unchanged), as prediction with the image's own object size will."""
+    if not diameter:
+        return list(pairs)
+    from napari_unet.scaling import median_diameter, resize_image, resize_labels, scale_for, scaled_shape
+
+    out = []
+    for image, labels in pairs:
+        scale = scale_for(diameter, median_diameter(labels))
+        if scale == 1:
+            out.append((image, labels))
+            continue
+        shape = scaled_shape(labels.shape, scale)
+        out.append((resize_image(np.asarray(image, np.float32), shape), resize_labels(labels, shape)))
+    return out
+
+
 def parse_shares(text: str) -> dict:
     """``"nuclei=0.55,cells=0.35,synthetic=0.1"`` -> dict of floats."""
     return {k: float(v) for k, v in (part.split("=") for part in text.split(",") if part)}
@@ -161,7 +179,7 @@ fine-tuning step on a laptop CPU stays short."""
 - **Synthetic**: {n_synth} images from `napari_unet.synthetic.fluorescent_nuclei` (seeds
   1000..{1000 + n_synth - 1}, sizes 256² to 512², 0.1-0.45 nuclei per 1000 px); {shares.get('synthetic', 0):.0%} of the patches.
 - **Target**: {target_text(args)}
-- **Input normalisation**: percentile 1 .. 99.8 per image (as in prediction).
+- **Input normalisation**: percentile 1 .. 99.8 per image (as in prediction).{size_text(args)}
 
 ## Training
 
@@ -190,6 +208,14 @@ source's held-out images. The stored post-processing defaults were chosen on the
 Trained for {modalities}, 2D. Bright-field, H&E and dense 3D tissue are out of its domain:
 fine-tune on a few corrected images there.
 """
+
+
+def size_text(args) -> str:
+    if not args.object_diameter:
+        return ""
+    return (f"\n- **Object size**: every image (held-out ones too) resized so that its objects' median diameter is "
+            f"{args.object_diameter:g} px, as the Segment dock and `napari-unet predict` do when given the objects' "
+            "size: the validation below assumes the user gives it.")
 
 
 AUGMENTATION = ("augmented with the trainer's defaults (`napari_unet.training.augment.Augmenter`: flips, quarter "
@@ -268,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--synthetic", type=int, default=40, help="number of synthetic images")
+    ap.add_argument("--object-diameter", type=float, default=None,
+                    help="resize every image so that its objects' median diameter is this many pixels (held-out "
+                         "images too, as if the user gave their object size); stored in the model file")
     ap.add_argument("--patch-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -305,12 +334,16 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"--shares names {', '.join(sorted(unknown))}, which --sources does not train on.")
     train_pairs, weights = [], []
+    if args.object_diameter:  # every image (held-out ones too) at the network's object size
+        data = {src: (dict(zip(tr, rescale_pairs(tr.values(), args.object_diameter))),
+                      dict(zip(held, rescale_pairs(held.values(), args.object_diameter))))
+                for src, (tr, held) in data.items()}
     for src, (train, _) in data.items():
         # within a source, each image is drawn with probability ~ sqrt(area)
         roots = [math.sqrt(lab.size) for _, lab in train.values()]
         train_pairs += list(train.values())
         weights += [shares.get(src, 0.0) * r / sum(roots) for r in roots]
-    synth = synthetic_pairs(args.synthetic, args.seed)
+    synth = rescale_pairs(synthetic_pairs(args.synthetic, args.seed), args.object_diameter)
     if synth:
         roots = [math.sqrt(lab.size) for _, lab in synth]
         train_pairs += synth
@@ -409,12 +442,12 @@ def main(argv=None):
         "target": TARGET_TEXT[args.target], "val_postprocess_in_training": val_postprocess(args),
         "steps": result.steps, "best_step": result.best_step, "minutes": round(train_seconds / 60, 1),
         "patch_size": args.patch_size, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "init": args.init,
+        "init": args.init, "object_diameter": args.object_diameter,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "date": dt.date.today().isoformat(), "script": f"scripts/train_bundled.py --arch {args.arch}",
     }
     config = make_config(net, args.arch, target=args.target, normalization=DEFAULT_NORMALIZATION, provenance=provenance,
-                         card=text)
+                         card=text, object_diameter=args.object_diameter)
     path = save_model(args.out, net, config, half=True)
     path.with_suffix(".md").write_text(text)
     check = load_model(path)  # the saved (float16) weights score the same

@@ -268,7 +268,7 @@ def segment_file(job: FileJob, model: str | None, settings: dict, options: dict,
                  predictor: Predictor | None = None) -> FileResult:
     """Segment one file whole and write its outputs, as ``napari-unet predict`` does locally.
 
-    ``options``: ``channel_axis``, ``threshold``, ``min_size``, ``split_touching``, and for zarr
+    ``options``: ``channel_axis``, ``threshold``, ``min_size``, ``split_touching``, ``diameter``, and for zarr
     outputs ``block_size`` and ``label_halo``. A ``ValueError`` names the file.
     """
     predictor = predictor or cached_predictor(model, settings, torch_threads)
@@ -285,7 +285,7 @@ def _segment_file(job: FileJob, predictor: Predictor, options: dict) -> FileResu
     from .predictor import run_to_end
     from .segment import segment_iter
 
-    post = {k: options.get(k) for k in ("threshold", "min_size", "split_touching")}
+    post = {k: options.get(k) for k in ("threshold", "min_size", "split_touching", "diameter")}
     if job.fmt == "zarr":
         result = segment_to_zarr(predictor.model, job.image, job.labels, job.probabilities, predictor=predictor,
                                  runner=LocalRunner(1), channel_axis=options.get("channel_axis"),
@@ -352,6 +352,7 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
                                    label_halo=options.get("label_halo"),
                                    threshold=options.get("threshold"), min_size=options.get("min_size"),
                                    split_touching=options.get("split_touching"), torch_threads=torch_threads,
+                                   diameter=options.get("diameter"),
                                    stop=stop, **settings)
         name = Path(job.image).name
         try:

@@ -46,6 +46,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..scaling import resize_image, scaled_shape
 from .inputs import Normalizer, fit_normalizer, prepare_image
 from .postprocess import probabilities_to_labels
 from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay
@@ -132,6 +133,8 @@ class LargePlan:
     model: str | None  # model file or bundled name, for workers that load their own
     predictor_settings: dict = field(default_factory=dict)
     torch_threads: int | None = None
+    #: the factor blocks are resized by for the network (see :mod:`napari_unet.scaling`)
+    scale: float = 1.0
 
     def plane_index(self, plane: int) -> tuple[int, ...]:
         return tuple(int(i) for i in np.unravel_index(plane, self.plane_shape)) if self.plane_shape else ()
@@ -175,7 +178,9 @@ def predict_block_iter(plan: LargePlan, source, plane: int, block: tuple[int, ..
     h = plan.halo
     size = [s.stop - s.start + 2 * h for s in core]
     window = normalizer(read_window(src, [s.start - h for s in core], size))
-    out = np.empty((plan.n_out,) + tuple(size), np.float32)
+    if plan.scale != 1:  # the network sees the window resized; its probabilities come back to the window's size
+        window = resize_image(window, scaled_shape(window.shape, plan.scale))
+    out = np.empty((plan.n_out,) + tuple(window.shape[1:]), np.float32)
     warnings = [] if warnings is None else warnings
     while True:
         try:
@@ -184,6 +189,8 @@ def predict_block_iter(plan: LargePlan, source, plane: int, block: tuple[int, ..
             break
         except torch.OutOfMemoryError:
             warnings.append(predictor.recover_from_oom())
+    if plan.scale != 1:
+        out = resize_image(out, size)
     inner = (slice(None),) + tuple(slice(h, h + s.stop - s.start) for s in core)
     result = out[inner]
     probs = _open_array(plan.probabilities)
@@ -210,7 +217,7 @@ def label_block(plan: LargePlan, plane: int, block: tuple[int, ...]) -> BlockLab
     probs = np.asarray(_open_array(plan.probabilities, "r")[plan.prob_index(plane, ext)])
     if plan.n_out == 1:
         probs = probs[None]
-    view = probabilities_to_labels(probs, target=plan.target, **plan.postprocess)
+    view = probabilities_to_labels(probs, target=plan.target, scale=plan.scale, **plan.postprocess)
     inner = tuple(slice(c.start - e.start, c.stop - e.start) for c, e in zip(core, ext))
     core_labels = view[inner]
     present = np.unique(core_labels)
@@ -329,7 +336,8 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     ``probabilities`` is a zarr store laid out as :func:`segment_to_zarr_iter` writes it:
     ``(*planes, *spatial)`` for binary targets, ``(*planes, 2, *spatial)`` for boundary targets
     (``target`` defaults to the one recorded in the store). Use it to try other post-processing
-    settings on a large image without predicting again.
+    settings on a large image without predicting again. ``min_size`` counts network pixels, as
+    in the model file (the scale the store records, see :mod:`napari_unet.scaling`).
     """
     from .distributed import LocalRunner
 
@@ -359,7 +367,7 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
         _create_array(tmp, planes + spatial, (1,) * len(planes) + chunk_shape(grid.block, spatial_dims), np.int32,
                       {"napari_unet": {**recorded, "target": target, **post, "label_halo": label_halo}})
         plan = LargePlan(planes, grid, spatial_dims, 1, n_out, target, None, False, 0, int(label_halo),
-                         str(probabilities), str(tmp), post, None)
+                         str(probabilities), str(tmp), post, None, scale=float(recorded.get("scale", 1.0)))
         n_planes = int(np.prod(planes, dtype=np.int64))
         jobs = [(p, b) for p in range(n_planes) for b in grid.indices()]
         total, done = 2 * len(jobs), 0
@@ -456,7 +464,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
                          min_size: int | None = None, split_touching: bool | None = None, device: str = "auto",
                          tile_size: int | str = "auto", halo: int = DEFAULT_HALO, blend: int = DEFAULT_BLEND,
                          batch_size: int | str = "auto", predictor: Predictor | None = None, runner=None,
-                         torch_threads: int | None = None,
+                         torch_threads: int | None = None, diameter: float | None = None,
                          stop: threading.Event | None = None) -> Iterator[Progress]:
     """Segment an image of any size into zarr, block by block; yields :class:`BlockProgress`,
     returns a :class:`LargeSegmentation`.
@@ -474,7 +482,9 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
             up to the network's pooling factor.
         label_halo: pixels around a block that post-processing sees; objects up to that size across
             are labelled exactly as in a single pass (see the module's notes). Default 128 for 2D
-            networks, 32 for 3D.
+            networks, 32 for 3D; grown by ``1 / scale`` for a model that shrinks images.
+        diameter: the objects' diameter in pixels (None: the model's own), for a model that
+            declares the diameter it works at: blocks are resized by their ratio for the network.
         runner: where blocks run: None (this process; prediction in this thread with tile-level
             progress, labelling on a few threads), or one from :mod:`.distributed`.
         torch_threads: PyTorch threads on cluster workers (None: the worker's cores / its threads).
@@ -491,6 +501,9 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     if predictor is None:
         predictor = Predictor(model, **settings)
     lm = predictor.model
+    scale = lm.scale(diameter)
+    if label_halo is None and scale < 1:  # objects are 1 / scale times larger than the network's in image pixels
+        label_halo = int(math.ceil(_label_halo(None, lm.spatial_dims) / scale))
     label_halo = _label_halo(label_halo, lm.spatial_dims)
     model_ref = _model_reference(model) or _model_reference(lm)
     if not runner.local and model_ref is None:
@@ -516,7 +529,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     block = _block_side(block_size, lm.spatial_dims, align)
     grid = BlockGrid(spatial, tuple(min(b, -(-n // a) * a) for b, n, a in zip(block, spatial, align)))
     # the halo must cover what a tile sees around its core, on the same pooling grid as a single pass
-    needed = predictor.context + predictor.blend
+    needed = int(math.ceil((predictor.context + predictor.blend) / scale))  # network pixels -> image pixels
     pred_halo = max(-(-needed // a) * a for a in align) if needed else 0
     tuned = lm.postprocess
     post = {"threshold": tuned["threshold"] if threshold is None else threshold,
@@ -550,7 +563,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     chunks = chunk_shape(grid.block, lm.spatial_dims)
     attrs = {"napari_unet": {"model": lm.name, "target": lm.target, "classes": lm.classes[1:],
                              **{k: v for k, v in post.items()}, "block_size": list(grid.block),
-                             "label_halo": label_halo}}
+                             "label_halo": label_halo, "scale": scale}}
     try:
         _create_array(tmp_labels, planes + spatial, (1,) * len(planes) + chunks, np.int32, attrs)
         k_axis = (n_out,) if n_out > 1 else ()
@@ -558,7 +571,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
                       attrs)
         plan = LargePlan(planes, grid, lm.spatial_dims, lm.in_channels, n_out, lm.target, channel_axis, rgb,
                          pred_halo, int(label_halo), str(tmp_probs), str(tmp_labels), post, model_ref,
-                         settings, torch_threads)
+                         settings, torch_threads, scale)
         n_planes = prepared.n_planes
         blocks = grid.indices()
         jobs = [(p, b) for p in range(n_planes) for b in blocks]
@@ -568,7 +581,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
             for b in blocks:
                 shape = tuple(s.stop - s.start + 2 * pred_halo for s in grid.core(b))
                 if shape not in window_tiles:
-                    window_tiles[shape] = predictor.plan(shape).n_tiles
+                    window_tiles[shape] = predictor.plan(scaled_shape(shape, scale) if scale != 1 else shape).n_tiles
             pass1 = n_planes * sum(window_tiles[tuple(s.stop - s.start + 2 * pred_halo for s in grid.core(b))]
                                    for b in blocks)
         else:

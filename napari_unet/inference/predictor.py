@@ -28,6 +28,7 @@ from torch import nn
 
 from ..devices import DeviceInfo, resolve_device
 from ..modelfile import LoadedModel, load_model
+from ..scaling import resize_image, scaled_shape
 from .inputs import PreparedImage, fit_normalizer, prepare_image
 from .tiling import TilePlan, plan_tiles, read_window
 
@@ -111,6 +112,9 @@ class Prediction:
     #: Networks with a classification-guided module (U-Net 3+): the "object present" probability of
     #: every tile, ``(*planes, *tiles per axis)``; tile ``t`` covers the cores of :meth:`Predictor.plan`.
     object_probability: np.ndarray | None = None
+    #: the factor the image was resized by for the network (1: not resized); the probabilities
+    #: have the image's shape, one of their pixels is ``scale`` network pixels across
+    scale: float = 1.0
 
     @property
     def foreground(self) -> np.ndarray:
@@ -355,13 +359,15 @@ def take_predictor_arguments(kwargs: dict) -> dict:
 def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = False, device: str = "auto",
                  tile_size: int | str = "auto", halo: int = DEFAULT_HALO, blend: int = DEFAULT_BLEND,
                  batch_size: int | str = "auto", stop: threading.Event | None = None,
-                 predictor: Predictor | None = None) -> Iterator[Progress]:
+                 predictor: Predictor | None = None, diameter: float | None = None) -> Iterator[Progress]:
     """Predict class probabilities for ``image``; yields :class:`Progress`, returns :class:`Prediction`.
 
     ``image`` is a numpy, memory-mapped or dask array: a 2D image or a stack of planes for 2D
     networks (predicted plane by plane), a volume for 3D networks; ``channel_axis`` / ``rgb``
     say where colour channels are. Setting ``stop`` ends the run at the next tile by raising
-    :class:`PredictionCancelled`.
+    :class:`PredictionCancelled`. ``diameter``: the objects' diameter in pixels (None: the
+    model's own): a model that declares the diameter it works at sees each plane resized by
+    their ratio (:attr:`Prediction.scale`); the probabilities always have the image's shape.
     """
     start = time.perf_counter()
     predictor = predictor or Predictor(model, device=device, tile_size=tile_size, halo=halo, blend=blend,
@@ -372,18 +378,26 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
     n_out = predictor.n_outputs
     result = np.zeros(prepared.plane_shape + (n_out,) + prepared.spatial_shape, np.float32)
     n_planes = prepared.n_planes
-    plan = predictor.plan(prepared.spatial_shape)
+    scale = lm.scale(diameter)
+    net_shape = scaled_shape(prepared.spatial_shape, scale) if scale != 1 else prepared.spatial_shape
+    plan = predictor.plan(net_shape)
     total, done = plan.n_tiles * n_planes, 0
     has_cgm = hasattr(predictor.net, "last_object_probability")
     present = np.full(prepared.plane_shape + tuple(ax.n for ax in plan.axes), np.nan, np.float32) if has_cgm else None
     yield Progress(0, total, f"predicting on {predictor.device}", 0, n_planes)
     for p in range(n_planes):
         out = result.reshape((-1, n_out) + prepared.spatial_shape)[p]
+        plane = prepared.plane(p)
+        if scale != 1:  # the network sees the plane resized; ``out`` gets its probabilities resized back
+            plane = resize_image(np.asarray(plane), net_shape)
+            net_out = np.zeros((n_out,) + net_shape, np.float32)
+        else:
+            net_out = out
         done_before = done
         while True:
             predictor._tile_object_probability = {} if has_cgm else None
             try:
-                for n in predictor.predict_plane(prepared.plane(p), lm.normalization, warnings, stop, out):
+                for n in predictor.predict_plane(plane, lm.normalization, warnings, stop, net_out):
                     done += n
                     yield Progress(done, total, f"plane {p + 1}/{n_planes}" if n_planes > 1 else "tiles", p, n_planes)
                 break
@@ -392,18 +406,21 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
                 if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
                     raise
                 warnings.append(predictor.recover_from_oom())
-                plan = predictor.plan(prepared.spatial_shape)
+                plan = predictor.plan(net_shape)
                 done = done_before
                 total = done + plan.n_tiles * (n_planes - p)
                 if has_cgm and present.shape[len(prepared.plane_shape):] != tuple(ax.n for ax in plan.axes):
                     present = np.full(prepared.plane_shape + tuple(ax.n for ax in plan.axes), np.nan, np.float32)
+        if scale != 1:
+            out[...] = resize_image(net_out, prepared.spatial_shape)
+            del net_out
         if has_cgm:
             grid = present.reshape((-1,) + present.shape[len(prepared.plane_shape):])[p]
             for tile, value in predictor._tile_object_probability.items():
                 grid[tile] = value
     predictor._tile_object_probability = None
     return Prediction(result, lm.target, str(predictor.device), warnings, time.perf_counter() - start, plan.window,
-                      lm.spatial_dims, predictor.heads if predictor.side_outputs else [], present)
+                      lm.spatial_dims, predictor.heads if predictor.side_outputs else [], present, scale)
 
 
 def run_to_end(gen: Iterator, on_progress: Callable[[object], None] | None = None):

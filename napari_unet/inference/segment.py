@@ -28,7 +28,8 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     Post-processing settings left as ``None`` take the values the model was tuned with
     (``LoadedModel.postprocess``). ``predict_kwargs`` go to
     :func:`~napari_unet.inference.predictor.predict_iter` (``channel_axis``, ``rgb``, ``device``,
-    ``tile_size``, ``halo``...).
+    ``tile_size``, ``halo``..., ``diameter``). ``min_size`` counts pixels at the network's scale
+    (see :mod:`napari_unet.scaling`; the same as image pixels for a model that declares none).
     """
     if predictor is None:
         predictor = Predictor(model, **take_predictor_arguments(predict_kwargs))
@@ -46,6 +47,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
         if stop is not None and stop.is_set():
             raise PredictionCancelled()
         labels[i] = probabilities_to_labels(flat[i], target=prediction.target, threshold=threshold,
-                                            min_size=min_size, split_touching=split_touching)
+                                            min_size=min_size, split_touching=split_touching,
+                                            scale=prediction.scale)
         yield Progress(i + 1, flat.shape[0], "finding objects", i, flat.shape[0])
     return Segmentation(labels.reshape(planes + labels.shape[1:]), prediction)

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..scaling import scaled_shape
 from .postprocess import probabilities_to_labels
 from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter, take_predictor_arguments
 
@@ -44,6 +45,8 @@ class DepthPrediction:
     object_probability: np.ndarray | None = None
     #: Per spatial axis, the ``(start, stop)`` image range of each tile's core.
     tile_cores: tuple[tuple[tuple[int, int], ...], ...] = ()
+    #: the factor the image was resized by for the network (see :attr:`Prediction.scale`)
+    scale: float = 1.0
 
     @property
     def n_depths(self) -> int:
@@ -126,11 +129,15 @@ def predict_depths_iter(model, image, *, predictor: Predictor | None = None, sto
         raise ValueError("The predictor must be made with side_outputs=True (deep_supervision_predictor).")
     prediction: Prediction = yield from predict_iter(predictor.model, image, predictor=predictor, stop=stop, **kwargs)
     spatial = prediction.probabilities.shape[-prediction.spatial_dims:]
-    plan = predictor.plan(spatial)
+    plan = predictor.plan(scaled_shape(spatial, prediction.scale))
     cores = tuple(tuple(ax.core_range(i) for i in range(ax.n)) for ax in plan.axes)
+    if prediction.scale != 1:  # tiles were cut from the resized image (in-plane axes): back to image pixels
+        cores = tuple(c if a < len(cores) - 2 else
+                      tuple((round(lo / prediction.scale), min(n, round(hi / prediction.scale))) for lo, hi in c)
+                      for a, (c, n) in enumerate(zip(cores, spatial)))
     return DepthPrediction(list(prediction.heads), _split_heads(prediction), prediction.target,
                            prediction.spatial_dims, prediction.device, prediction.seconds, prediction.warnings,
-                           prediction.object_probability, cores)
+                           prediction.object_probability, cores, prediction.scale)
 
 
 def prune(predictor: Predictor, depth: int | None) -> Predictor:
@@ -241,7 +248,7 @@ def score_depths(depths: DepthPrediction, corrections: np.ndarray, reviewed: np.
     scores = []
     for i, name in enumerate(depths.names + ["ensemble (mean)"]):
         probs = depths.class_probabilities(None if i == depths.n_depths else i)
-        labels = labels_from(probs, depths.target, depths.spatial_dims, **postprocess)
+        labels = labels_from(probs, depths.target, depths.spatial_dims, **{"scale": depths.scale, **postprocess})
         scores.append(score_labels(name, corrections, labels, depths.spatial_dims, reviewed))
     return scores
 

@@ -445,7 +445,7 @@ class SupervisionWidget(JobWidget):
                                                          rgb=bool(layer.rgb))
                     prediction = run.prediction
                     labels = labels_from(prediction.probabilities, prediction.target, prediction.spatial_dims,
-                                         **predictor.model.postprocess)
+                                         scale=prediction.scale, **predictor.model.postprocess)
                     score = None if truth is None else score_labels(f"depth {k}", truth, labels,
                                                                     prediction.spatial_dims, reviewed)
                     results.append((run, score))

@@ -221,3 +221,28 @@ def test_a_batch_goes_on_past_a_bad_file(train_folders, make_random_model, capsy
     assert sum("napari-unet: error:" in line and "broken.tif" in line for line in err) == 1
     assert "1 of" in err[-1]
     assert sorted(p.name for p in (t / "batch").iterdir()) == sorted(p.name for p in images)
+
+
+def test_object_size_options_of_train_and_predict(train_folders, make_random_model, capsys):
+    """``train --object-diameter`` stores the size the network was trained at; ``predict`` resizes
+    for it (labels keep the image's size) and ``--diameter`` overrides the model's own."""
+    from napari_unet.modelfile import load_model
+    from napari_unet.scaling import median_diameter
+
+    t = train_folders
+    base = make_random_model("cli-sized")
+    masks = sorted((t / "masks").iterdir())
+    diameter = float(np.median([median_diameter(tifffile.imread(p)) for p in masks]))
+    assert main(["train", str(base), "--images", str(t / "images"), "--masks", str(t / "masks"), "-o",
+                 str(t / "sized"), "--epochs", "1", "--steps-per-epoch", "1", "--patch-size", "64",
+                 "--object-diameter", str(round(diameter / 2, 2)), "--keep-worse"]) == 0
+    tuned = load_model(t / "sized.safetensors")
+    assert tuned.object_diameter == pytest.approx(diameter / 2, abs=0.01)
+    assert tuned.scale() == pytest.approx(0.5, rel=0.01)
+    image = sorted((t / "images").iterdir())[0]
+    for extra in ([], ["--diameter", str(diameter / 2)]):
+        assert main(["predict", str(t / "sized.safetensors"), str(image), "-o", str(t / "pred-sized"), *extra]) == 0
+        assert tifffile.imread(t / "pred-sized" / image.name).shape == tifffile.imread(image).shape[:2]
+    capsys.readouterr()
+    assert main(["predict", str(t / "sized.safetensors"), str(image), "-o", str(t / "bad"), "--diameter", "-3"]) == 2
+    assert "positive number of pixels" in capsys.readouterr().err

@@ -4,8 +4,17 @@ import json
 import subprocess
 import sys
 
-CORE = ["napari_unet.models", "napari_unet.modelfile", "napari_unet.devices", "napari_unet.inference.predictor",
-        "napari_unet.inference.segment", "napari_unet.inference.postprocess", "napari_unet.synthetic"]
+def core_modules() -> list[str]:
+    """Every module of the package but the widgets (found by walking it: a new module is covered)."""
+    import pkgutil
+
+    import napari_unet
+
+    return sorted(m.name for m in pkgutil.walk_packages(napari_unet.__path__, "napari_unet.")
+                  if not m.name.startswith("napari_unet.widgets"))
+
+
+CORE = core_modules()
 
 
 def _modules_after(code: str) -> set[str]:
@@ -15,6 +24,7 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_core_imports_no_gui():
+    assert {"napari_unet.scaling", "napari_unet.finetune", "napari_unet.cli", "napari_unet.inference.large"} <= set(CORE)
     loaded = _modules_after("\n".join(f"import {m}" for m in CORE))
     assert "torch" in loaded
     for gui in ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy"):

@@ -322,3 +322,31 @@ def test_3d_blocks_equal_a_single_pass(tmp_path):
     assert single.labels.max() > 5 and result.n_objects == [int(single.labels.max())]
     assert _same_up_to_relabelling(single.labels, labels)
     assert _crossing_seams(single.labels, 32)  # some objects are cut by a seam in y or x
+
+
+def test_a_model_that_resizes_images_is_resized_block_by_block_too(tmp_path):
+    """A model that declares objects of 10 px for images whose objects measure 20 sees blocks at
+    half size; labels come back at the image's size and agree with a single pass (the blocks'
+    resampling grids start at their own corners, so agreement is close, not exact)."""
+    net = blur_net()
+    model = str(save_model(tmp_path / "half.safetensors", net,
+                           make_config(net, "unet", object_diameter=10, image_object_diameter=20)))
+    image = fluorescent_nuclei(shape=(700, 600), n_nuclei=80, seed=5)[0]
+    single = run_to_end(segment_iter(model, image, device="cpu", tile_size=128))
+    assert single.prediction.scale == 0.5
+    result = segment_to_zarr(model, image, tmp_path / "labels.zarr", tmp_path / "probs.zarr", device="cpu",
+                             tile_size=128, block_size=256)
+    assert result.n_blocks == 9
+    probs = zarr.open_array(str(tmp_path / "probs.zarr"), mode="r")[...]
+    assert probs.shape == image.shape
+    assert np.abs(probs - single.prediction.foreground).max() < 0.2
+    labels = zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")
+    assert labels.attrs["napari_unet"]["scale"] == 0.5
+    labels = labels[...]
+    a, b = labels > 0, single.labels > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98
+    assert abs(int(labels.max()) - int(single.labels.max())) <= max(2, 0.05 * single.labels.max())
+    # sizes count network pixels: the same min_size removes 4x the image pixels at half scale
+    n_small = run_to_end(segment_iter(model, image, device="cpu", min_size=150)).labels.max()
+    n_native = run_to_end(segment_iter(model, image, device="cpu", min_size=150, diameter=10)).labels.max()
+    assert n_small < n_native
