@@ -90,6 +90,10 @@ class FinetuneWidget(JobWidget):
         self.validate = CheckBox(text="Hold out part to check the model", value=defaults.validate,
                                  tooltip="Score the model on a held-out strip of each image (every 4th image from "
                                          "four on). Off: everything trains and the model is kept unchecked.")
+        self.resize = CheckBox(text="Resize objects to the network's size", value=defaults.resize,
+                               tooltip="Shrink the corrected images so that their objects reach the size the base "
+                                       "model works at (objects over 30 px for models that declare none); the new "
+                                       "model resizes images the same way. Off: train at the images' own size.")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.device_info = Label(label="")
         self.name = LineEdit(label="Save as", value="",
@@ -102,7 +106,7 @@ class FinetuneWidget(JobWidget):
         self.run_button = PushButton(text="Run new model on current layer", enabled=False)
         self.extend([self.model, self.source, self.image, self.folder, self.minutes, self.name])
         self.add_section("Loss, target, device", [self.loss, self.w0, self.sigma, self.target, self.augment,
-                                                   self.validate, self.only_if_better, self.device,
+                                                   self.resize, self.validate, self.only_if_better, self.device,
                                                    self.device_info])
         for widget in (self.train_button, self.plot, self.status, self.run_button):  # in this order, below
             self.add_qt(getattr(widget, "native", widget))
@@ -283,7 +287,7 @@ class FinetuneWidget(JobWidget):
                                 sigma=float(self.sigma.value), augment=bool(self.augment.value),
                                 target=None if self.target.value == SAME_TARGET else self.target.value,
                                 only_if_better=bool(self.only_if_better.value), validate=bool(self.validate.value),
-                                device=self.device.value)
+                                resize=bool(self.resize.value), device=self.device.value)
 
     def train(self):
         """Start fine-tuning in a thread worker (returns at once)."""
@@ -356,6 +360,9 @@ class FinetuneWidget(JobWidget):
         chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
                   f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
                   f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
+        if result.scale != 1:
+            chosen += (f"\nimages resized {result.scale:.2f}x for training (objects of {result.object_diameter:.0f} px); "
+                       "the model resizes new images the same way (Segment's object size)")
         if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
             score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
             chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "

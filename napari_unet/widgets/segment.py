@@ -32,6 +32,8 @@ from ._layers import (KEY, build_layer, input_images, keep_temporary, layer_kind
                       release_temporary, spatial_transform, temporary_folder)
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
+DIAMETER_HELP = ("Typical diameter of the objects in this image, in pixels. The image is resized so that they reach "
+                 "the size the model works at; the labels keep the image's size.")
 NO_CHANNELS = "none (grey)"
 
 
@@ -184,11 +186,16 @@ class SegmentWidget(JobWidget):
                                 tooltip="Objects with fewer pixels are removed.")
         self.split = CheckBox(text="Split touching objects", value=True,
                               tooltip="Seeded watershed on the distance transform of each object.")
+        self.diameter = FloatSpinBox(label="Object size (px)", value=0.0, min=0.0, max=5000.0, step=1.0,
+                                     tooltip=DIAMETER_HELP)
+        self.measure_button = PushButton(text="Measure on labels",
+                                         tooltip="Set the object size to the median diameter of the objects in the "
+                                                 "selected labels layer (or the top-most one of the image's size).")
         self.add_probabilities = CheckBox(text="Also add probabilities", value=False)
         self.run_button = PushButton(text="Run")
         self.status = Label(label="")
-        self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.threshold,
-                     self.min_size, self.split])
+        self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.diameter,
+                     self.measure_button, self.threshold, self.min_size, self.split])
         self.add_section("Device, tiles, probabilities", [self.device, self.device_info, self.tile_size,
                                                           self.add_probabilities])
         self.add_qt(self.run_button.native)
@@ -200,6 +207,7 @@ class SegmentWidget(JobWidget):
         self.run_button.changed.connect(self._on_run_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._ask_for_model_file)
+        self.measure_button.changed.connect(self.measure_object_size)
         self.device.changed.connect(self._show_device)
         self.image.changed.connect(lambda *_: self.channels.reset_choices())
         events = viewer.layers.events
@@ -258,6 +266,43 @@ class SegmentWidget(JobWidget):
         self.threshold.value = defaults["threshold"]
         self.min_size.value = defaults["min_size"]
         self.split.value = defaults["split_touching"]
+        sizes = config.get("input") if isinstance(config.get("input"), dict) else {}  # (a peeked config is unchecked)
+        network, made_for = sizes.get("object_diameter"), sizes.get("image_object_diameter")
+        network = network if isinstance(network, (int, float)) and network > 0 else None
+        made_for = made_for if isinstance(made_for, (int, float)) and made_for > 0 else network
+        # a model that declares the object size it works at resizes images; the field starts at the size it was
+        # made for (its fine-tuning corrections'); other models take images as they are
+        self.diameter.value = min(float(made_for or 0.0), self.diameter.max)
+        self.diameter.enabled = self.measure_button.enabled = bool(network)
+        self.diameter.tooltip = DIAMETER_HELP + (f" This model works at objects of {network:g} px." if network else
+                                                 " This model takes images at their own size (it declares no object "
+                                                 "size).")
+
+    def measure_object_size(self, *_):
+        """Set the object size to the median object diameter of a labels layer: the selected one,
+        else the top-most one of the image's size (a correction or an earlier result)."""
+        from napari.layers import Labels
+
+        from ..scaling import median_diameter
+
+        image = self.image.value
+        active = self._viewer.layers.selection.active
+        candidates = [active] if isinstance(active, Labels) else []
+        if image is not None:
+            shape = tuple((image.data[0] if image.multiscale else image.data).shape)
+            rows_cols = shape[-3:-1] if image.rgb else shape[-2:]
+            candidates += [layer for layer in reversed(self._viewer.layers) if isinstance(layer, Labels)
+                           and not layer.multiscale and tuple(layer.data.shape[-2:]) == rows_cols]
+        if not candidates or candidates[0].multiscale:
+            self.report_error("No labels layer to measure: select one (corrections or an earlier result) first.")
+            return
+        layer = candidates[0]
+        diameter = median_diameter(np.asarray(layer.data))
+        if diameter is None:
+            self.report_error(f"'{layer.name}' has no object of 16 pixels or more to measure.")
+            return
+        self.diameter.value = round(diameter, 1)
+        self.status.value = f"object size {diameter:.1f} px: the median diameter of the objects in '{layer.name}'"
 
     def _on_model_changed(self, *_):
         """Describe the chosen model and apply the post-processing it was tuned with (the fields
@@ -373,7 +418,8 @@ class SegmentWidget(JobWidget):
         channel_axis = None if layer.rgb else self.channels.value
         stop = threading.Event()
         settings = dict(threshold=float(self.threshold.value), min_size=int(self.min_size.value),
-                        split_touching=bool(self.split.value), channel_axis=channel_axis, rgb=bool(layer.rgb))
+                        split_touching=bool(self.split.value), channel_axis=channel_axis, rgb=bool(layer.rgb),
+                        diameter=(float(self.diameter.value) or None) if self.diameter.enabled else None)
         started = time.perf_counter()
 
         want_probabilities = bool(self.add_probabilities.value)
@@ -451,8 +497,11 @@ class SegmentWidget(JobWidget):
         labels = put_layer(self._viewer, ready.labels)
         self._viewer.layers.selection.active = labels
         warnings = result.prediction.warnings
+        scale = result.prediction.scale
         self.status.value = f"{ready.n_objects} objects in {time.perf_counter() - started:.1f} s on " \
-                            f"{result.prediction.device}" + "".join(f"\n{message}" for message in warnings)
+                            f"{result.prediction.device}" + (f", image resized {scale:.2f}x for the model"
+                                                             if scale != 1 else "") \
+                            + "".join(f"\n{message}" for message in warnings)
         for message in warnings:
             show_warning(message)
         show_info(f"napari-unet: {ready.n_objects} objects found in '{layer.name}'.")

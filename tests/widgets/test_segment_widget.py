@@ -224,3 +224,40 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     late = json.loads(out.stdout.strip().splitlines()[-1])
     assert not [m for m in late if m.startswith(("scipy", "skimage", "pandas"))], late
     assert len(late) < 20, late
+
+
+def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_and_wait, click):
+    """A model fine-tuned at 20 px for objects of 40 px: the field shows 40 and is editable, Measure
+    on labels reads the objects of a labels layer, and a run resizes the image (labels keep its
+    size). A model that declares no size leaves the field off."""
+    import torch
+
+    from napari_unet.modelfile import make_config, save_model, user_model_dir
+    from napari_unet.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16, 32))
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(folder / "sized.safetensors", net, make_config(net, "unet", object_diameter=20,
+                                                                 image_object_diameter=40))
+    viewer, widget = segment_widget
+    widget.refresh_models()
+    viewer.add_image(np.random.default_rng(0).random((120, 160)).astype(np.float32), name="img")
+    widget.model.value = "unet"
+    assert not widget.diameter.enabled and not widget.measure_button.enabled
+    widget.model.value = "sized"
+    assert widget.diameter.enabled and widget.diameter.value == 40
+    yy, xx = np.mgrid[:120, :160]
+    discs = np.zeros((120, 160), np.int32)
+    for i, (y, x) in enumerate([(30, 30), (80, 100), (40, 120)], start=1):
+        discs[(yy - y) ** 2 + (xx - x) ** 2 <= 10 ** 2] = i  # 20 px across
+    viewer.add_labels(discs, name="my objects")
+    click(widget.measure_button)
+    assert widget.diameter.value == pytest.approx(20, abs=0.5) and "my objects" in widget.status.value
+    widget.diameter.value = 80  # objects of 80 px: the network sees the image at a quarter of its size
+    widget.image.value = viewer.layers["img"]
+    run_and_wait(widget)
+    assert widget.last_result.prediction.scale == 0.25
+    assert viewer.layers["img [sized] labels"].data.shape == (120, 160)
+    assert "resized 0.25x" in widget.status.value
