@@ -78,6 +78,9 @@ class CorrectWidget(DockContainer):
         self.source = ComboBox(label="Labels", choices=self._labels_choices,
                                tooltip="The labels to correct (a prediction, or your own layer).")
         self.correct_button = PushButton(text="Correct")
+        self.draw_button = PushButton(text="Draw a missing object",
+                                      tooltip="Click around the outline of an object the model missed; a double "
+                                              "click (or Enter) closes it and fills it with a new id.")
         self.tool = ComboBox(label="Click tool", choices=TOOLS, value=TOOLS[0],
                              tooltip="What a click on the corrected layer does. Ctrl+Z undoes any edit.")
         self.min_size = SpinBox(label="Min size (px)", value=30, min=1, max=10**7)
@@ -101,7 +104,7 @@ class CorrectWidget(DockContainer):
         self.open_button = PushButton(text="Open training set")
         self.status = Label(label="")
         wrap(self.status)
-        self.extend([self.source, self.correct_button, self.tool, self.review_whole, self.review_plane,
+        self.extend([self.source, self.correct_button, self.draw_button, self.tool, self.review_whole, self.review_plane,
                      self.review_view, self.review_clear, self.folder, self.add_button])
         self.add_section("Clean-up, weight map, training set", [
             self.min_size, self.remove_small_button, self.relabel_button, self.w0, self.sigma, self.sigma_unit,
@@ -111,6 +114,7 @@ class CorrectWidget(DockContainer):
 
         self.correct_button.changed.connect(lambda *_: self._guard(self.start_correcting))
         self.tool.changed.connect(self._on_tool_changed)
+        self.draw_button.changed.connect(lambda *_: self._guard(self.draw_missing))
         self.remove_small_button.changed.connect(lambda *_: self._guard(self.remove_small))
         self.relabel_button.changed.connect(lambda *_: self._guard(self.relabel))
         self.review_whole.changed.connect(lambda *_: self._guard(self.mark_reviewed, "image"))
@@ -216,6 +220,24 @@ class CorrectWidget(DockContainer):
                              f"{layer.selected_label} is ready); mark what you checked as reviewed.")
         return layer
 
+    def draw_missing(self):
+        """napari's polygon tool on the corrected layer with a fresh id: each outline closed by a
+        double click is filled as a new object, and the next id is ready for the next one."""
+        layer = self.corrected_layer()
+        self._viewer.layers.selection.active = layer
+        self.tool.value = TOOLS[0]
+        layer.selected_label = editing.next_label(np.asarray(layer.data))
+        layer.mode = "polygon"
+        self.status.value = (f"Click around the missing object's outline; a double click (or Enter) closes and fills "
+                             f"it as object {layer.selected_label}. Escape drops the outline; Ctrl+Z undoes.")
+        return layer
+
+    def _on_labels_update(self, event):
+        """After a polygon filled the selected id, the next outline gets a new one."""
+        layer = event.source
+        if layer.mode == "polygon" and np.any(np.asarray(layer.data) == layer.selected_label):
+            layer.selected_label = editing.next_label(np.asarray(layer.data))
+
     def _on_inserted(self, event):
         self._watch(event.value)
 
@@ -231,6 +253,8 @@ class CorrectWidget(DockContainer):
             self._mark_dirty(layer)
         layer.events.paint.connect(edited)
         layer.events.data.connect(edited)
+        if kind == "corrections":  # napari says "paint" before the pixels change, "labels_update" after
+            layer.events.labels_update.connect(self._on_labels_update)
         self._hooked[id(layer)] = (layer, edited)
 
     def _on_removing(self, event):
@@ -249,6 +273,8 @@ class CorrectWidget(DockContainer):
         if self._on_click in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_click)
         layer.events.paint.disconnect(edited)
+        if _meta(layer).get("kind") == "corrections":
+            layer.events.labels_update.disconnect(self._on_labels_update)
         layer.events.data.disconnect(edited)
 
     def _on_tool_changed(self, *_):

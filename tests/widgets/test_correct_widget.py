@@ -114,3 +114,26 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, t
     click(widget.open_button)
     assert len(viewer.layers) == n + 3
     np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
+
+
+def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widget, click):
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    click(widget.draw_button)  # before Correct: nothing to draw on yet
+    assert "Click 'Correct' first" in widget.status.value
+    widget.source.value = pred
+    click(widget.correct_button)
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    before = np.array(corrected.data, copy=True)
+    click(widget.draw_button)
+    new = int(before.max()) + 1
+    assert corrected.mode == "polygon" and corrected.selected_label == new
+    assert viewer.layers.selection.active is corrected and "outline" in widget.status.value
+    # what napari's polygon tool does when the outline is closed (a double click)
+    empty = np.argwhere(before == 0)[0]
+    y, x = (int(v) for v in np.clip(empty, 6, np.array(before.shape) - 7))
+    corrected.paint_polygon(np.array([[y - 5, x - 5], [y - 5, x + 5], [y + 5, x + 5], [y + 5, x - 5]]), new)
+    assert (np.asarray(corrected.data) == new).sum() > 50
+    assert corrected.selected_label == new + 1  # the next outline is a new object
+    corrected.undo()
+    np.testing.assert_array_equal(corrected.data, before)
