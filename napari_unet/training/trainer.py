@@ -29,6 +29,7 @@ import torch
 
 from ..devices import resolve_device
 from ..inference.postprocess import probabilities_to_labels
+from .threads import ThreadTuner
 from ..inference.predictor import PredictionCancelled, Predictor, StepCancelled, interruptible, predict
 from ..metrics import evaluate, mean_metrics
 from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
@@ -380,114 +381,121 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             best.update(state=snapshot(), metrics=metrics, step=step, ap=val_ap)
         return metrics
 
-    last_validation = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - start
-        progress = max(step / total_steps if total_steps else 0.0, elapsed / budget if budget else 0.0)
-        if progress >= 1.0:
-            stopped = "finished" if total_steps and step >= total_steps else "time budget"
-            break
-        if stop is not None and stop.is_set():
-            stopped = "stopped by user"
-            break
-        factor = _lr_factor(step, progress, warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * factor
-        x, y, w = sampler.batch(batch_size)
-        x, y = torch.from_numpy(x).to(dev.device), torch.from_numpy(y).to(dev.device)
-        w = None if w is None else torch.from_numpy(w).to(dev.device)
-        # batch-norm statistics change in the forward pass: keep them to undo a broken step
-        buffers = [b.detach().clone() for b in net.buffers()]
-
-        def undo_step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for b, saved in zip(net.buffers(), buffers):
-                    b.copy_(saved)
-
-        broken = None
-        try:
-            with interruptible(net, stop):
-                with dev.autocast():
-                    if classification_weight:
-                        logits, present = net(x, side_outputs=side_outputs, with_object_probability=True)
-                    else:
-                        logits = net(x, side_outputs=True) if side_outputs else net(x)
-                logits = [o.float() for o in logits] if side_outputs else logits.float()
-                value, parts = loss_fn(logits, y, w)
-                if classification_weight:
-                    from ..models.unet3p import cgm_loss
-
-                    classification = cgm_loss(present, y)
-                    value = value + classification_weight * classification
-                    parts = {**parts, "cgm": float(classification.detach())}
-                broken = None if torch.isfinite(value) else "loss"
-                if broken is None:
-                    optimizer.zero_grad(set_to_none=True)
-                    value.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
-                    broken = None if torch.isfinite(grad_norm) else "gradient"
-        except StepCancelled:
-            undo_step()
-            stopped = "stopped by user"
-            break
-        except torch.OutOfMemoryError:
-            logits = value = None  # let the failed step's tensors go before retrying
-            undo_step()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-            if batch_size > 1:
-                batch_size //= 2
-                warnings.append(f"Out of {dev.type.upper()} memory at step {step + 1}: continuing with batch "
-                                f"size {batch_size}.")
-                continue
-            stopped = (f"out of {dev.type.upper()} memory at step {step + 1} even with batch size 1: choose a "
-                       "smaller patch size or train on the CPU")
-            break
-        if broken:
-            undo_step()
-            stopped = (f"non-finite {broken} at step {step + 1}: lower the learning rate, or check the images "
-                       "for NaN/Inf values")
-            break
-        optimizer.step()
-        step += 1
-        metrics, improved = None, False
-        # every epoch, and at least every quarter of a time budget (a short run validates 3+ times)
-        due = step % steps_per_epoch == 0 or (budget is not None and time.perf_counter() - last_validation >= budget / 4)
-        if due and val_pairs:
-            metrics = run_validation()
-            last_validation = time.perf_counter()
-            if metrics is None:
+    # on the CPU the thread count that trains fastest now, measured (it changes when other programs run)
+    tuner = ThreadTuner(enabled=dev.type == "cpu")
+    try:
+        last_validation = time.perf_counter()
+        while True:
+            elapsed = time.perf_counter() - start
+            progress = max(step / total_steps if total_steps else 0.0, elapsed / budget if budget else 0.0)
+            if progress >= 1.0:
+                stopped = "finished" if total_steps and step >= total_steps else "time budget"
+                break
+            if stop is not None and stop.is_set():
                 stopped = "stopped by user"
                 break
-            improved = best["step"] == step
-        if checkpoint is not None and step % steps_per_epoch == 0:
-            save_state()
-        elapsed = time.perf_counter() - start
-        rate = elapsed / step
-        left = [budget - elapsed] if budget else []
-        if total_steps:
-            left.append((total_steps - step) * rate)
-        yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float(value.detach()), val_ap, lr * factor,
-                            max(0.0, min(left)), total_steps, metrics is not None, metrics, parts, improved)
-        if patience is not None and metrics is not None and sum(s > best["step"] for s, _ in history) >= patience:
-            stopped = f"early stop: no better validation AP@0.5 in {patience} validations"
-            break
+            factor = _lr_factor(step, progress, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+            tuner.before_step()
+            x, y, w = sampler.batch(batch_size)
+            x, y = torch.from_numpy(x).to(dev.device), torch.from_numpy(y).to(dev.device)
+            w = None if w is None else torch.from_numpy(w).to(dev.device)
+            # batch-norm statistics change in the forward pass: keep them to undo a broken step
+            buffers = [b.detach().clone() for b in net.buffers()]
 
-    if stopped in ("finished", "time budget") and val_pairs and (not history or history[-1][0] != step) and step:
-        metrics = run_validation()
-        if metrics is None:
-            stopped = "stopped by user"
-        else:
-            yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0,
-                                total_steps, True, metrics, improved=best["step"] == step)
-    if stopped.startswith(("non-finite", "out of")):
-        stopped += ("; the best validated model so far is kept" if best["state"] is not None
-                    else "; nothing was validated yet" if val_pairs else "; the last finite weights are kept")
-    if best["state"] is None:  # no validation: keep the last state, unless the weights themselves broke
-        last = snapshot()
-        usable = all(bool(torch.isfinite(v).all()) for v in last.values() if v.is_floating_point())
-        best.update(state=last if usable else initial, step=step if usable else 0)
-    net.load_state_dict(best["state"])
-    return TrainingResult(best["state"], best["metrics"], best["step"], step, time.perf_counter() - start,
-                          stopped, history, warnings)
+            def undo_step():
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, saved in zip(net.buffers(), buffers):
+                        b.copy_(saved)
+
+            broken = None
+            try:
+                with interruptible(net, stop):
+                    with dev.autocast():
+                        if classification_weight:
+                            logits, present = net(x, side_outputs=side_outputs, with_object_probability=True)
+                        else:
+                            logits = net(x, side_outputs=True) if side_outputs else net(x)
+                    logits = [o.float() for o in logits] if side_outputs else logits.float()
+                    value, parts = loss_fn(logits, y, w)
+                    if classification_weight:
+                        from ..models.unet3p import cgm_loss
+
+                        classification = cgm_loss(present, y)
+                        value = value + classification_weight * classification
+                        parts = {**parts, "cgm": float(classification.detach())}
+                    broken = None if torch.isfinite(value) else "loss"
+                    if broken is None:
+                        optimizer.zero_grad(set_to_none=True)
+                        value.backward()
+                        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_grad_norm)
+                        broken = None if torch.isfinite(grad_norm) else "gradient"
+            except StepCancelled:
+                undo_step()
+                stopped = "stopped by user"
+                break
+            except torch.OutOfMemoryError:
+                logits = value = None  # let the failed step's tensors go before retrying
+                undo_step()
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size //= 2
+                    warnings.append(f"Out of {dev.type.upper()} memory at step {step + 1}: continuing with batch "
+                                    f"size {batch_size}.")
+                    continue
+                stopped = (f"out of {dev.type.upper()} memory at step {step + 1} even with batch size 1: choose a "
+                           "smaller patch size or train on the CPU")
+                break
+            if broken:
+                undo_step()
+                stopped = (f"non-finite {broken} at step {step + 1}: lower the learning rate, or check the images "
+                           "for NaN/Inf values")
+                break
+            optimizer.step()
+            tuner.after_step()
+            step += 1
+            metrics, improved = None, False
+            # every epoch, and at least every quarter of a time budget (a short run validates 3+ times)
+            due = step % steps_per_epoch == 0 or (budget is not None and time.perf_counter() - last_validation >= budget / 4)
+            if due and val_pairs:
+                metrics = run_validation()
+                last_validation = time.perf_counter()
+                if metrics is None:
+                    stopped = "stopped by user"
+                    break
+                improved = best["step"] == step
+            if checkpoint is not None and step % steps_per_epoch == 0:
+                save_state()
+            elapsed = time.perf_counter() - start
+            rate = elapsed / step
+            left = [budget - elapsed] if budget else []
+            if total_steps:
+                left.append((total_steps - step) * rate)
+            yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float(value.detach()), val_ap, lr * factor,
+                                max(0.0, min(left)), total_steps, metrics is not None, metrics, parts, improved)
+            if patience is not None and metrics is not None and sum(s > best["step"] for s, _ in history) >= patience:
+                stopped = f"early stop: no better validation AP@0.5 in {patience} validations"
+                break
+
+        if stopped in ("finished", "time budget") and val_pairs and (not history or history[-1][0] != step) and step:
+            metrics = run_validation()
+            if metrics is None:
+                stopped = "stopped by user"
+            else:
+                yield TrainingEvent(step, (step - 1) // steps_per_epoch + 1, float("nan"), val_ap, 0.0, 0.0,
+                                    total_steps, True, metrics, improved=best["step"] == step)
+        if stopped.startswith(("non-finite", "out of")):
+            stopped += ("; the best validated model so far is kept" if best["state"] is not None
+                        else "; nothing was validated yet" if val_pairs else "; the last finite weights are kept")
+        if best["state"] is None:  # no validation: keep the last state, unless the weights themselves broke
+            last = snapshot()
+            usable = all(bool(torch.isfinite(v).all()) for v in last.values() if v.is_floating_point())
+            best.update(state=last if usable else initial, step=step if usable else 0)
+        net.load_state_dict(best["state"])
+        return TrainingResult(best["state"], best["metrics"], best["step"], step, time.perf_counter() - start,
+                              stopped, history, warnings)
+    finally:
+        tuner.restore()

@@ -183,7 +183,8 @@ class SegmentWidget(JobWidget):
         self.threshold = FloatSpinBox(label="Threshold", value=0.5, min=0.05, max=0.95, step=0.05,
                                       tooltip="Foreground probability above which a pixel belongs to an object.")
         self.min_size = SpinBox(label="Min size (px)", value=16, min=0, max=100000,
-                                tooltip="Objects with fewer pixels are removed.")
+                                tooltip="Objects with fewer pixels are removed (pixels as the model sees them: "
+                                        "when the image is resized, they count at the model's scale).")
         self.split = CheckBox(text="Split touching objects", value=True,
                               tooltip="Seeded watershed on the distance transform of each object.")
         self.diameter = FloatSpinBox(label="Object size (px)", value=0.0, min=0.0, max=5000.0, step=1.0,
