@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="foreground probability (default: the model's)")
     p.add_argument("--min-size", type=int, default=None, help="smallest object in pixels (default: the model's)")
     p.add_argument("--no-split", action="store_true", help="do not split touching objects by watershed")
-    p.add_argument("--diameter", type=float, default=None, metavar="PX",
+    p.add_argument("--diameter", "--object-size", type=float, default=None, metavar="PX",
                    help="typical object diameter in pixels: images are resized so that objects reach the size the "
                         "model works at (default: the model's own; models that declare no object size ignore it)")
     p.add_argument("--channel-axis", type=int, default=None)

@@ -240,7 +240,7 @@ def test_object_size_options_of_train_and_predict(train_folders, make_random_mod
     assert tuned.object_diameter == pytest.approx(diameter / 2, abs=0.01)
     assert tuned.scale() == pytest.approx(0.5, rel=0.01)
     image = sorted((t / "images").iterdir())[0]
-    for extra in ([], ["--diameter", str(diameter / 2)]):
+    for extra in ([], ["--diameter", str(diameter / 2)], ["--object-size", str(diameter)]):
         assert main(["predict", str(t / "sized.safetensors"), str(image), "-o", str(t / "pred-sized"), *extra]) == 0
         assert tifffile.imread(t / "pred-sized" / image.name).shape == tifffile.imread(image).shape[:2]
     capsys.readouterr()
