@@ -329,6 +329,8 @@ class SegmentWidget(JobWidget):
             return
         text = f"{get_spec(config['architecture']).title}, {config['output']['target']} target"
         trained = config.get("provenance", {}).get("data", "")
+        # a zero-width space after _ and / lets long folder names wrap at the dock's width instead of being cut
+        trained = trained.replace("_", "_\u200b").replace("/", "/\u200b")
         self.model_info.value = text + (f"\ntrained on {trained}" if trained else "")
         self._apply_postprocess_defaults(config)
 
