@@ -1,7 +1,10 @@
 """Probabilities -> instance labels: threshold, connected components, optional seeded watershed.
 
-Splitting touching objects works object by object on small crops (distance transform, h-maxima
-seeds, watershed), so memory stays proportional to the largest object, not to the image.
+Splitting touching objects works on small windows (distance transform, h-maxima seeds, watershed):
+the objects whose bounding box starts in one 256 px tile (48 in 3D) are split together in the window
+their boxes span, and an object larger than a tile alone in its box. Memory stays proportional to
+the largest object plus a tile, not to the image, and time to the pixels, not to the object count:
+8192² of smoothed noise (139,000 objects) no longer pays 0.7 ms of Python per object.
 Works for 2D and 3D arrays alike.
 """
 
@@ -36,6 +39,72 @@ def _split_component(mask: np.ndarray, split_depth: float, smooth: float = 1.0) 
     if n < 2:
         return mask.astype(np.int32), 1
     return watershed(-dist, seeds, mask=mask).astype(np.int32), n
+
+
+def _split_touching(labels: np.ndarray, min_area: int, split_depth: float, smooth: float) -> None:
+    """:func:`_split_component` for every object of ``labels`` with at least ``min_area`` pixels,
+    in place (new parts get new ids), many objects per call.
+
+    Each object's mask is cut from its bounding box and laid beside the others along the last axis
+    in a strip, with a gap wider than the smoothing kernel, so no object sees another; one distance
+    transform and one h-maxima serve the whole strip, and only objects with two seeds or more get a
+    watershed of their own. The result is the object-by-object one (up to the edge of each box,
+    where the smoothing now sees zeros instead of a mirror), the same whichever objects share a
+    strip (so block-wise labelling matches one pass), but time follows pixels: most of the 0.7 ms
+    of Python per object is gone (8192² of smoothed noise, 139,000 objects: see bench_memory.py).
+    Objects of over 4096 px in their box get a strip each, where that overhead does not matter.
+    """
+    areas = np.bincount(labels.ravel())
+    found = [(index, box) for index, box in enumerate(ndi.find_objects(labels), start=1)
+             if box is not None and areas[index] >= min_area]
+    if not found:
+        return
+    # two of gaussian_filter's kernel radii (truncate 4) plus one: a column of zeros stays between
+    # the objects after smoothing, and each object's result depends on that object alone
+    gap = 2 * int(4.0 * smooth + 0.5) + 2
+    found.sort(key=lambda item: tuple(s.stop - s.start for s in item[1]))  # similar shapes share a strip
+    strips, current, width = [], [], 0
+    for index, box in found:
+        extent = box[-1].stop - box[-1].start
+        if current and (width + extent > 4096 or np.prod([b.stop - b.start for b in box]) > 4096 or any(
+                (b.stop - b.start) > 1.25 * (c.stop - c.start) + 4 for b, c in zip(box[:-1], current[0][1][:-1]))):
+            strips.append(current)
+            current, width = [], 0
+        current.append((index, box))
+        width += extent + gap
+    strips.append(current)
+    next_id = int(labels.max()) + 1
+    for members in strips:
+        lead = tuple(max(box[d].stop - box[d].start for _, box in members) for d in range(labels.ndim - 1))
+        starts = np.cumsum([0] + [gap + box[-1].stop - box[-1].start for _, box in members])[:-1] + gap
+        strip = np.zeros(lead + (int(starts[-1]) + members[-1][1][-1].stop - members[-1][1][-1].start + gap,), bool)
+        places = []
+        for (index, box), x in zip(members, starts):
+            place = tuple(slice(0, s.stop - s.start) for s in box[:-1]) + (slice(x, x + box[-1].stop - box[-1].start),)
+            strip[place] = labels[box] == index
+            places.append(place)
+        dist = ndi.distance_transform_edt(np.pad(strip, 1))[(slice(1, -1),) * strip.ndim]
+        dist = ndi.gaussian_filter(dist, smooth, mode="constant")  # zeros around every box, as between them
+        seeds, count = ndi.label(h_maxima(dist, split_depth) & strip)
+        if count < 2:
+            continue
+        # the object each seed lies in, from the position of its first pixel along the last axis
+        first_pixel = np.unique(seeds.ravel(), return_index=True)[1][1:]
+        column = np.unravel_index(first_pixel, seeds.shape)[-1]
+        owner = np.concatenate([[-1], np.searchsorted(starts, column, side="right") - 1])
+        per_object = np.bincount(owner[1:], minlength=len(members))
+        # the watershed runs object by object: skimage breaks ties between equal heights by the order
+        # of its heap, so a shared one could cut two symmetric objects differently in a strip of other
+        # objects than in one pass (block-wise labelling must match one pass exactly)
+        for k in np.flatnonzero(per_object >= 2):
+            index, box = members[k]
+            inside = strip[places[k]]
+            markers, _ = ndi.label((seeds[places[k]] > 0) & inside)  # this object's seeds, 1.. in raster order
+            parts = watershed(-dist[places[k]], markers, mask=inside)
+            crop = labels[box]
+            count_k = int(markers.max())
+            crop[inside] = np.where(parts[inside] == 1, index, parts[inside] - 2 + next_id)
+            next_id += count_k - 1
 
 
 def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", threshold: float = 0.5,
@@ -76,18 +145,7 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", t
         labels, n = ndi.label(probabilities[0] > threshold)
         labels = _remove_small(labels.astype(np.int32), min_size)
         if split_touching and n:
-            next_id = int(labels.max()) + 1
-            for index, box in enumerate(ndi.find_objects(labels), start=1):
-                if box is None:
-                    continue
-                crop = labels[box]
-                mask = crop == index
-                if mask.sum() < 2 * max(min_size, 8):
-                    continue
-                parts, count = _split_component(mask, split_depth, smooth)
-                if count > 1:
-                    crop[mask] = np.where(parts[mask] == 1, index, parts[mask] - 2 + next_id)
-                    next_id += count - 1
+            _split_touching(labels, 2 * max(min_size, 8), split_depth, smooth)
     else:
         raise ValueError(f"Unknown target {target!r}: choose 'binary' or 'boundary'.")
     labels = _remove_small(labels, min_size)
