@@ -48,7 +48,9 @@ import numpy as np
 
 from ..scaling import resize_image, scaled_shape
 from .inputs import Normalizer, fit_normalizer, prepare_image
+from . import quality
 from .postprocess import probabilities_to_labels
+from .quality import ResultCounts
 from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay
 from .lazyio import (MAX_CHUNK_2D, MAX_CHUNK_3D, SourcePlane, _check_output, _commit, _create_array,
                      _drop_mapped_pages, _is_zarr_array, _open_array, _open_source, as_lazy)
@@ -154,6 +156,7 @@ class BlockLabels:
     # (axis, side) -> (positions on the face, block-local id) where the block's view puts the pixel
     # on its face and its neighbour across the seam in one object
     faces: dict = field(default_factory=dict)
+    counts: ResultCounts = field(default_factory=ResultCounts)  # of the core: is the result plausible?
 
 
 def _predictor_for(plan: LargePlan, predictor: Predictor | None) -> Predictor:
@@ -237,7 +240,9 @@ def label_block(plan: LargePlan, plane: int, block: tuple[int, ...]) -> BlockLab
             here, there = view[at].ravel(), view[across].ravel()
             agree = np.flatnonzero((here == there) & (here > 0))
             faces[(axis, side)] = (agree.astype(np.int64), lut[here[agree]])
-    return BlockLabels(plane, tuple(block), len(present), faces)
+    core_probs = probs[(slice(None),) + inner]
+    return BlockLabels(plane, tuple(block), len(present), faces,
+                       quality.count(core_probs.sum(axis=0) if len(core_probs) > 1 else core_probs[0]))
 
 
 def relabel_block(plan: LargePlan, plane: int, block: tuple[int, ...], ids: np.ndarray) -> tuple[int, tuple]:
@@ -308,13 +313,17 @@ class SeamJoiner:
 _STAGE_MESSAGE = {"label": "finding objects", "number": "numbering objects"}
 
 
-def _label_passes(plan: LargePlan, jobs: list, runner, stop) -> Iterator[tuple[str, int, tuple]]:
+def _label_passes(plan: LargePlan, jobs: list, runner, stop,
+                  counts: list | None = None) -> Iterator[tuple[str, int, tuple]]:
     """Passes 2 and 3 over ``jobs`` ((plane, block) pairs); yields (stage, plane, block) per block
-    done, returns the number of objects per plane."""
+    done, returns the number of objects per plane. ``counts``, a list, receives each block's
+    :class:`~napari_unet.inference.quality.ResultCounts`."""
     grid = plan.grid
     joiner = SeamJoiner(grid)
     for result in runner.map(label_block, [(plan, p, b) for p, b in jobs], stop):
         joiner.add(result)
+        if counts is not None:
+            counts.append(result.counts)
         yield "label", result.plane, result.block
     n_planes = int(np.prod(plan.plane_shape, dtype=np.int64))
     tables, counts = joiner.number(n_planes)
@@ -625,7 +634,11 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
             done += 1
             return event(*step, _STAGE_MESSAGE[step[0]])
 
-        counts = yield from relay(_label_passes(plan, jobs, runner, stop), labelled)
+        block_counts: list = []
+        counts = yield from relay(_label_passes(plan, jobs, runner, stop, block_counts), labelled)
+        message = quality.warning(sum(block_counts, ResultCounts()), int(sum(counts)), lm.name)
+        if message:  # implausible (noise, a blank slide, a wrong model): said in one line, not refused
+            warnings.append(message)
 
         if not in_place:
             _commit(tmp_labels, labels_path)

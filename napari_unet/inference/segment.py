@@ -8,6 +8,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import quality
 from .postprocess import probabilities_to_labels
 from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter, take_predictor_arguments
 
@@ -43,11 +44,17 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     planes = probs.shape[: probs.ndim - spatial_dims - 1]
     flat = probs.reshape((-1,) + probs.shape[len(planes):])
     labels = np.zeros((flat.shape[0],) + probs.shape[-spatial_dims:], np.int32)
+    counts = quality.ResultCounts()
     for i in range(flat.shape[0]):
         if stop is not None and stop.is_set():
             raise PredictionCancelled()
         labels[i] = probabilities_to_labels(flat[i], target=prediction.target, threshold=threshold,
                                             min_size=min_size, split_touching=split_touching,
                                             scale=prediction.scale)
+        counts += quality.count(flat[i].sum(axis=0) if flat.shape[1] > 1 else flat[i, 0], labels[i])
         yield Progress(i + 1, flat.shape[0], "finding objects", i, flat.shape[0])
+    message = quality.warning(counts, int(labels.reshape(len(labels), -1).max(axis=1, initial=0).sum()),
+                              predictor.model.name)
+    if message:  # implausible (noise, a blank slide, a wrong model): said in one line, not refused
+        prediction.warnings.append(message)
     return Segmentation(labels.reshape(planes + labels.shape[1:]), prediction)
