@@ -149,6 +149,8 @@ def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
         raise UsageError(f"{path}: {exc}") from None
     if sys.stderr.isatty():
         print(file=sys.stderr)
+    if seg.size_estimate is not None:
+        print(f"{path.name}: object size estimated: {seg.size_estimate.describe()}", file=sys.stderr)
     for warning in seg.prediction.warnings:
         print(f"{path.name}: warning: {warning}", file=sys.stderr)
     target = outdir / f"{path.stem}.tif"
@@ -435,9 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="foreground probability (default: the model's)")
     p.add_argument("--min-size", type=int, default=None, help="smallest object in pixels (default: the model's)")
     p.add_argument("--no-split", action="store_true", help="do not split touching objects by watershed")
-    p.add_argument("--diameter", "--object-size", type=float, default=None, metavar="PX",
-                   help="typical object diameter in pixels: images are resized so that objects reach the size the "
-                        "model works at (default: the model's own; models that declare no object size ignore it)")
+    p.add_argument("--diameter", "--object-size", type=_diameter, default=None, metavar="PX|auto",
+                   help="typical object diameter in pixels, or 'auto' to estimate it from each image: images are "
+                        "resized so that objects reach the size the model works at (default: the size of the objects "
+                        "the model was fine-tuned on, else estimated; models that declare no object size ignore it)")
     p.add_argument("--channel-axis", type=int, default=None)
     p.add_argument("--probabilities", action="store_true",
                    help="also write <stem>_probabilities.tif (.zarr: every foreground class)")
@@ -495,6 +498,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth instance labels, same names")
     p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _diameter(text: str):
+    """``--diameter``: a number of pixels or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,13 @@ class LoadedModel:
         resizes by ``object_diameter / image_object_diameter`` unless told another diameter."""
         return self.config["input"].get("image_object_diameter", self.object_diameter)
 
+    @property
+    def estimates_size(self) -> bool:
+        """True for a model that declares the object size it works at but not the size of the
+        objects it is for (a general model): segmenting estimates the objects' size in each
+        image first (:mod:`napari_unet.inference.estimate`) unless told one."""
+        return bool(self.object_diameter) and "image_object_diameter" not in self.config["input"]
+
     def scale(self, diameter: float | None = None) -> float:
         """The factor images are resized by for objects of ``diameter`` px (None: the model's own)."""
         from .scaling import check_diameter, scale_for

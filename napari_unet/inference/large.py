@@ -51,7 +51,7 @@ from .inputs import Normalizer, fit_normalizer, prepare_image
 from . import quality
 from .postprocess import probabilities_to_labels
 from .quality import ResultCounts
-from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay
+from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay, run_to_end
 from .lazyio import (MAX_CHUNK_2D, MAX_CHUNK_3D, SourcePlane, _check_output, _commit, _create_array,
                      _drop_mapped_pages, _is_zarr_array, _open_array, _open_source, as_lazy)
 from .tiling import read_window
@@ -439,6 +439,7 @@ class LargeSegmentation:
     seconds: float = 0.0
     n_blocks: int = 0
     model_loads: dict[int, int] = field(default_factory=dict)  # worker pid -> models it loaded
+    size_estimate: object = None  # the object size estimated first (napari_unet.inference.estimate)
 
 
 def _model_reference(model) -> str | None:
@@ -494,6 +495,8 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
             networks, 32 for 3D; grown by ``1 / scale`` for a model that shrinks images.
         diameter: the objects' diameter in pixels (None: the model's own), for a model that
             declares the diameter it works at: blocks are resized by their ratio for the network.
+            ``"auto"`` (and None for a model that estimates sizes) estimates it first on a central
+            crop of the middle plane (:mod:`.estimate`).
         runner: where blocks run: None (this process; prediction in this thread with tile-level
             progress, labelling on a few threads), or one from :mod:`.distributed`.
         torch_threads: PyTorch threads on cluster workers (None: the worker's cores / its threads).
@@ -510,10 +513,6 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     if predictor is None:
         predictor = Predictor(model, **settings)
     lm = predictor.model
-    scale = lm.scale(diameter)
-    if label_halo is None and scale < 1:  # objects are 1 / scale times larger than the network's in image pixels
-        label_halo = int(math.ceil(_label_halo(None, lm.spatial_dims) / scale))
-    label_halo = _label_halo(label_halo, lm.spatial_dims)
     model_ref = _model_reference(model) or _model_reference(lm)
     if not runner.local and model_ref is None:
         raise ValueError("A model held only in memory cannot be sent to cluster workers: save it to a model file "
@@ -528,6 +527,14 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
         lazy = da.from_array(lazy, chunks="auto", name=False)
     prepared = prepare_image(lazy, lm.spatial_dims, lm.in_channels, channel_axis, rgb)
     warnings = list(prepared.warnings)
+    from .segment import resolve_diameter  # "auto": estimated on a central crop of the middle plane
+
+    diameter, size_estimate = run_to_end(resolve_diameter(model, lazy, diameter, predictor=predictor, stop=stop,
+                                                          channel_axis=channel_axis, rgb=rgb))
+    scale = lm.scale(diameter)
+    if label_halo is None and scale < 1:  # objects are 1 / scale times larger than the network's in image pixels
+        label_halo = int(math.ceil(_label_halo(None, lm.spatial_dims) / scale))
+    label_halo = _label_halo(label_halo, lm.spatial_dims)
     chunks = getattr(as_lazy(data), "chunksize", None)  # a zarr or dask input's own chunks
     if chunks is not None and np.prod(chunks, dtype=np.float64) > 16 * DEFAULT_BLOCK_2D ** 2:
         warnings.append(f"The image is stored in chunks of {tuple(chunks)}: every block reads whole chunks, so "
@@ -655,11 +662,10 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
         probabilities=_open_array(probabilities_path, "r") if keep_probs else None,
         labels_path=labels_path, probabilities_path=probabilities_path if keep_probs else None,
         n_objects=counts, target=lm.target, device=where, warnings=warnings,
-        seconds=time.perf_counter() - start, n_blocks=grid.n_blocks, model_loads=model_loads)
+        seconds=time.perf_counter() - start, n_blocks=grid.n_blocks, model_loads=model_loads,
+        size_estimate=size_estimate)
 
 
 def segment_to_zarr(model, image, labels_path=None, probabilities_path=None, **kwargs) -> LargeSegmentation:
     """Blocking form of :func:`segment_to_zarr_iter`."""
-    from .predictor import run_to_end
-
     return run_to_end(segment_to_zarr_iter(model, image, labels_path, probabilities_path, **kwargs))

@@ -15,10 +15,29 @@ from .predictor import Prediction, PredictionCancelled, Predictor, Progress, pre
 
 @dataclass
 class Segmentation:
-    """Instance labels ``(*planes, *spatial)`` int32 and the prediction they came from."""
+    """Instance labels ``(*planes, *spatial)`` int32, the prediction they came from, and the
+    object size estimated for it (None when the size was given or the model declares none)."""
 
     labels: np.ndarray
     prediction: Prediction
+    size_estimate: object = None  # napari_unet.inference.estimate.SizeEstimate
+
+
+def resolve_diameter(model, image, diameter, *, predictor: Predictor, stop=None, channel_axis=None, rgb=False):
+    """``diameter`` as a number of pixels or None, estimating it when it is ``"auto"``, or None for
+    a model that estimates sizes (:attr:`~napari_unet.modelfile.LoadedModel.estimates_size`).
+    A generator: yields the estimate's progress, returns ``(diameter, SizeEstimate or None)``."""
+    lm = predictor.model
+    auto = isinstance(diameter, str) and diameter.strip().lower() == "auto"
+    if isinstance(diameter, str) and not auto:
+        raise ValueError(f"The object size must be a number of pixels or 'auto', got {diameter!r}.")
+    if not lm.object_diameter or not (auto or (diameter is None and lm.estimates_size)):
+        return (None if auto else diameter), None
+    from .estimate import estimate_diameter_iter
+
+    estimate = yield from estimate_diameter_iter(lm, image, channel_axis=channel_axis, rgb=rgb, stop=stop,
+                                                 predictor=predictor)
+    return estimate.diameter, estimate
 
 
 def segment_iter(model, image, *, threshold: float | None = None, min_size: int | None = None,
@@ -29,7 +48,9 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     Post-processing settings left as ``None`` take the values the model was tuned with
     (``LoadedModel.postprocess``). ``predict_kwargs`` go to
     :func:`~napari_unet.inference.predictor.predict_iter` (``channel_axis``, ``rgb``, ``device``,
-    ``tile_size``, ``halo``..., ``diameter``). ``min_size`` counts pixels at the network's scale
+    ``tile_size``, ``halo``..., ``diameter``: a number of pixels, or ``"auto"`` to estimate it
+    first, which is also what None means for a model that estimates sizes, see
+    :func:`resolve_diameter`). ``min_size`` counts pixels at the network's scale
     (see :mod:`napari_unet.scaling`; the same as image pixels for a model that declares none).
     """
     if predictor is None:
@@ -38,6 +59,9 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     threshold = tuned["threshold"] if threshold is None else threshold
     min_size = tuned["min_size"] if min_size is None else min_size
     split_touching = tuned["split_touching"] if split_touching is None else split_touching
+    predict_kwargs["diameter"], estimate = yield from resolve_diameter(
+        model, image, predict_kwargs.get("diameter"), predictor=predictor, stop=stop,
+        channel_axis=predict_kwargs.get("channel_axis"), rgb=predict_kwargs.get("rgb", False))
     prediction: Prediction = yield from predict_iter(model, image, stop=stop, predictor=predictor, **predict_kwargs)
     probs = prediction.probabilities
     spatial_dims = prediction.spatial_dims
@@ -57,4 +81,4 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
                               predictor.model.name)
     if message:  # implausible (noise, a blank slide, a wrong model): said in one line, not refused
         prediction.warnings.append(message)
-    return Segmentation(labels.reshape(planes + labels.shape[1:]), prediction)
+    return Segmentation(labels.reshape(planes + labels.shape[1:]), prediction, estimate)

@@ -33,7 +33,8 @@ from ._layers import (KEY, build_layer, input_images, keep_temporary, layer_kind
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 DIAMETER_HELP = ("Typical diameter of the objects in this image, in pixels. The image is resized so that they reach "
-                 "the size the model works at; the labels keep the image's size.")
+                 "the size the model works at; the labels keep the image's size. 'auto' (0): estimated from the "
+                 "image at each run (a few small first passes).")
 NO_CHANNELS = "none (grey)"
 
 
@@ -189,6 +190,9 @@ class SegmentWidget(JobWidget):
                               tooltip="Seeded watershed on the distance transform of each object.")
         self.diameter = FloatSpinBox(label="Object size (px)", value=0.0, min=0.0, max=5000.0, step=1.0,
                                      tooltip=DIAMETER_HELP)
+        self.estimate_button = PushButton(text="Estimate from image",
+                                          tooltip="Set the object size from first passes of the model on the image "
+                                                  "(no labels needed; a few seconds).")
         self.measure_button = PushButton(text="Measure on labels",
                                          tooltip="Set the object size to the median diameter of the objects in the "
                                                  "selected labels layer (or the top-most one of the image's size).")
@@ -196,7 +200,7 @@ class SegmentWidget(JobWidget):
         self.run_button = PushButton(text="Run")
         self.status = Label(label="")
         self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.diameter,
-                     self.measure_button, self.threshold, self.min_size, self.split])
+                     self.estimate_button, self.measure_button, self.threshold, self.min_size, self.split])
         self.add_section("Device, tiles, probabilities", [self.device, self.device_info, self.tile_size,
                                                           self.add_probabilities])
         self.add_qt(self.run_button.native)
@@ -209,6 +213,7 @@ class SegmentWidget(JobWidget):
         self.model.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._ask_for_model_file)
         self.measure_button.changed.connect(self.measure_object_size)
+        self.estimate_button.changed.connect(self.estimate_object_size)
         self.device.changed.connect(self._show_device)
         self.image.changed.connect(lambda *_: self.channels.reset_choices())
         events = viewer.layers.events
@@ -270,11 +275,13 @@ class SegmentWidget(JobWidget):
         sizes = config.get("input") if isinstance(config.get("input"), dict) else {}  # (a peeked config is unchecked)
         network, made_for = sizes.get("object_diameter"), sizes.get("image_object_diameter")
         network = network if isinstance(network, (int, float)) and network > 0 else None
-        made_for = made_for if isinstance(made_for, (int, float)) and made_for > 0 else network
+        made_for = made_for if isinstance(made_for, (int, float)) and made_for > 0 else None
         # a model that declares the object size it works at resizes images; the field starts at the size it was
-        # made for (its fine-tuning corrections'); other models take images as they are
-        self.diameter.value = min(float(made_for or 0.0), self.diameter.max)
-        self.diameter.enabled = self.measure_button.enabled = bool(network)
+        # made for (its fine-tuning corrections'), else at "auto" (estimated at each run); other models take
+        # images as they are
+        self.diameter.value = min(float(made_for or 0.0), self.diameter.max) if network else 0.0
+        self.diameter.native.setSpecialValueText("auto" if network else "")
+        self.diameter.enabled = self.measure_button.enabled = self.estimate_button.enabled = bool(network)
         self.diameter.tooltip = DIAMETER_HELP + (f" This model works at objects of {network:g} px." if network else
                                                  " This model takes images at their own size (it declares no object "
                                                  "size).")
@@ -304,6 +311,51 @@ class SegmentWidget(JobWidget):
             return
         self.diameter.value = round(diameter, 1)
         self.status.value = f"object size {diameter:.1f} px: the median diameter of the objects in '{layer.name}'"
+
+    def estimate_object_size(self, *_):
+        """Set the object size from first passes of the model on the chosen image (a job)."""
+        if self.running:
+            return
+        self.ensure_torch()
+        try:
+            layer, data, model = self._check_inputs()
+        except ValueError as exc:
+            self.report_error(str(exc))
+            return
+        from ..inference.estimate import estimate_diameter_iter
+        from ..inference.predictor import PredictionCancelled
+
+        channel_axis = None if layer.rgb else self.channels.value
+        rgb, device, tile = bool(layer.rgb), self.device.value, self.tile_size.value
+        stop = threading.Event()
+        plane = None  # a stack of planes: the one on screen (other layouts: the middle plane)
+        if data.ndim == 3 and not rgb and channel_axis is None and data.shape[0] > 1:
+            try:
+                at = float(layer.world_to_data(self._viewer.dims.point)[0])
+                plane = int(min(max(round(at), 0), data.shape[0] - 1))
+            except (IndexError, ValueError, TypeError):
+                plane = None
+
+        def job():
+            predictor = self._predictor(model, device, tile)
+            try:
+                return (yield from estimate_diameter_iter(predictor.model, data, channel_axis=channel_axis, rgb=rgb,
+                                                          plane=plane, stop=stop, predictor=predictor))
+            except PredictionCancelled:
+                return None
+
+        def done(estimate):
+            if estimate is None:
+                return
+            if estimate.diameter is None:
+                self.report_error(f"No object size found in '{layer.name}': {estimate.describe()}. Measure it on "
+                                  "labels, or type it in.")
+                return
+            self.diameter.value = round(min(estimate.diameter, self.diameter.max), 1)
+            self.status.value = f"object size {estimate.diameter:.1f} px, estimated in '{layer.name}': " \
+                                f"{estimate.describe()}"
+
+        self.start_job(job, done, f"napari-unet: object size of {layer.name}", stop=stop)
 
     def _on_model_changed(self, *_):
         """Describe the chosen model and apply the post-processing it was tuned with (the fields
@@ -501,9 +553,11 @@ class SegmentWidget(JobWidget):
         self._viewer.layers.selection.active = labels
         warnings = result.prediction.warnings
         scale = result.prediction.scale
+        estimate = result.size_estimate
         self.status.value = f"{ready.n_objects} objects in {time.perf_counter() - started:.1f} s on " \
                             f"{result.prediction.device}" + (f", image resized {scale:.2f}x for the model"
                                                              if scale != 1 else "") \
+                            + (f"\nobject size estimated: {estimate.describe()}" if estimate is not None else "") \
                             + "".join(f"\n{message}" for message in warnings)
         for message in warnings:
             show_warning(message)

@@ -3,6 +3,7 @@
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +262,35 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     assert widget.last_result.prediction.scale == 0.25
     assert viewer.layers["img [sized] labels"].data.shape == (120, 160)
     assert "resized 0.25x" in widget.status.value
+
+
+def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_and_wait, click, qtbot):
+    """A model that works at one size but was made for no particular objects: the field shows
+    'auto', Estimate from image fills it from first passes, and Run with 'auto' estimates first."""
+    import tifffile
+
+    from napari_unet.modelfile import load_model, make_config, save_model, user_model_dir
+    from napari_unet.scaling import resize_image, scaled_shape
+
+    base = load_model("unet")
+    folder = user_model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(folder / "general.safetensors", base.net, make_config(base.net, "unet", object_diameter=16))
+    sample = Path(__file__).resolve().parents[2] / "sample_data" / "nuclei_image.tif"
+    image = tifffile.imread(sample).astype(np.float32)
+    viewer, widget = segment_widget
+    widget.refresh_models()
+    viewer.add_image(resize_image(image, scaled_shape(image.shape, 2.5)), name="big nuclei")
+    widget.model.value = "general"
+    assert widget.diameter.enabled and widget.estimate_button.enabled and widget.diameter.value == 0
+    assert widget.diameter.native.text() == "auto"
+    click(widget.estimate_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert 25 < widget.diameter.value < 60, widget.status.value
+    assert "estimated in 'big nuclei'" in widget.status.value
+    widget.diameter.value = 0  # back to auto: Run estimates by itself
+    run_and_wait(widget)
+    assert "object size estimated: objects of" in widget.status.value
+    assert widget.last_result.prediction.scale < 0.7
+    widget.model.value = "unet"  # a model that declares no size: no estimate to make
+    assert not widget.estimate_button.enabled
