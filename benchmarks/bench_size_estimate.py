@@ -64,7 +64,8 @@ def main(argv=None) -> int:
             est = estimate_diameter(model.model, image, predictor=model)
             seconds = time.perf_counter() - t
             scores = []
-            for diameter in (est.diameter, truth_d, None):
+            # native: the model's own size, i.e. the image as it is (None would estimate for a general model)
+            for diameter in (est.diameter, truth_d, model.model.object_diameter):
                 seg = run_to_end(segment_iter(model.model, image, predictor=model, diameter=diameter))
                 scores.append(evaluate(truth, seg.labels)["ap50"])
             seg = run_to_end(segment_iter(peer.model, image, predictor=peer))

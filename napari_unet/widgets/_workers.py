@@ -248,7 +248,12 @@ def warm_up_imports() -> None:
     """Import what a first prediction, fine-tuning or deep-supervision run imports (imports hold
     Python's GIL: paid here, in a worker, they do not stall the viewer during a run)."""
     from .. import devices, finetune, modelfile  # noqa: F401
-    from ..inference import large, predictor, pyramid, segment, supervision  # noqa: F401
+    from ..inference import estimate, large, predictor, pyramid, segment, supervision  # noqa: F401
+    import numpy as np
+
+    from ..scaling import resize_image
+
+    resize_image(np.zeros((1, 8, 8), np.float32), (4, 4))  # skimage.transform, for models that resize
     from ..inference.postprocess import preload as preload_postprocess
     from ..training.trainer import preload as preload_training
     from ._layers import preload_layers

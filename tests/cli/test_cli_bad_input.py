@@ -161,8 +161,8 @@ def test_predict_segments_odd_images_with_a_warning(tmp_path, cli_models, capsys
     err = capsys.readouterr().err
     if warning:
         assert re.search(warning, err), err
-    else:
-        assert "warning" not in err, err
+    else:  # (the test model is untrained: its "unsure of the pixels" line is right, and not about the input)
+        assert not [line for line in err.splitlines() if "warning" in line and "is unsure of" not in line], err
     assert (tmp_path / name).read_bytes() == before
 
 

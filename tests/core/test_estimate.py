@@ -58,7 +58,7 @@ def test_segmenting_estimates_when_no_size_is_given(sized, nuclei):
     with pytest.raises(ValueError, match="number of pixels or 'auto'"):
         run_to_end(segment_iter(sized, big, diameter="large"))
     # a model that declares no size ignores "auto", and one cannot estimate with it
-    plain = load_model("unet")
+    plain = load_model("unet++")
     assert run_to_end(segment_iter(plain, image, diameter="auto")).size_estimate is None
     with pytest.raises(ValueError, match="declares no object size"):
         estimate_diameter(plain, image)

@@ -245,7 +245,7 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     viewer, widget = segment_widget
     widget.refresh_models()
     viewer.add_image(np.random.default_rng(0).random((120, 160)).astype(np.float32), name="img")
-    widget.model.value = "unet"
+    widget.model.value = "unet++"  # a bundled model that declares no object size
     assert not widget.diameter.enabled and not widget.measure_button.enabled
     widget.model.value = "sized"
     assert widget.diameter.enabled and widget.diameter.value == 40
@@ -292,5 +292,7 @@ def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_a
     run_and_wait(widget)
     assert "object size estimated: objects of" in widget.status.value
     assert widget.last_result.prediction.scale < 0.7
-    widget.model.value = "unet"  # a model that declares no size: no estimate to make
+    widget.model.value = "unet++"  # a model that declares no size: no estimate to make
     assert not widget.estimate_button.enabled
+    widget.model.value = "unet"  # the default: a general model, 'auto' from the start
+    assert widget.estimate_button.enabled and widget.diameter.native.text() == "auto"
