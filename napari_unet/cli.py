@@ -139,9 +139,14 @@ def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
     from .inference.segment import segment_iter
     from .io import write_tif
 
+    from .io import marks_rgb
+
     image = _read_image(path)
+    # a file that says it is colour (RGB TIFF, PNG, JPEG) is read as colour, as napari and train do
+    rgb = args.channel_axis is None and marks_rgb(path, image.shape)
     try:
         seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
+                                      rgb=rgb,
                                       threshold=args.threshold, min_size=args.min_size,
                                       split_touching=False if args.no_split else None, diameter=args.diameter),
                          lambda e, show=_progress_printer(path.name): show(e.done, e.total, e.message))

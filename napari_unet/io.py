@@ -90,3 +90,36 @@ def write_tif(path: str | os.PathLike, data) -> Path:
     import tifffile
 
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"))
+
+
+#: file types whose 3 or 4 values per pixel are colour by the format itself
+COLOUR_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def marks_rgb(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> bool:
+    """True when the file says its last axis is colour: a TIFF whose photometric interpretation is
+    RGB (with 3 or 4 samples per pixel), or a PNG / JPEG / BMP image with 3 or 4 values per pixel.
+    Arrays with no such record (``.npy``, zarr, a grey TIFF) are never called colour here: a last
+    axis of 3 there is ambiguous, and needs ``--channel-axis``. ``shape``: the array read from the
+    file, if known (saves reading it again for formats that need it)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff") and path.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
+        except Exception:  # unreadable: the reader says so, not this check
+            return False
+    if suffix in COLOUR_FORMATS:
+        if shape is None:
+            from skimage.io import imread
+
+            try:
+                shape = imread(path).shape
+            except Exception:
+                return False
+        return len(shape) == 3 and shape[-1] in (3, 4)
+    return False

@@ -285,7 +285,12 @@ def _segment_file(job: FileJob, predictor: Predictor, options: dict) -> FileResu
     from .predictor import run_to_end
     from .segment import segment_iter
 
+    from ..io import marks_rgb
+
     post = {k: options.get(k) for k in ("threshold", "min_size", "split_touching", "diameter")}
+    # a file that says it is colour (RGB TIFF, PNG, JPEG) is read as colour, as napari and train do
+    post["rgb"] = options.get("channel_axis") is None and isinstance(job.image, (str, os.PathLike)) \
+        and marks_rgb(job.image)
     if job.fmt == "zarr":
         result = segment_to_zarr(predictor.model, job.image, job.labels, job.probabilities, predictor=predictor,
                                  runner=LocalRunner(1), channel_axis=options.get("channel_axis"),

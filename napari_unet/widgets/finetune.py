@@ -94,6 +94,10 @@ class FinetuneWidget(JobWidget):
                                tooltip="Shrink the corrected images so that their objects reach the size the base "
                                        "model works at (objects over 30 px for models that declare none); the new "
                                        "model resizes images the same way. Off: train at the images' own size.")
+        self.resume = CheckBox(text="Resume an interrupted run", value=True,
+                               tooltip="When napari closed (or crashed) during a run with the same base model, "
+                                       "corrections, settings and name, Train goes on from its last epoch instead of "
+                                       "starting again (its state is kept after every epoch).")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.device_info = Label(label="")
         self.name = LineEdit(label="Save as", value="",
@@ -106,8 +110,8 @@ class FinetuneWidget(JobWidget):
         self.run_button = PushButton(text="Run new model on current layer", enabled=False)
         self.extend([self.model, self.source, self.image, self.folder, self.minutes, self.name])
         self.add_section("Loss, target, device", [self.loss, self.w0, self.sigma, self.target, self.augment,
-                                                   self.resize, self.validate, self.only_if_better, self.device,
-                                                   self.device_info])
+                                                   self.resize, self.validate, self.only_if_better, self.resume,
+                                                   self.device, self.device_info])
         for widget in (self.train_button, self.plot, self.status, self.run_button):  # in this order, below
             self.add_qt(getattr(widget, "native", widget))
         self.finish_layout()
@@ -304,13 +308,35 @@ class FinetuneWidget(JobWidget):
             return
         for note in notes:
             show_warning(note)
-        from ..finetune import finetune_iter
+        from ..finetune import finetune_iter, resumable, run_key, unique_model_name
+        from ..trainingset import safe_name
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
-        stop = threading.Event()
+        stop, lifetime, want_resume = threading.Event(), self.lifetime, bool(self.resume.value)
 
         def job():
-            return (yield from finetune_iter(base, triples, settings, name=name, stop=stop, source=source))
+            # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same
+            # base, corrections, settings and name resume from there next time
+            state = resumable(run_key(base, triples, settings, name))
+            resume = want_resume and state.exists
+            if resume:
+                path = state.path
+            else:
+                state.forget()
+                from ..catalog import SUFFIX, user_model_dir
+
+                stem = Path(str(base)).name.removesuffix(SUFFIX)
+                # finetune_iter refuses a taken or bundled name, as without resuming
+                path = user_model_dir() / f"{safe_name(name) if name else unique_model_name(stem)}{SUFFIX}"
+                state.record(path)
+            try:
+                result = yield from finetune_iter(base, triples, settings, path=path, overwrite=resume, stop=stop,
+                                                  source=source, checkpoint=state.checkpoint, resume=resume)
+            finally:
+                if not lifetime.closed:  # ended with the dock open (done, cancelled, failed): nothing to resume
+                    state.forget()
+            result.resumed = resume
+            return result
 
         self._started = time.perf_counter()
         self._budget = settings.minutes * 60 if settings.minutes else None
@@ -367,6 +393,8 @@ class FinetuneWidget(JobWidget):
             score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
             chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "
                       f"{'split' if pp['split_touching'] else 'no split'}")
+        if result.resumed:
+            chosen += "\nresumed an interrupted run: the steps count the whole run"
         self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"
                              f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
         for warning in result.warnings:

@@ -89,8 +89,9 @@ REFUSED_PREDICT = [
     ("image-truncated-npy", "cut.npy", lambda p: (np.save(p, np.zeros((64, 64))), p.write_bytes(p.read_bytes()[:200])),
      "grey", [], r"cannot read the image"),
     ("image-empty-file", "empty.tif", lambda p: p.write_bytes(b""), "grey", [], r"cannot read the image"),
-    ("image-rgb-png-without-channel-axis", "cells.png",
-     lambda p: _png(p, np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)), "grey",
+    # an array that does not say what its last axis is: ambiguous (a PNG or an RGB TIFF says it, below)
+    ("image-3-values-npy-without-channel-axis", "cells.npy",
+     lambda p: np.save(p, np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)), "grey",
      [], r"looks like a colour image.*--channel-axis"),
     ("channel-axis-out-of-range", "img.tif", lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint8)), "grey",
      ["--channel-axis", "5"], r"Channel axis 5 does not exist.*choose an axis from -2 to 1"),
@@ -137,6 +138,13 @@ ACCEPTED_PREDICT = [
     ("rgb-png-with-channel-axis", "cells.png",
      lambda p: _png(p, np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8)),
      ["--channel-axis", "-1"], (48, 40), r"warning: The colour image was converted to grey"),
+    # one rule for colour: a file that says it is colour is read as colour (as napari and train do)
+    ("rgb-png-without-channel-axis", "cells.png",
+     lambda p: _png(p, np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8)),
+     [], (48, 40), r"warning: The colour image was converted to grey"),
+    ("rgb-tiff-without-channel-axis", "cells.tif",
+     lambda p: tifffile.imwrite(p, np.random.default_rng(0).integers(0, 255, (48, 40, 3), np.uint8),
+                                photometric="rgb"), [], (48, 40), r"warning: The colour image was converted to grey"),
     ("nan-image", "nan.tif", lambda p: tifffile.imwrite(p, np.where(np.eye(40, dtype=bool), np.nan, 1.0)
                                                          .astype(np.float32) + np.arange(40, dtype=np.float32)),
      [], (40, 40), r"warning: The image contains NaN"),

@@ -198,3 +198,45 @@ def test_masks_opened_from_a_file_are_fine_tuned_with_their_image(finetune_widge
     widget.image.value = twin
     triples, _ = widget.viewer_triples()
     assert np.array_equal(triples[0][0], twin.data)
+
+
+def test_a_run_interrupted_by_closing_its_dock_resumes_next_time(make_napari_viewer, click, qtbot):
+    """Fine-tuning keeps its state after every epoch: closing the dock (as closing napari does) keeps
+    it, and Train with the same corrections, base, settings and name goes on from there; a run that
+    ends with its dock open (done or cancelled) leaves nothing to resume."""
+    from napari_unet.finetune import resumable, run_key
+    from napari_unet.widgets import _workers
+
+    def open_dock():
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+        qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
+        _corrections(viewer, click)
+        widget.model.value = "unet"
+        widget.minutes.value = 3.0  # long enough for a checkpoint (every 20 steps) on a loaded machine
+        widget.name.value = "resumed nuclei"
+        widget.only_if_better.value = False
+        return viewer, widget
+
+    viewer, widget = open_dock()
+    triples, _ = widget.viewer_triples()
+    triples, _ = widget.check_triples(triples, *widget._base_model_inputs())
+    state = resumable(run_key("unet", triples, widget.settings(), "resumed nuclei"))
+    assert not state.exists
+    click(widget.train_button)
+    qtbot.waitUntil(lambda: state.checkpoint.is_file(), timeout=180_000)  # an epoch done
+    widget.lifetime.close()  # what closing the dock or napari does to its jobs
+    qtbot.waitUntil(lambda: _workers.running() == 0, timeout=60_000)
+    state = resumable(state.checkpoint.stem)
+    assert state.exists and state.path.name == "resumed_nuclei.safetensors"
+
+    _, again = open_dock()
+    click(again.train_button)
+    qtbot.waitUntil(lambda: bool(again.plot.losses), timeout=180_000)  # training again, from the saved step
+    click(again.train_button)  # Cancel: the best model so far (the first part's validated one) is kept
+    qtbot.waitUntil(lambda: not again.running, timeout=120_000)
+    result = again.last_result
+    assert result is not None and result.resumed and result.path == state.path and result.path.exists()
+    assert "resumed an interrupted run" in again.status.value
+    assert result.steps > 20 and result.stopped == "stopped by user"
+    assert not resumable(state.checkpoint.stem).exists  # ended with the dock open: nothing left to resume
