@@ -312,16 +312,24 @@ class SegmentWidget(JobWidget):
         self.diameter.value = round(diameter, 1)
         self.status.value = f"object size {diameter:.1f} px: the median diameter of the objects in '{layer.name}'"
 
-    def estimate_object_size(self, *_):
-        """Set the object size from first passes of the model on the chosen image (a job)."""
+    def _ready_to_start(self):
+        """``(layer, data, model)`` for a new job, or None (a job runs, or the inputs are refused:
+        the message is shown)."""
         if self.running:
-            return
+            return None
         self.ensure_torch()
         try:
-            layer, data, model = self._check_inputs()
+            return self._check_inputs()
         except ValueError as exc:
             self.report_error(str(exc))
+            return None
+
+    def estimate_object_size(self, *_):
+        """Set the object size from first passes of the model on the chosen image (a job)."""
+        inputs = self._ready_to_start()
+        if inputs is None:
             return
+        layer, data, model = inputs
         from ..inference.estimate import estimate_diameter_iter
         from ..inference.predictor import PredictionCancelled
 
@@ -459,14 +467,10 @@ class SegmentWidget(JobWidget):
 
     def run(self):
         """Start segmenting the chosen layer in a thread worker (returns at once)."""
-        if self.running:
+        inputs = self._ready_to_start()
+        if inputs is None:
             return
-        self.ensure_torch()
-        try:
-            layer, data, model = self._check_inputs()
-        except ValueError as exc:
-            self.report_error(str(exc))
-            return
+        layer, data, model = inputs
         from ..inference.predictor import PredictionCancelled
         from ..inference.segment import segment_iter
 
