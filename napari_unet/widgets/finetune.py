@@ -317,7 +317,10 @@ class FinetuneWidget(JobWidget):
         def job():
             # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same
             # base, corrections, settings and name resume from there next time
-            state = resumable(run_key(base, triples, settings, name))
+            try:
+                state = resumable(run_key(base, triples, settings, name))
+            except OSError:  # the model folder cannot be written: finetune_iter says so, in its words
+                return (yield from finetune_iter(base, triples, settings, name=name, stop=stop, source=source))
             resume = want_resume and state.exists
             if resume:
                 path = state.path

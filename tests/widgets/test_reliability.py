@@ -58,13 +58,19 @@ def test_closing_during_a_run_exits_cleanly(scenario, tmp_path):
 
 
 def test_closing_during_fine_tuning_keeps_the_best_model(tmp_path):
-    """Closed after the first validation: the best model so far is saved, whole and loadable."""
+    """Closed after the first validation: the best model so far is saved, whole and loadable, and
+    the run's state stays for Train to resume it (the model file it names is that model)."""
+    from napari_unet.finetune import resumable
     from napari_unet.modelfile import load_model
 
     report = run_scenario("finetune_run", tmp_path)
-    models = [f for f in report["files"] if f.startswith("models/")]
+    models = [f for f in report["files"] if f.startswith("models/") and not f.startswith("models/.resume/")]
     assert len(models) == 1 and models[0].endswith(".safetensors"), report
     load_model(tmp_path / "finetune_run" / models[0])
+    states = sorted(f for f in report["files"] if f.startswith("models/.resume/"))
+    assert [Path(f).suffix for f in states] == [".json", ".resume"], report
+    state = resumable(Path(states[0]).stem, tmp_path / "finetune_run" / "models" / ".resume")
+    assert state.exists and state.path.name == Path(models[0]).name
 
 
 def test_closing_right_after_an_edit_saves_it(tmp_path):
