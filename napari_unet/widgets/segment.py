@@ -478,7 +478,7 @@ class SegmentWidget(JobWidget):
         stop = threading.Event()
         settings = dict(threshold=float(self.threshold.value), min_size=int(self.min_size.value),
                         split_touching=bool(self.split.value), channel_axis=channel_axis, rgb=bool(layer.rgb),
-                        diameter=(float(self.diameter.value) or None) if self.diameter.enabled else None)
+                        diameter=(float(self.diameter.value) or "auto") if self.diameter.enabled else None)
         started = time.perf_counter()
 
         want_probabilities = bool(self.add_probabilities.value)

@@ -262,6 +262,10 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     assert widget.last_result.prediction.scale == 0.25
     assert viewer.layers["img [sized] labels"].data.shape == (120, 160)
     assert "resized 0.25x" in widget.status.value
+    widget.diameter.value = 0  # 'auto' estimates, also for a model made for objects of a known size
+    assert widget.diameter.native.text() == "auto"
+    run_and_wait(widget)
+    assert widget.last_result.size_estimate is not None and "object size estimated" in widget.status.value
 
 
 def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_and_wait, click, qtbot):
