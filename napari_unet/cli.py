@@ -143,7 +143,7 @@ def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
 
     image = _read_image(path)
     # a file that says it is colour (RGB TIFF, PNG, JPEG) is read as colour, as napari and train do
-    rgb = args.channel_axis is None and marks_rgb(path, image.shape)
+    rgb = marks_rgb(path, args.channel_axis)
     try:
         seg = run_to_end(segment_iter(predictor.model, image, predictor=predictor, channel_axis=args.channel_axis,
                                       rgb=rgb,

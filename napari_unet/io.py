@@ -96,30 +96,28 @@ def write_tif(path: str | os.PathLike, data) -> Path:
 COLOUR_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def marks_rgb(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> bool:
-    """True when the file says its last axis is colour: a TIFF whose photometric interpretation is
-    RGB (with 3 or 4 samples per pixel), or a PNG / JPEG / BMP image with 3 or 4 values per pixel.
-    Arrays with no such record (``.npy``, zarr, a grey TIFF) are never called colour here: a last
-    axis of 3 there is ambiguous, and needs ``--channel-axis``. ``shape``: the array read from the
-    file, if known (saves reading it again for formats that need it)."""
+def marks_rgb(path: str | os.PathLike, channel_axis: int | None = None) -> bool:
+    """True when the file says its last axis is colour and no channel axis was chosen instead: a
+    TIFF whose photometric interpretation is RGB (3 or 4 samples per pixel), or a PNG / JPEG / BMP
+    image in RGB(A) mode (read from the header only). Arrays with no such record (``.npy``, zarr,
+    a grey TIFF) are never called colour here: a last axis of 3 there is ambiguous, and needs
+    ``--channel-axis``."""
+    if channel_axis is not None or not isinstance(path, (str, os.PathLike)):
+        return False
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff") and path.is_file():
-        import tifffile
+    try:
+        if suffix in (".tif", ".tiff") and path.is_file():
+            import tifffile
 
-        try:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages.first
                 return page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
-        except Exception:  # unreadable: the reader says so, not this check
-            return False
-    if suffix in COLOUR_FORMATS:
-        if shape is None:
-            from skimage.io import imread
+        if suffix in COLOUR_FORMATS:
+            from PIL import Image  # scikit-image's own image reader
 
-            try:
-                shape = imread(path).shape
-            except Exception:
-                return False
-        return len(shape) == 3 and shape[-1] in (3, 4)
+            with Image.open(path) as image:
+                return image.mode in ("RGB", "RGBA", "RGBX")
+    except Exception:  # unreadable: the reader says so, not this check
+        return False
     return False

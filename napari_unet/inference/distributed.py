@@ -289,8 +289,7 @@ def _segment_file(job: FileJob, predictor: Predictor, options: dict) -> FileResu
 
     post = {k: options.get(k) for k in ("threshold", "min_size", "split_touching", "diameter")}
     # a file that says it is colour (RGB TIFF, PNG, JPEG) is read as colour, as napari and train do
-    post["rgb"] = options.get("channel_axis") is None and isinstance(job.image, (str, os.PathLike)) \
-        and marks_rgb(job.image)
+    post["rgb"] = marks_rgb(job.image, options.get("channel_axis"))
     if job.fmt == "zarr":
         result = segment_to_zarr(predictor.model, job.image, job.labels, job.probabilities, predictor=predictor,
                                  runner=LocalRunner(1), channel_axis=options.get("channel_axis"),

@@ -36,6 +36,8 @@ LARGER = 1.3
 SETTLED = 1.1
 #: side of the central crop predicted per pass, in pixels as the network sees them
 CROP_NETWORK_PX = 768
+#: the scales a pass may use (objects 8x larger to 4x smaller than the network's)
+LOWEST, HIGHEST = max(MIN_SCALE, 1 / 8), min(MAX_SCALE, 4.0)
 
 
 @dataclass
@@ -83,10 +85,10 @@ def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb
     if not 0 <= index < prepared.n_planes:
         raise ValueError(f"plane {index} is outside the image's {prepared.n_planes} planes.")
     source = prepared.plane(index)  # (C, H, W)
-    lowest, highest = max(MIN_SCALE, 1 / 8), min(MAX_SCALE, 4.0)
-    scale = float(np.clip(network / (lm.image_object_diameter or network), lowest, highest))
+    lowest, highest = LOWEST, HIGHEST
+    scale = float(np.clip(network / lm.image_object_diameter, lowest, highest))
     estimate = SizeEstimate(None)
-    tried: dict = {}  # scale (rounded) -> median diameter found there
+    tried: set = set()  # the scales (rounded) measured
 
     def measure(at: float):
         crop = _central_crop(source, int(round(CROP_NETWORK_PX / at)))
@@ -94,7 +96,7 @@ def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb
                                       diameter=network / at))
         found = median_diameter(seg.labels)
         estimate.passes.append((at, found, int(seg.labels.max())))
-        tried[round(at, 3)] = found
+        tried.add(round(at, 3))
         return found
 
     checked = False

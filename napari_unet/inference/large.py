@@ -50,7 +50,6 @@ from ..scaling import resize_image, scaled_shape
 from .inputs import Normalizer, fit_normalizer, prepare_image
 from . import quality
 from .postprocess import probabilities_to_labels
-from .quality import ResultCounts
 from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor, Progress, relay, run_to_end
 from .lazyio import (MAX_CHUNK_2D, MAX_CHUNK_3D, SourcePlane, _check_output, _commit, _create_array,
                      _drop_mapped_pages, _is_zarr_array, _open_array, _open_source, as_lazy)
@@ -156,7 +155,7 @@ class BlockLabels:
     # (axis, side) -> (positions on the face, block-local id) where the block's view puts the pixel
     # on its face and its neighbour across the seam in one object
     faces: dict = field(default_factory=dict)
-    counts: ResultCounts = field(default_factory=ResultCounts)  # of the core: is the result plausible?
+    counts: quality.ResultCounts = field(default_factory=quality.ResultCounts)  # of the core: is the result plausible?
 
 
 def _predictor_for(plan: LargePlan, predictor: Predictor | None) -> Predictor:
@@ -240,9 +239,7 @@ def label_block(plan: LargePlan, plane: int, block: tuple[int, ...]) -> BlockLab
             here, there = view[at].ravel(), view[across].ravel()
             agree = np.flatnonzero((here == there) & (here > 0))
             faces[(axis, side)] = (agree.astype(np.int64), lut[here[agree]])
-    core_probs = probs[(slice(None),) + inner]
-    return BlockLabels(plane, tuple(block), len(present), faces,
-                       quality.count(core_probs.sum(axis=0) if len(core_probs) > 1 else core_probs[0]))
+    return BlockLabels(plane, tuple(block), len(present), faces, quality.count(probs[(slice(None),) + inner]))
 
 
 def relabel_block(plan: LargePlan, plane: int, block: tuple[int, ...], ids: np.ndarray) -> tuple[int, tuple]:
@@ -529,7 +526,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     warnings = list(prepared.warnings)
     from .segment import resolve_diameter  # "auto": estimated on a central crop of the middle plane
 
-    diameter, size_estimate = run_to_end(resolve_diameter(model, lazy, diameter, predictor=predictor, stop=stop,
+    diameter, size_estimate = run_to_end(resolve_diameter(lazy, diameter, predictor=predictor, stop=stop,
                                                           channel_axis=channel_axis, rgb=rgb))
     scale = lm.scale(diameter)
     if label_halo is None and scale < 1:  # objects are 1 / scale times larger than the network's in image pixels
@@ -643,7 +640,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
 
         block_counts: list = []
         counts = yield from relay(_label_passes(plan, jobs, runner, stop, block_counts), labelled)
-        message = quality.warning(sum(block_counts, ResultCounts()), int(sum(counts)), lm.name)
+        message = quality.warning(sum(block_counts, quality.ResultCounts()), int(sum(counts)), lm.name)
         if message:  # implausible (noise, a blank slide, a wrong model): said in one line, not refused
             warnings.append(message)
 

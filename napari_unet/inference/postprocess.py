@@ -1,10 +1,9 @@
 """Probabilities -> instance labels: threshold, connected components, optional seeded watershed.
 
-Splitting touching objects works on small windows (distance transform, h-maxima seeds, watershed):
-the objects whose bounding box starts in one 256 px tile (48 in 3D) are split together in the window
-their boxes span, and an object larger than a tile alone in its box. Memory stays proportional to
-the largest object plus a tile, not to the image, and time to the pixels, not to the object count:
-8192² of smoothed noise (139,000 objects) no longer pays 0.7 ms of Python per object.
+Splitting touching objects (distance transform smoothed 1 px, h-maxima seeds, watershed) works on
+each object's own bounding box; the boxes of many objects are laid side by side in strips so that
+one distance transform and one h-maxima serve them all. Memory stays proportional to the largest
+object plus a strip, not to the image, and time to the pixels, not to the object count.
 Works for 2D and 3D arrays alike.
 """
 
@@ -26,24 +25,13 @@ def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return labels
 
 
-def _split_component(mask: np.ndarray, split_depth: float, smooth: float = 1.0) -> tuple[np.ndarray, int]:
-    """Watershed of one object's distance transform from its h-maxima; returns (labels, count).
-
-    The distance transform is smoothed (Gaussian, 1 px) first: ragged outlines then no longer
-    make spurious maxima. On the bundled U-Net this took held-out DSB2018 AP@0.5 from 0.69 to
-    0.82 and synthetic touching nuclei from 0.72 to 0.82 (no splitting: 0.76 and 0.48).
-    """
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
-    dist = ndi.gaussian_filter(dist, smooth)
-    seeds, n = ndi.label(h_maxima(dist, split_depth))
-    if n < 2:
-        return mask.astype(np.int32), 1
-    return watershed(-dist, seeds, mask=mask).astype(np.int32), n
-
-
 def _split_touching(labels: np.ndarray, min_area: int, split_depth: float, smooth: float) -> None:
-    """:func:`_split_component` for every object of ``labels`` with at least ``min_area`` pixels,
-    in place (new parts get new ids), many objects per call.
+    """Split every object of ``labels`` with at least ``min_area`` pixels whose smoothed distance
+    transform has several maxima deeper than ``split_depth`` (in place; new parts get new ids).
+
+    The smoothing (Gaussian, 1 px) keeps ragged outlines from making spurious maxima: on the
+    bundled U-Net it took held-out DSB2018 AP@0.5 from 0.69 to 0.82 and synthetic touching nuclei
+    from 0.72 to 0.82 (no splitting: 0.76 and 0.48).
 
     Each object's mask is cut from its bounding box and laid beside the others along the last axis
     in a strip, with a gap wider than the smoothing kernel, so no object sees another; one distance
@@ -63,14 +51,16 @@ def _split_touching(labels: np.ndarray, min_area: int, split_depth: float, smoot
     # the objects after smoothing, and each object's result depends on that object alone
     gap = 2 * int(4.0 * smooth + 0.5) + 2
     found.sort(key=lambda item: tuple(s.stop - s.start for s in item[1]))  # similar shapes share a strip
-    strips, current, width = [], [], 0
+    strips, current, width, current_big = [], [], 0, False
     for index, box in found:
         extent = box[-1].stop - box[-1].start
-        if current and (width + extent > 4096 or np.prod([b.stop - b.start for b in box]) > 4096 or any(
+        big = np.prod([b.stop - b.start for b in box]) > 4096
+        if current and (width + extent > 4096 or big or current_big or any(
                 (b.stop - b.start) > 1.25 * (c.stop - c.start) + 4 for b, c in zip(box[:-1], current[0][1][:-1]))):
             strips.append(current)
             current, width = [], 0
         current.append((index, box))
+        current_big = big
         width += extent + gap
     strips.append(current)
     next_id = int(labels.max()) + 1

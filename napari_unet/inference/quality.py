@@ -48,10 +48,12 @@ class ResultCounts:
                             max(self.largest_fraction, other.largest_fraction))
 
 
-def count(foreground: np.ndarray, labels: np.ndarray | None = None) -> ResultCounts:
-    """Counts for one plane (or volume): ``foreground`` probabilities, and the labels found in it
-    (``None`` skips the largest-object check, e.g. for a block of a larger image)."""
-    foreground = np.asarray(foreground)
+def count(probabilities: np.ndarray, labels: np.ndarray | None = None) -> ResultCounts:
+    """Counts for one plane (or volume): its class probabilities ``(K, *spatial)`` as the predictor
+    gives them (the foreground is their sum), and the labels found in it (``None`` skips the
+    largest-object check, e.g. for a block of a larger image)."""
+    probabilities = np.asarray(probabilities)
+    foreground = probabilities.sum(axis=0) if len(probabilities) > 1 else probabilities[0]
     unsure = int(np.count_nonzero((foreground > UNSURE[0]) & (foreground < UNSURE[1])))
     largest = 0.0
     if labels is not None and labels.size and labels.max() > 0:

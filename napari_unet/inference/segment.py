@@ -23,7 +23,7 @@ class Segmentation:
     size_estimate: object = None  # napari_unet.inference.estimate.SizeEstimate
 
 
-def resolve_diameter(model, image, diameter, *, predictor: Predictor, stop=None, channel_axis=None, rgb=False):
+def resolve_diameter(image, diameter, *, predictor: Predictor, stop=None, channel_axis=None, rgb=False):
     """``diameter`` as a number of pixels or None, estimating it when it is ``"auto"``, or None for
     a model that estimates sizes (:attr:`~napari_unet.modelfile.LoadedModel.estimates_size`).
     A generator: yields the estimate's progress, returns ``(diameter, SizeEstimate or None)``."""
@@ -31,7 +31,7 @@ def resolve_diameter(model, image, diameter, *, predictor: Predictor, stop=None,
     auto = isinstance(diameter, str) and diameter.strip().lower() == "auto"
     if isinstance(diameter, str) and not auto:
         raise ValueError(f"The object size must be a number of pixels or 'auto', got {diameter!r}.")
-    if not lm.object_diameter or not (auto or (diameter is None and lm.estimates_size)):
+    if not (lm.object_diameter and auto) and not (diameter is None and lm.estimates_size):
         return (None if auto else diameter), None
     from .estimate import estimate_diameter_iter
 
@@ -60,7 +60,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
     min_size = tuned["min_size"] if min_size is None else min_size
     split_touching = tuned["split_touching"] if split_touching is None else split_touching
     predict_kwargs["diameter"], estimate = yield from resolve_diameter(
-        model, image, predict_kwargs.get("diameter"), predictor=predictor, stop=stop,
+        image, predict_kwargs.get("diameter"), predictor=predictor, stop=stop,
         channel_axis=predict_kwargs.get("channel_axis"), rgb=predict_kwargs.get("rgb", False))
     prediction: Prediction = yield from predict_iter(model, image, stop=stop, predictor=predictor, **predict_kwargs)
     probs = prediction.probabilities
@@ -75,7 +75,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
         labels[i] = probabilities_to_labels(flat[i], target=prediction.target, threshold=threshold,
                                             min_size=min_size, split_touching=split_touching,
                                             scale=prediction.scale)
-        counts += quality.count(flat[i].sum(axis=0) if flat.shape[1] > 1 else flat[i, 0], labels[i])
+        counts += quality.count(flat[i], labels[i])
         yield Progress(i + 1, flat.shape[0], "finding objects", i, flat.shape[0])
     message = quality.warning(counts, int(labels.reshape(len(labels), -1).max(axis=1, initial=0).sum()),
                               predictor.model.name)

@@ -23,23 +23,25 @@ def _noise(shape=(384, 384), sigma=4.0, seed=0):
 
 
 def test_counts_and_rules():
+    # probabilities come as (K, *spatial), K = 1 here; two classes add up to the foreground
+    assert quality.count(np.full((2, 10, 10), 0.45)).unsure == 0 and quality.count(np.full((2, 10, 10), 0.15)).unsure == 100
     fg = np.zeros((100, 100), np.float32)
     fg[:20] = 0.5  # 20 % unsure
     labels = np.zeros((100, 100), np.int32)
     labels[:10, :10] = 1
-    c = quality.count(fg, labels)
+    c = quality.count(fg[None], labels)
     assert (c.pixels, c.unsure) == (10000, 2000) and c.largest_fraction == pytest.approx(0.01)
     assert "unsure of 20 %" in quality.warning(c, 1, "unet")
-    assert quality.warning(quality.count(np.where(fg > 0, 0.9, 0.0), labels), 1, "unet") is None
+    assert quality.warning(quality.count(np.where(fg > 0, 0.9, 0.0)[None], labels), 1, "unet") is None
     whole = np.ones((100, 100), np.int32)
-    message = quality.warning(quality.count(np.ones((100, 100)), whole), 1, "unet")
+    message = quality.warning(quality.count(np.ones((1, 100, 100)), whole), 1, "unet")
     assert message.startswith("One object covers 100 %")
     # counts add up over blocks: a block 20 % unsure beside a sure one is 10 % unsure, under the limit
     block = np.full((10, 10), 0.9)
     block[:2] = 0.5
-    total = quality.count(block) + quality.count(np.full((10, 10), 0.9))
+    total = quality.count(block[None]) + quality.count(np.full((1, 10, 10), 0.9))
     assert (total.pixels, total.unsure) == (200, 20)
-    assert "unsure" in quality.warning(quality.count(block), 0, "unet")
+    assert "unsure" in quality.warning(quality.count(block[None]), 0, "unet")
     assert quality.warning(total, 0, "unet") is None and quality.warning(quality.ResultCounts(), 0, "unet") is None
 
 
