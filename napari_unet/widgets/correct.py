@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .. import editing
+from .._reader import reviewed_colormap, training_set_layer_data
 from . import _workers
 from ._dock import TRAINING_FOLDER, DockContainer, wrap
 from ._layers import KEY
@@ -44,12 +45,6 @@ AUTOSAVE_MS = 1000
 def _meta(layer) -> dict:
     meta = layer.metadata.get(KEY)
     return meta if isinstance(meta, dict) else {}
-
-
-def reviewed_colormap():
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: [0.2, 0.9, 0.4, 1.0]})
 
 
 class CorrectWidget(DockContainer):
@@ -175,8 +170,8 @@ class CorrectWidget(DockContainer):
                        scale=corrected.scale, translate=corrected.translate, opacity=0.3,
                        colormap=reviewed_colormap(),
                        metadata={KEY: {"kind": "reviewed", "corrections": corrected.name}})
+        self._viewer.layers.append(layer)  # napari may rename it: link the name it got
         corrected.metadata[KEY] = {**_meta(corrected), "reviewed": layer.name}
-        self._viewer.layers.append(layer)
         self._viewer.layers.selection.active = corrected
         return layer
 
@@ -472,21 +467,23 @@ class CorrectWidget(DockContainer):
         return entry
 
     def open_training_set(self):
-        """Add every entry of the training-set folder as image, corrections and reviewed layers."""
+        """Add every entry of the training-set folder as image, corrections and reviewed layers
+        (the layers the training-set reader makes when the folder is dropped on napari)."""
+        from napari.layers import Layer
+
         ts = self.training_set(create=False)
-        if not len(ts):
-            raise ValueError(f"The training set {ts.folder} is empty.")
-        for entry in ts.entries:
-            image, labels, reviewed = ts.load(entry.name)
-            rgb = entry.extra.get("channel_axis") is not None and image.shape[-1] in (3, 4)
-            image_layer = self._viewer.add_image(image, name=f"{entry.name} image", rgb=rgb)
-            corrected = Labels(labels, name=entry.name, metadata={KEY: {
-                "kind": "corrections", "source": image_layer.name, "training_set": str(ts.folder),
-                "entry": entry.name, "from": ""}})
-            self._viewer.layers.append(corrected)
-            layer = self.reviewed_layer(corrected)
-            layer.data = reviewed.astype(np.uint8)
-        self.status.value = f"Opened {len(ts)} image(s) from {ts.folder}; edits are saved as you go."
+        added = {}
+        for data, kwargs, kind in training_set_layer_data(ts.folder):
+            layer = self._viewer.add_layer(Layer.create(data, kwargs, kind))
+            added[kwargs["name"]] = layer
+        for layer in added.values():  # napari renames a layer whose name is taken: keep the links
+            meta = _meta(layer)
+            for key in ("source", "reviewed", "corrections"):
+                if meta.get(key) in added:
+                    meta[key] = added[meta[key]].name
+        corrections = [layer for layer in added.values() if _meta(layer).get("kind") == "corrections"]
+        self._viewer.layers.selection.active = corrections[-1]
+        self.status.value = f"Opened {len(added) // 3} image(s) from {ts.folder}; edits are saved as you go."
         return ts
 
     def _mark_dirty(self, layer):

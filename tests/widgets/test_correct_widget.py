@@ -137,3 +137,39 @@ def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widg
     assert corrected.selected_label == new + 1  # the next outline is a new object
     corrected.undo()
     np.testing.assert_array_equal(corrected.data, before)
+
+
+def test_dropping_a_training_set_index_opens_linked_layers_that_autosave(make_napari_viewer, qtbot, tmp_path):
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    image, labels = fluorescent_nuclei((64, 64), 5, seed=4)
+    ts = TrainingSet(tmp_path / "set")
+    entry = ts.add(image, labels, name="cells").name
+    viewer = make_napari_viewer()
+    # a drop (File > Open too) asks napari for a reader with no plugin named: ours is the only one
+    viewer.open(str(tmp_path / "set" / "index.json"), plugin=None)
+    assert [layer.name for layer in viewer.layers] == ["cells image", "cells", "cells reviewed"]
+    assert viewer.layers["cells reviewed"].data.all()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    corrected = viewer.layers["cells"]
+    viewer.layers.selection.active = corrected
+    assert widget.corrected_layer().name == "cells"  # (the dock sees layers through napari's proxy)
+    target = int(labels.max())
+    widget.tool.value = "delete object (click)"
+    widget.click(corrected, np.argwhere(np.asarray(corrected.data) == target)[0].astype(float))
+    qtbot.waitUntil(lambda: target not in TrainingSet(tmp_path / "set", create=False).load(entry)[1],
+                    timeout=10_000)
+
+
+def test_docks_sit_in_napari_layer_menus(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+
+    def commands(menu):
+        return {getattr(item, "command", None) and item.command.id for item in app.menus.get_menu(menu)}
+
+    assert {"napari-unet.segment_widget", "napari-unet.finetune_widget"} <= commands("napari/layers/segment")
+    assert "napari-unet.correct_widget" in commands("napari/layers/annotate")
+    assert "napari-unet.supervision_widget" in commands("napari/layers/visualize")
