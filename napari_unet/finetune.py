@@ -83,6 +83,7 @@ class FinetuneSettings:
     resize: bool = True  # False: train at the images' own size, whatever the objects' size
     patience: int | None = None  # stop after this many validations without a better AP@0.5 (None: never)
     weights: str | None = None  # weight map: None = the loss preset's; "border", "full" or "none"
+    freeze_norm: bool = False  # keep the base's batch-norm statistics (their scale and shift still train)
 
     def loss_spec(self) -> tuple[str, str | None]:
         """``(loss spec, weight-map kind)``: a preset's, or a plain loss spec with no weight map."""
@@ -551,7 +552,8 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
                      normalization=loaded.normalization, stop=stop, device=settings.device, loss=loss,
                      weight_map=weight_map, target=target, postprocess=postprocess, augment=settings.augment,
                      patience=settings.patience, checkpoint=checkpoint, resume=resume, focus_maps=focus_maps,
-                     focus_bias=settings.focus if focus_maps is not None else 0.0)
+                     focus_bias=settings.focus if focus_maps is not None else 0.0,
+                     freeze_norm=settings.freeze_norm)
     try:
         while True:
             event = next(gen)

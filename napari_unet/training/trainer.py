@@ -214,6 +214,16 @@ def preload() -> None:
     wait_for_torch()
 
 
+def _train_mode(net, freeze_norm: bool = False) -> None:
+    """``net.train()``; with ``freeze_norm`` its normalisation layers with running statistics
+    stay in eval mode (the statistics do not move; the affine parameters still train)."""
+    net.train()
+    if freeze_norm:
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                module.eval()
+
+
 def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                patch_size: int | Sequence[int] | None = None, batch_size: int = 4,
                lr: float = 1e-3, epochs: int | None = None, minutes: float | None = None,
@@ -226,7 +236,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                deep_supervision: bool = False, augment=True,
                classification_weight: float = 0.0, checkpoint=None,
                resume: bool = False, focus_maps: Sequence | None = None,
-               focus_bias: float = 0.0) -> Iterator[TrainingEvent]:
+               focus_bias: float = 0.0, freeze_norm: bool = False) -> Iterator[TrainingEvent]:
     """Train ``net`` (in place) on ``(image, instance labels)`` pairs; yields :class:`TrainingEvent`.
 
     Args:
@@ -272,6 +282,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
             :mod:`.checkpoint`).
         resume: continue from ``checkpoint`` where it stood (same data and settings; ``epochs`` /
             ``minutes`` count the whole run, the part before included).
+        freeze_norm: keep the normalisation layers' running statistics as they are (batch norm
+            in eval mode; their scale and shift still learn), as when fine-tuning a pretrained
+            network on a few images whose small batches would pull the statistics away.
 
     Returns (as ``StopIteration.value``) a :class:`TrainingResult`; the best state by
     validation AP@0.5 (the last one without validation images) is loaded into ``net``. A
@@ -336,7 +349,8 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
     if deep_supervision and not isinstance(loss_fn, DeepSupervisionLoss):
         loss_fn = DeepSupervisionLoss(loss_fn)
     side_outputs = isinstance(loss_fn, DeepSupervisionLoss)
-    net.to(dev.device).train()
+    net.to(dev.device)
+    _train_mode(net, freeze_norm)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     total_steps = epochs * steps_per_epoch if epochs is not None else None
     budget = minutes * 60.0 if minutes is not None else None
@@ -374,7 +388,7 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
         except PredictionCancelled:
             return None
         finally:
-            net.train()
+            _train_mode(net, freeze_norm)
         history.append((step, metrics))
         val_ap = metrics["ap50"]
         if val_ap > best["ap"]:

@@ -396,3 +396,18 @@ def test_patches_go_where_the_focus_is(nuclei_pairs):
     for _ in range(20):
         corner = sampler._corner(im)
         assert corner[0] < 10 and corner[1] < 10
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_norm_keeps_batch_norm_statistics_while_the_weights_learn(nuclei_pairs, one_thread, freeze):
+    torch.manual_seed(0)
+    net = build_model("unet", features=(8, 16))
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
+    weights = {k: v.clone() for k, v in net.state_dict().items() if k.endswith(".weight")}
+    assert stats and weights
+    run_to_end(train_iter(net, nuclei_pairs[:2], nuclei_pairs[2:3], patch_size=64, batch_size=2, lr=1e-2,
+                          epochs=1, steps_per_epoch=3, seed=0, device="cpu", freeze_norm=freeze))
+    state = net.state_dict()
+    moved = [k for k in stats if not torch.equal(state[k], stats[k])]
+    assert (moved == []) == freeze, moved  # frozen: no statistic moved, not even across the validation
+    assert all(not torch.equal(state[k], weights[k]) for k in weights)  # normalisation's scale learns too
