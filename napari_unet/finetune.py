@@ -519,7 +519,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         if base_weights:
             card += (f"The fine-tuned weights scored no better than `{loaded.name}` with post-processing tuned on "
                      "the same held-out regions, so this file holds the base model's weights, unchanged, with "
-                     "that post-processing.\n\n")
+                     "that post-processing"
+                     + (f", for objects of {diameter:.0f} px across as in the corrections (images are resized "
+                        f"so that they reach the network's {loaded.object_diameter:g} px unless told another "
+                        "object size)" if loaded.object_diameter and diameter else "") + ".\n\n")
         if metrics:
             card += (f"Validation AP@0.5 on held-out regions: {metrics['ap50']:.3f}"
                      + (f" (base model: {baseline['ap50']:.3f}).\n" if baseline else ".\n"))
@@ -534,10 +537,14 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             card += (f"\nPost-processing chosen on the same regions: threshold {postprocess['threshold']:g}, minimum "
                      f"size {postprocess['min_size']} px, {'split' if postprocess['split_touching'] else 'no split'} "
                      f"(AP@0.5 {tuned:.3f}).\n")
-        if base_weights or not net_diameter:  # the base's own object size, if it declares one
-            sizes = (loaded.object_diameter, loaded.config["input"].get("image_object_diameter"))
-        else:
+        if net_diameter and not base_weights:
             sizes = (net_diameter, diameter)
+        elif loaded.object_diameter and diameter:
+            # the base's weights, validated (and their post-processing tuned) at the corrections' object
+            # size: the saved model is for objects of that size, as a fine-tuned one would be
+            sizes = (loaded.object_diameter, diameter)
+        else:  # the base's own object size, if it declares one
+            sizes = (loaded.object_diameter, loaded.config["input"].get("image_object_diameter"))
         return make_config(weights_net if base_weights else net, loaded.config["architecture"], target,
                            loaded.normalization, provenance, card, *sizes)
 

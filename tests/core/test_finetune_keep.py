@@ -119,3 +119,31 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     for key, value in original.net.state_dict().items():
         torch.testing.assert_close(saved.net.state_dict()[key], value)
     assert "base model's weights, unchanged" in saved.config["card"]
+
+
+def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random_model, tmp_path, one_thread,
+                                                               monkeypatch):
+    """A base that estimates the objects' size in every image was scored (and its post-processing
+    tuned) at the size of the corrected objects: the saved file is for objects of that size."""
+    from napari_unet import finetune
+    from napari_unet.modelfile import make_config, save_model
+    from napari_unet.scaling import median_diameter
+
+    real = finetune._score_base
+
+    def score_base(*args, **kwargs):  # the base is unbeatable, with its own post-processing
+        metrics, _, _ = real(*args, **kwargs)
+        return metrics, 1.0, {"threshold": 0.5, "min_size": 8, "split_touching": True}
+
+    monkeypatch.setattr(finetune, "_score_base", score_base)
+    random = load_model(make_random_model("sized-base"))
+    base = save_model(tmp_path / "sized.safetensors", random.net,
+                      make_config(random.net, "unet", "binary", random.normalization, {}, "# sized", 16.0))
+    assert load_model(base).estimates_size
+    result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="kept"))
+    assert result.weights == "base"
+    saved = load_model(result.path)
+    diameter = float(np.median([median_diameter(lab) for _, lab, _ in crops]))
+    assert saved.object_diameter == 16.0 and not saved.estimates_size
+    assert saved.image_object_diameter == pytest.approx(diameter, abs=0.01)
+    assert f"objects of {diameter:.0f} px across" in saved.config["card"]
