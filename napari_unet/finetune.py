@@ -462,8 +462,10 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         train, val = checked, []
     # objects are resized to the diameter the network trains at; the base is scored at its own scale
     scale, net_diameter, diameter = training_scale(settings, loaded, checked)
-    base_val = [_resized(v, loaded.scale(diameter)) for v in val] if net_diameter else val
-    train, val = [_resized(t, scale) for t in train], [_resized(v, scale) for v in val]
+    base_scale = loaded.scale(diameter) if net_diameter else 1.0
+    resized_val = [_resized(v, scale) for v in val]
+    base_val = resized_val if base_scale == scale else [_resized(v, base_scale) for v in val]
+    train, val = [_resized(t, scale) for t in train], resized_val
     postprocess = loaded.postprocess
 
     def stopped_early() -> FinetuneResult:
