@@ -93,12 +93,18 @@ def postprocess_defaults(config: dict) -> dict:
 def peek_config(path_or_name: str | os.PathLike) -> dict | None:
     """A model file's napari-unet config read straight from its safetensors header (no PyTorch,
     no validation: :func:`napari_unet.modelfile.read_config` checks it), or None when the file is
-    missing or not a napari-unet model. For showing a model's settings before PyTorch is loaded."""
+    missing or not a napari-unet model. A BioImage.IO package exported by napari-unet gives the
+    config it carries (:func:`napari_unet.bioimageio.peek_package`). For showing a model's settings before PyTorch is loaded."""
     import json
     import struct
 
     try:
-        with open(resolve_model_path(path_or_name), "rb") as f:
+        path = resolve_model_path(path_or_name)
+        from .bioimageio import is_package, peek_package
+
+        if is_package(path):  # read from its YAML, without bioimageio or PyTorch
+            return peek_package(path)
+        with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             if size > 100_000_000:
                 return None

@@ -6,6 +6,7 @@
     napari-unet train MODEL --images DIR --masks DIR -o OUT [--minutes M | --epochs E] [--w0 10 --sigma 5]
                       [--target binary|boundary]
     napari-unet evaluate --pred DIR --gt DIR
+    napari-unet export MODEL OUT.zip [--author NAME] [--no-check]
 
 Errors in what the user gave (missing files, bad images, unusable model files) print one line
 and exit with code 2; Ctrl-C exits with 130 and leaves no half-written file.
@@ -396,6 +397,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """``napari-unet export``: a BioImage.IO model package (:func:`napari_unet.bioimageio.export_model`)."""
+    from .bioimageio import export_model
+    from .modelfile import ModelFileError, load_model
+
+    try:
+        model = load_model(args.model)
+    except ModelFileError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"exporting {model.name} to BioImage.IO" + ("; bioimageio.core then tests the package" if args.check else ""),
+          flush=True)
+    try:
+        out = export_model(model, args.output, authors=args.author or None, check=args.check)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"wrote {out}" + (" (bioimageio.core's model test passed)" if args.check else ""))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .metrics import evaluate, mean_metrics
 
@@ -420,7 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the architectures and the installed models")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("predict", help="segment images into instance labels (OUTDIR/<input stem>.tif or .zarr)")
-    p.add_argument("model", nargs="?", default="unet", help="a bundled model name (default: unet) or a model file")
+    p.add_argument("model", nargs="?", default="unet",
+                   help="a bundled model name (default: unet), a model file, or a BioImage.IO model package "
+                        "(.zip or rdf.yaml)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images (TIFF, PNG, NPY, .zarr...)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="output folder, or OUT.zarr for one input (labels; probabilities in OUT_probabilities.zarr)")
@@ -498,6 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run where its last epoch ended (weights, optimizer, schedule, "
                         "best model), from OUT.safetensors.resume; --minutes/--epochs count the whole run")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="write a model as a BioImage.IO model package (.zip) for deepImageJ, QuPath, "
+                                      "ilastik and bioimageio.core")
+    p.add_argument("model", help="a bundled model name (e.g. unet) or a model file")
+    p.add_argument("output", metavar="OUT.zip", help="the package to write (.zip is appended if missing)")
+    p.add_argument("--author", action="append", default=None, metavar="NAME",
+                   help="an author of the model (repeat for several; default: napari-unet contributors)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip bioimageio.core's model test of the package before it is written")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("evaluate", help="AP@0.5, F1, matched IoU, Dice per image and mean")
     p.add_argument("--pred", required=True, metavar="DIR", help="predicted instance labels")
     p.add_argument("--gt", required=True, metavar="DIR", help="ground-truth instance labels, same names")

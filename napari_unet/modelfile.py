@@ -157,8 +157,10 @@ def validate_config(config: dict) -> dict:
     need(isinstance(inp, dict) and isinstance(inp.get("channels"), int) and inp["channels"] >= 1,
          "'input.channels' must be a positive integer")
     norm = inp.get("normalization")
-    need(isinstance(norm, dict) and norm.get("kind") in ("percentile", "none"),
-         "'input.normalization.kind' must be 'percentile' or 'none'")
+    need(isinstance(norm, dict) and norm.get("kind") in ("percentile", "mean_std", "none"),
+         "'input.normalization.kind' must be 'percentile', 'mean_std' or 'none'")
+    need(isinstance(norm.get("eps", 0.0), (int, float)) and 0 <= norm.get("eps", 0.0) <= 0.1,
+         "'input.normalization.eps' must be a number from 0 to 0.1")
     if norm["kind"] == "percentile":
         need(all(isinstance(norm.get(k), (int, float)) for k in ("low", "high")) and 0 <= norm["low"] < norm["high"] <= 100,
              "'input.normalization' needs 0 <= low < high <= 100")
@@ -195,6 +197,26 @@ def save_model(path: str | os.PathLike, net: SegmentationNet, config: dict, half
     return path
 
 
+def is_package(path: Path) -> bool:
+    """A BioImage.IO package (see :func:`napari_unet.bioimageio.is_package`)."""
+    from .bioimageio import is_package as check
+
+    return check(path)
+
+
+def _package_call(function, path: Path, **kwargs):
+    """``function(path)`` for a BioImage.IO package; without bioimageio.core, a ModelFileError that says
+    how to install it."""
+    try:
+        return function(path, **kwargs)
+    except ImportError as exc:
+        from .bioimageio import INSTALL_HINT
+
+        if INSTALL_HINT in str(exc):
+            raise ModelFileError(f"{path.name} is a BioImage.IO package. {INSTALL_HINT}.") from None
+        raise
+
+
 def _sniff(path: Path) -> None:
     """Refuse files that are not safetensors before parsing them, saying what they look like."""
     try:
@@ -227,7 +249,7 @@ def _sniff(path: Path) -> None:
                                  "model files: choose a napari-unet model, or train one with the Fine-tune widget.")
         if names and not any(n.endswith("data.pkl") for n in names):
             raise ModelFileError(f"{path.name} is a zip archive, not a napari-unet model: unpack it and choose the "
-                                 f"{SUFFIX} file inside.")
+                                 f"{SUFFIX} file inside (a BioImage.IO model package would hold an rdf.yaml).")
         raise ModelFileError(f"{path.name} is a PyTorch checkpoint (torch.save zip archive), not a napari-unet model."
                              + convert)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -248,8 +270,13 @@ def _sniff(path: Path) -> None:
 
 
 def read_config(path: str | os.PathLike) -> dict:
-    """Read and validate the JSON config of a model file without loading its weights."""
+    """Read and validate the JSON config of a model file without loading its weights (a BioImage.IO
+    package: the config :func:`napari_unet.bioimageio.import_model` gives it)."""
     path = Path(path)
+    if is_package(path):
+        from .bioimageio import read_package_config
+
+        return _package_call(read_package_config, path)
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -270,11 +297,17 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model file, or a bundled model by name (see :func:`bundled_models`).
+    """Load a model file, or a bundled model by name (see :func:`bundled_models`), or a BioImage.IO
+    model package (a ``.zip``, ``rdf.yaml`` or ``bioimageio.yaml``: see
+    :func:`napari_unet.bioimageio.import_model`).
 
     The network is returned in eval mode on ``device``.
     """
     path = resolve_model_path(path_or_name)
+    if is_package(path):
+        from .bioimageio import import_model
+
+        return _package_call(import_model, path, device=device)
     config = read_config(path)
     try:
         # arguments the file predates take their old values, not today's defaults

@@ -205,7 +205,11 @@ class Normalizer:
 
 
 def fit_normalizer(plane, normalization: dict, warnings: list[str] | None = None) -> Normalizer:
-    """Percentile statistics of a ``(C, *spatial)`` plane from a subsample.
+    """Normalisation statistics of a ``(C, *spatial)`` plane from a subsample, per channel:
+    ``{"kind": "percentile", "low": 1, "high": 99.8}`` maps those percentiles to 0 and 1 (an
+    optional ``"eps"`` is added to the range, as BioImage.IO's ``scale_range`` does),
+    ``{"kind": "mean_std", "eps": 1e-6}`` subtracts the mean and divides by ``std + eps``, and
+    ``{"kind": "none"}`` keeps the values.
 
     Constant channels and non-finite pixels are reported in ``warnings`` (not raised: the
     network still runs and the user is told why the result may be empty).
@@ -227,7 +231,14 @@ def fit_normalizer(plane, normalization: dict, warnings: list[str] | None = None
         if sample.size == 0:
             warn("The image has no finite values (all NaN or infinite): there is nothing to segment.")
             continue
-        if normalization.get("kind") == "none":
+        kind = normalization.get("kind")
+        if kind == "none":
+            continue
+        if kind == "mean_std":  # (x - mean) / (std + eps), BioImage.IO's zero_mean_unit_variance
+            mean, std = sample.mean(), sample.std()
+            low[c], high[c] = mean, mean + std + normalization.get("eps", 1e-6)
+            if not std > 0:
+                warn("The image is constant: there is nothing to segment.")
             continue
         with np.errstate(over="ignore", invalid="ignore"):  # hi - lo is inf for +-1e308: still a range
             lo, hi = np.percentile(sample, [normalization["low"], normalization["high"]])
@@ -237,5 +248,5 @@ def fit_normalizer(plane, normalization: dict, warnings: list[str] | None = None
                 warn("The image is constant: there is nothing to segment.")
                 # maps the constant to 0 (background) without dividing by zero, also where lo + 1 == lo
                 hi = lo + max(1.0, abs(lo) * 1e-6)
-        low[c], high[c] = lo, hi
+        low[c], high[c] = lo, hi + normalization.get("eps", 0.0)  # BioImage.IO's scale_range: / (hi - lo + eps)
     return Normalizer(low, high)

@@ -68,8 +68,10 @@ def interruptible(net: torch.nn.Module, stop: threading.Event | None):
         if isinstance(output, torch.Tensor) and output.requires_grad:
             output.register_hook(check)  # returns None: the gradient is not changed
 
-    handles = []
+    handles = [net.register_forward_pre_hook(check)]
     for module in net.modules():
+        if isinstance(module, torch.jit.ScriptModule):  # (a BioImage.IO package's TorchScript takes no hooks:
+            continue  # its wrapper's hook above checks before each tile)
         if next(module.children(), None) is None:  # leaves: convolutions, norms, activations
             handles.append(module.register_forward_pre_hook(check))
             handles.append(module.register_forward_hook(watch_backward))

@@ -246,3 +246,29 @@ def test_object_size_options_of_train_and_predict(train_folders, make_random_mod
     capsys.readouterr()
     assert main(["predict", str(t / "sized.safetensors"), str(image), "-o", str(t / "bad"), "--diameter", "-3"]) == 2
     assert "positive number of pixels" in capsys.readouterr().err
+
+
+def test_export_writes_a_bioimageio_package_that_predict_reads(tmp_path, make_random_model, capsys):
+    pytest.importorskip("bioimageio.core")
+    from napari_unet.bioimageio import is_package
+
+    model = make_random_model("tiny-export")
+    assert main(["export", str(model), str(tmp_path / "tiny-export"), "--author", "Ada Lovelace"]) == 0
+    out = capsys.readouterr().out
+    package = tmp_path / "tiny-export.zip"
+    assert is_package(package) and f"wrote {package}" in out and "model test passed" in out
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (64, 80), dtype=np.uint8))
+    assert main(["predict", str(package), str(image), "-o", str(tmp_path / "out")]) == 0
+    assert tifffile.imread(tmp_path / "out" / "img.tif").shape == (64, 80)
+
+
+def test_export_errors_are_one_line_and_exit_code_2(tmp_path, make_random_model, capsys):
+    pytest.importorskip("bioimageio.core")
+    assert main(["export", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.zip")]) == 2
+    assert capsys.readouterr().err.strip().startswith("napari-unet: error: Model file")
+    valid = make_random_model("tiny-valid-export", architecture="unet-valid")
+    assert main(["export", str(valid), str(tmp_path / "x.zip"), "--no-check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "valid padding" in err
+    assert not (tmp_path / "x.zip").exists()
