@@ -71,10 +71,17 @@ def build_layer(data, layer_type: str, name: str, metadata: dict, data_checksum:
 def model_label(model) -> str:
     """The name a result layer shows for ``model``: a bundled or user model's full name
     (``unet-2.5d-stack``, never a stem cut at its last dot), a model file's name without
-    ``.safetensors``."""
+    ``.safetensors``, a BioImage.IO package's name without ``.zip`` (its folder's name for an
+    ``rdf.yaml``)."""
     text = str(getattr(model, "name", None) or model)
-    name = text.replace("\\", "/").rsplit("/", 1)[-1]
-    return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+    parts = text.replace("\\", "/").rsplit("/", 2)
+    name = parts[-1]
+    if name in ("rdf.yaml", "bioimageio.yaml") and len(parts) > 1:
+        return parts[-2]
+    for suffix in (".safetensors", ".zip"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def preload_layers() -> None:

@@ -108,16 +108,21 @@ class FinetuneWidget(JobWidget):
         wrap(self.status)
         wrap(self.device_info)
         self.run_button = PushButton(text="Run new model on current layer", enabled=False)
+        from ._export import export_button
+
+        self.export_button = export_button()
         self.extend([self.model, self.source, self.image, self.folder, self.minutes, self.name])
         self.add_section("Loss, target, device", [self.loss, self.w0, self.sigma, self.target, self.augment,
                                                    self.resize, self.validate, self.only_if_better, self.resume,
                                                    self.device, self.device_info])
-        for widget in (self.train_button, self.plot, self.status, self.run_button):  # in this order, below
+        for widget in (self.train_button, self.plot, self.status, self.run_button,  # in this order, below
+                       self.export_button):
             self.add_qt(getattr(widget, "native", widget))
         self.finish_layout()
 
         self.train_button.changed.connect(self._on_train_clicked)
         self.run_button.changed.connect(self.run_new_model)
+        self.export_button.changed.connect(self.export_model)
         self.device.changed.connect(self._show_device)
         self.loss.changed.connect(self._on_loss_changed)
         self._on_loss_changed()
@@ -408,6 +413,18 @@ class FinetuneWidget(JobWidget):
 
     def _on_job_finished(self):
         self.train_button.text = "Train"
+
+    def export_model(self, *_):
+        """Export the last fine-tuned model (else the chosen base model) as a BioImage.IO package (asks where;
+        runs as a job)."""
+        from ._export import export_in_background
+
+        if self.last_result is not None and self.last_result.path is not None:
+            export_in_background(self, self.last_result.path, self.last_result.name)
+        elif self.model.value:
+            export_in_background(self, self.model.value, Path(str(self.model.value)).stem)
+        else:
+            self.report_error("Choose a base model or fine-tune one first, then export.")
 
     def run_new_model(self, *_):
         """Open (or reuse) the Segment widget, choose the new model and run it on the current image."""

@@ -173,7 +173,8 @@ class SegmentWidget(JobWidget):
         self.channels = ComboBox(label="Channel axis", choices=self._channel_choices,
                                  tooltip="Which axis holds colour channels. RGB layers use their colour axis.")
         self.model = ComboBox(label="Model", choices=self._model_choices,
-                              tooltip="A bundled model, one of your fine-tuned models, or a .safetensors file.")
+                              tooltip="A bundled model, one of your fine-tuned models, a .safetensors file or a "
+                                      "BioImage.IO model package.")
         self.load_button = PushButton(text="Load model file…")
         self.model_info = Label(label="")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto",
@@ -199,12 +200,16 @@ class SegmentWidget(JobWidget):
         self.add_probabilities = CheckBox(text="Also add probabilities", value=False)
         self.run_button = PushButton(text="Run")
         self.status = Label(label="")
+        from ._export import export_button
+
+        self.export_button = export_button()
         self.extend([self.image, self.channels, self.model, self.load_button, self.model_info, self.diameter,
                      self.estimate_button, self.measure_button, self.threshold, self.min_size, self.split])
         self.add_section("Device, tiles, probabilities", [self.device, self.device_info, self.tile_size,
                                                           self.add_probabilities])
         self.add_qt(self.run_button.native)
         self.add_qt(self.status.native)
+        self.add_qt(self.export_button.native)
         self.finish_layout()
 
         for label in (self.model_info, self.device_info, self.status):
@@ -212,6 +217,7 @@ class SegmentWidget(JobWidget):
         self.run_button.changed.connect(self._on_run_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.load_button.changed.connect(self._ask_for_model_file)
+        self.export_button.changed.connect(self.export_model)
         self.measure_button.changed.connect(self.measure_object_size)
         self.estimate_button.changed.connect(self.estimate_object_size)
         self.device.changed.connect(self._show_device)
@@ -382,6 +388,14 @@ class SegmentWidget(JobWidget):
         if not name:
             self.model_info.value = "no model yet: load a model file"
             return
+        from ..bioimageio import is_package, package_summary
+
+        if is_package(resolve_model_path(name)):  # described from its YAML: bioimageio loads it in the worker
+            text, config = package_summary(resolve_model_path(name))
+            self.model_info.value = text
+            if config is not None:
+                self._apply_postprocess_defaults(config)
+            return
         try:
             config = read_config(resolve_model_path(name))
         except ModelFileError as exc:
@@ -398,22 +412,39 @@ class SegmentWidget(JobWidget):
         from qtpy.QtWidgets import QFileDialog
 
         path, _ = QFileDialog.getOpenFileName(self.native, "Load a napari-unet model", str(Path.home()),
-                                              "napari-unet models (*.safetensors);;All files (*)")
+                                              "Models (*.safetensors *.zip rdf.yaml bioimageio.yaml);;"
+                                              "napari-unet models (*.safetensors);;"
+                                              "BioImage.IO model packages (*.zip rdf.yaml bioimageio.yaml);;"
+                                              "All files (*)")
         if path:
             self.add_model_file(path)
 
     def add_model_file(self, path: str):
-        """Offer a model file in the model list and select it (checked before it is listed)."""
+        """Offer a model file (or a BioImage.IO package) in the model list and select it (checked before it
+        is listed; a package's description and weights are checked when it first runs, in the worker)."""
+        from ..bioimageio import check_package_quickly, is_package
         from ..modelfile import ModelFileError, read_config
 
         try:
-            read_config(path)
+            check_package_quickly(path) if is_package(path) else read_config(path)
         except ModelFileError as exc:
             self.report_error(str(exc))
             return
         self._extra_models[path] = None
         self.model.reset_choices()
         self.model.value = path
+
+    def export_model(self, *_):
+        """Export the chosen model as a BioImage.IO package (asks where; runs as a job)."""
+        from ._export import export_in_background
+
+        if self.running:
+            self.report_error("Wait for the current run to finish (or cancel it), then export.")
+            return
+        if not self.model.value:
+            self.report_error("Choose a model to export first (or load a model file).")
+            return
+        export_in_background(self, self.model.value, model_label(self.model.value))
 
     def _show_device(self, *_):
         if self._torch_ready:
