@@ -552,6 +552,13 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
 
     saved, tuned = None, None
 
+    def save(weights_net, config) -> Path:
+        try:
+            return save_model(path, weights_net, config)
+        except OSError as exc:  # a full disk, a folder made read-only since the start
+            raise ValueError(f"Cannot save the model to {path}: {exc.strerror or exc}. Nothing was overwritten "
+                             "(a file already there is kept as it was).") from None
+
     def beats_base(score: float | None) -> bool:
         return base_bar is None or (score is not None and score > base_bar)
 
@@ -568,7 +575,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             event = next(gen)
             # checkpoint now: a crash later still leaves the best model so far
             if event.improved and beats_base((event.val_metrics or {}).get("ap50")):
-                saved = save_model(path, net, config_now("checkpoint", event.val_metrics or {},
+                saved = save(net, config_now("checkpoint", event.val_metrics or {},
                                                                  event.step, event.step, 0.0))
             yield event
     except StopIteration as done:
@@ -593,8 +600,8 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
             postprocess = loaded.postprocess
     weights = "fine-tuned"
     if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
-        saved = save_model(path, net.eval(), config_now(result.stopped, result.metrics, result.best_step,
-                                                                result.steps, result.seconds))
+        saved = save(net.eval(), config_now(result.stopped, result.metrics, result.best_step,
+                                        result.steps, result.seconds))
     elif discarded and base_pp is not None and not (stop is not None and stop.is_set()):
         # the base's weights with the post-processing tuned on the held-out part beat both the fine-tuned
         # weights and the base as it was: that is the best model for these images
@@ -602,8 +609,8 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         discarded = (f"the fine-tuned weights (validation AP@0.5 {best:.3f}) did not beat the base model with "
                      f"post-processing tuned on your corrections ({base_bar:.3f}; {baseline['ap50']:.3f} with its "
                      "own): saved the base model's weights with that post-processing")
-        saved = save_model(path, loaded.net.eval(), config_now(result.stopped, baseline, 0, result.steps,
-                                                               result.seconds, weights_net=loaded.net))
+        saved = save(loaded.net.eval(), config_now(result.stopped, baseline, 0, result.steps,
+                                                   result.seconds, weights_net=loaded.net))
     return FinetuneResult(saved, name, result.metrics, baseline, result.stopped, result.steps,
                           result.seconds, result.history, list(result.warnings), dict(postprocess), tuned,
                           result.best_step, discarded, weights, scale, diameter)

@@ -42,6 +42,15 @@ _locks: dict[Path, "FolderLock"] = {}
 _locks_guard = threading.Lock()
 
 
+def _remove_quietly(path: Path) -> None:
+    """Remove a file of ours if it is there; a folder that cannot be changed (read-only: Linux says
+    so even for a file that does not exist) only leaves a stray revision, removed on a later open."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 class FolderLock:
     """A re-entrant lock on a training-set folder: a thread lock within this process, and an OS
     file lock on ``<folder>/.lock`` against other processes (skipped where the folder is read-only
@@ -315,11 +324,11 @@ class TrainingSet:
                 self._write_index()
             except BaseException:  # the index was not written: the entry keeps its previous pair
                 for kind, revision in new.items():
-                    (self.folder / entry.file(kind, revision)).unlink(missing_ok=True)
+                    _remove_quietly(self.folder / entry.file(kind, revision))
                 self._refresh()
                 raise
             for rel in replaced:
-                (self.folder / rel).unlink(missing_ok=True)
+                _remove_quietly(self.folder / rel)
         return self.entry(name)
 
     def remove(self, name: str) -> None:
@@ -345,7 +354,9 @@ class TrainingSet:
                 image = tifffile.imread(self.folder / entry.files["images"])
                 labels = tifffile.imread(self.folder / entry.files["masks"])
                 reviewed = tifffile.imread(self.folder / entry.files["reviewed"]).astype(bool)
-            except (OSError, ValueError) as exc:
+            except MemoryError:
+                raise
+            except Exception as exc:  # missing, truncated (a codec's own error), not a TIFF...
                 raise ValueError(f"Entry {name!r} of {self.folder} cannot be read: {exc}") from None
         return image, labels, reviewed
 

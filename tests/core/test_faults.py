@@ -717,3 +717,59 @@ def test_a_config_that_fails_the_schema_is_refused_before_weights_are_read(tmp_p
                   metadata={"napari_unet": json.dumps(broken)})
         with pytest.raises(ModelFileError, match=message):
             load_model(path)
+
+
+# -- faults found by benchmarks/bench_faults.py ------------------------------------------------
+
+def test_a_truncated_compressed_image_in_a_training_set_gets_a_message(training_set):
+    import tifffile
+
+    entry = training_set.entries[0]
+    image_file = training_set.folder / entry.files["images"]
+    image = tifffile.imread(image_file)
+    tifffile.imwrite(image_file, image, compression="zlib")
+    data = image_file.read_bytes()
+    image_file.write_bytes(data[: len(data) * 2 // 3])  # a codec error, not an OSError, inside tifffile
+    with pytest.raises(ValueError, match="cannot be read"):
+        training_set.load(entry.name)
+    training_set.load(training_set.entries[1].name)  # the other entry still loads
+
+
+def test_an_autosave_into_a_read_only_folder_says_so_and_keeps_the_previous_pair(training_set, monkeypatch):
+    import errno
+
+    from napari_unet import trainingset
+
+    name = training_set.entries[0].name
+    before = training_set.load(name)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(trainingset, "write_tif", refuse)
+    monkeypatch.setattr(Path, "unlink", refuse)  # Linux says "read-only" even for a file that is not there
+    with pytest.raises(ValueError, match="Read-only file system. The previous version is kept"):
+        training_set.update(name, labels=np.zeros_like(before[1]))
+    monkeypatch.undo()
+    for old, now in zip(before, TrainingSet(training_set.folder, create=False).load(name)):
+        np.testing.assert_array_equal(old, now)
+
+
+def test_a_disk_full_when_the_fine_tuned_model_is_saved_is_a_message_and_nothing_is_overwritten(
+        tiny_file, training_set, tmp_path, monkeypatch, one_thread):
+    import errno
+
+    from napari_unet import modelfile
+
+    previous = save_model(tmp_path / "out" / "mine.safetensors", load_model(tiny_file).net, read_config(tiny_file))
+    digest = hashlib.sha256(previous.read_bytes()).hexdigest()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(modelfile, "save_model", full)
+    settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1,
+                                device="cpu", validate=False)
+    with pytest.raises(ValueError, match="No space left on device. Nothing was overwritten"):
+        run_to_end(finetune_iter(str(tiny_file), training_set.triples(), settings, path=previous, overwrite=True))
+    assert hashlib.sha256(previous.read_bytes()).hexdigest() == digest
