@@ -41,7 +41,8 @@ def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, 
     assert bars[0] >= result.baseline["ap50"]
     assert result.steps == 2 and result.metrics and result.path is None and not list(tmp_path.iterdir())
     best = max(result.metrics["ap50"], result.tuned_ap50)
-    assert result.discarded == f"not saved: its validation AP@0.5 {best:.3f} is not better than the base model's 1.000"
+    assert result.discarded.startswith(f"not saved: its validation AP@0.5 {best:.3f} is not better than the base "
+                                       "model's 1.000 by more than ")
     kept = run_to_end(finetune_iter(str(base), crops, _settings(only_if_better=False), out_dir=tmp_path,
                                     name="kept"))
     assert kept.path == tmp_path / "kept.safetensors" and kept.discarded == ""
@@ -121,8 +122,9 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     assert "base model's weights, unchanged" in saved.config["card"]
 
 
+@pytest.mark.parametrize("tuned", [{"threshold": 0.5, "min_size": 8, "split_touching": True}, None])
 def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random_model, tmp_path, one_thread,
-                                                               monkeypatch):
+                                                               monkeypatch, tuned):
     """A base that estimates the objects' size in every image was scored (and its post-processing
     tuned) at the size of the corrected objects: the saved file is for objects of that size."""
     from napari_unet import finetune
@@ -131,19 +133,48 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
 
     real = finetune._score_base
 
-    def score_base(*args, **kwargs):  # the base is unbeatable, with its own post-processing
+    def score_base(*args, **kwargs):  # the base is unbeatable, with tuned post-processing or its own (None)
         metrics, _, _ = real(*args, **kwargs)
-        return metrics, 1.0, {"threshold": 0.5, "min_size": 8, "split_touching": True}
+        return metrics, 1.0, tuned
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     random = load_model(make_random_model("sized-base"))
-    base = save_model(tmp_path / "sized.safetensors", random.net,
+    base = save_model(tmp_path / f"sized-{tuned is None}.safetensors", random.net,
                       make_config(random.net, "unet", "binary", random.normalization, {}, "# sized", 16.0))
     assert load_model(base).estimates_size
-    result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="kept"))
-    assert result.weights == "base"
+    result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path,
+                                      name=f"kept-{tuned is None}"))
+    assert result.weights == "base" and result.path is not None  # saved even when only the size is new
     saved = load_model(result.path)
     diameter = float(np.median([median_diameter(lab) for _, lab, _ in crops]))
     assert saved.object_diameter == 16.0 and not saved.estimates_size
     assert saved.image_object_diameter == pytest.approx(diameter, abs=0.01)
     assert f"objects of {diameter:.0f} px across" in saved.config["card"]
+
+
+def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_model, tmp_path, one_thread,
+                                                              monkeypatch):
+    from napari_unet import finetune
+
+    labels = np.zeros((64, 64), np.int32)
+    for i in range(20):
+        labels[(i // 5) * 16:(i // 5) * 16 + 8, (i % 5) * 12:(i % 5) * 12 + 8] = i + 1
+    val = [(np.zeros((64, 64)), labels[:32]), (np.zeros((64, 64)), labels[32:])]
+    assert finetune._min_gain(finetune.FinetuneSettings(), val) == pytest.approx(1 / 20)
+    assert finetune._min_gain(finetune.FinetuneSettings(min_gain=0.0), val) == 0.0
+    assert finetune._min_gain(finetune.FinetuneSettings(), []) == 0.0
+    # the margin decides: the same run is kept with none, and not with one no model can clear
+    base = make_random_model("margin-base")
+    real = finetune._score_base
+
+    def score_base(*args, **kwargs):  # a base any model beats (-1), unless the margin is out of reach
+        metrics, _, _ = real(*args, **kwargs)
+        return metrics, -1.0, None
+
+    monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_min_gain", lambda settings, val: 0.0 if settings.min_gain == 0 else 5.0)
+    kept = run_to_end(finetune_iter(str(base), crops, _settings(min_gain=0.0, epochs=1), out_dir=tmp_path,
+                                    name="free"))
+    refused = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="strict"))
+    assert kept.discarded == "" and kept.path is not None
+    assert refused.discarded.startswith("not saved") and "by more than 5.000" in refused.discarded
