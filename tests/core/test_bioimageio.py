@@ -253,3 +253,17 @@ def test_export_is_atomic_and_replaces_the_old_package(tiny_package, tmp_path):
         bioimageio.export_model(model, target, check=False, authors=[{"name": "a/b"}])  # a slash: invalid author
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["same.zip"]
+
+
+def test_a_freshly_fine_tuned_model_exports_and_passes_the_model_test(make_random_model, tmp_path, one_thread):
+    from napari_unet.finetune import FinetuneSettings, finetune_iter
+    from napari_unet.inference.predictor import run_to_end
+
+    image, labels = (np.asarray(a) for a in fluorescent_nuclei((128, 128), 12, seed=5)[:2])
+    settings = FinetuneSettings(minutes=None, epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2,
+                                device="cpu", validate=False)
+    result = run_to_end(finetune_iter(str(make_random_model("to-fine-tune")), [(image, labels, None)], settings,
+                                      out_dir=tmp_path, name="fine-tuned"))
+    package = bioimageio.export_model(result.path, tmp_path / "fine-tuned.zip")  # runs the model test first
+    _passed(bioimageio.test_package(package))
+    assert _rdf(package)["config"]["napari_unet"]["provenance"]["fine_tuned"] is True
