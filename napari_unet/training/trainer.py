@@ -482,7 +482,12 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), *,
                     break
                 improved = best["step"] == step
             if checkpoint is not None and step % steps_per_epoch == 0:
-                save_state()
+                try:
+                    save_state()
+                except OSError as exc:  # a full disk: the run matters more than its resume state
+                    warnings.append(f"Cannot write the run's state to {checkpoint} ({exc.strerror or exc}): "
+                                    "training goes on, but cannot be resumed from here.")
+                    checkpoint = None
             elapsed = time.perf_counter() - start
             rate = elapsed / step
             left = [budget - elapsed] if budget else []

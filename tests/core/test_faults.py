@@ -773,3 +773,23 @@ def test_a_disk_full_when_the_fine_tuned_model_is_saved_is_a_message_and_nothing
     with pytest.raises(ValueError, match="No space left on device. Nothing was overwritten"):
         run_to_end(finetune_iter(str(tiny_file), training_set.triples(), settings, path=previous, overwrite=True))
     assert hashlib.sha256(previous.read_bytes()).hexdigest() == digest
+
+
+def test_a_disk_full_when_the_run_state_is_written_lets_training_go_on(nuclei, tmp_path, monkeypatch, one_thread):
+    import errno
+
+    from napari_unet.training import checkpoint as checkpoints
+
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append(1)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoints, "save_checkpoint", full)
+    torch.manual_seed(0)
+    net = build_model("unet", features=(4, 8))
+    result = run_to_end(train_iter(net, nuclei[:1], patch_size=64, batch_size=1, epochs=3, steps_per_epoch=1,
+                                   device="cpu", checkpoint=tmp_path / "run.ckpt"))
+    assert result.steps == 3 and result.stopped == "finished" and len(calls) == 1  # tried once, then not again
+    assert any("No space left on device" in w and "cannot be resumed" in w for w in result.warnings)
