@@ -62,13 +62,29 @@ def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(plane[..., top:top + side, left:left + side])
 
 
+def _estimator(predictor: Predictor) -> Predictor:
+    """The predictor whose passes estimate the size: the model's own, or the one its config names
+    (``input.size_estimator``, a bundled model trained on the same data at the same object size:
+    the bundled family measures with ``unet``, whose estimates were measured to hold on cells too,
+    where the smaller variants' own passes drift to fragments; ``benchmarks/bench_size_estimate.py``)."""
+    name = predictor.model.config["input"].get("size_estimator")
+    if not name or name == predictor.model.name:
+        return predictor
+    from ..catalog import bundled_models
+
+    if name not in bundled_models():
+        return predictor  # a size estimator that is not installed: the model's own passes
+    return Predictor(name, device=str(predictor.device.device))
+
+
 def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb: bool = False,
                            plane: int | None = None, stop: threading.Event | None = None,
                            predictor: Predictor | None = None, **predictor_kwargs) -> Iterator[Progress]:
     """Yield :class:`Progress` per pass; return a :class:`SizeEstimate` of ``image``'s objects.
 
     ``image`` as for :func:`~napari_unet.inference.predictor.predict_iter` (2D models; a stack is
-    measured on ``plane``, by default its middle one). Raises ``ValueError`` for a model that
+    measured on ``plane``, by default its middle one). The passes run the model, or the bundled
+    model its config names as ``input.size_estimator``. Raises ``ValueError`` for a model that
     declares no object size (it takes images at their own size: there is nothing to estimate).
     """
     from .segment import segment_iter
@@ -76,10 +92,12 @@ def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb
     if predictor is None:
         predictor = Predictor(model, **take_predictor_arguments(predictor_kwargs))
     lm = predictor.model
-    network = lm.object_diameter
-    if not network:
+    if not lm.object_diameter:
         raise ValueError(f"'{lm.name}' declares no object size: it takes images at their own size, so there is "
                          "no size to estimate.")
+    predictor = _estimator(predictor)
+    lm = predictor.model
+    network = lm.object_diameter
     prepared = prepare_image(image, lm.spatial_dims, lm.in_channels, channel_axis, rgb)
     index = prepared.n_planes // 2 if plane is None else int(plane)
     if not 0 <= index < prepared.n_planes:

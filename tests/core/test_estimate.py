@@ -95,3 +95,24 @@ def test_cli_estimates_by_default_and_takes_auto(sized, nuclei, tmp_path, capsys
         main(["predict", str(path), str(tmp_path / "big.tif"), "-o", str(tmp_path / "out3"), "--object-size", "huge"])
     assert exit_.value.code == 2
     assert "number of pixels or 'auto'" in capsys.readouterr().err
+
+
+def test_a_model_may_measure_sizes_with_the_bundled_unet(nuclei, make_random_model):
+    """The bundled family names ``unet`` as its size estimator (``input.size_estimator``): a model
+    whose own first passes would find fragments gets unet's estimate, and an estimator that is not
+    installed leaves the model's own passes."""
+    from napari_unet.inference.estimate import _estimator
+    from napari_unet.inference.predictor import Predictor
+
+    random = load_model(make_random_model("estimated-by-unet"))
+    config = copy.deepcopy(random.config)
+    config["input"]["object_diameter"] = 30.0
+    delegating = LoadedModel(random.net, dict(config, input={**config["input"], "size_estimator": "unet"}),
+                             random.path, "delegating")
+    missing = LoadedModel(random.net, dict(config, input={**config["input"], "size_estimator": "no-such"}),
+                          random.path, "missing")
+    assert _estimator(Predictor(delegating, device="cpu")).model.name == "unet"
+    assert _estimator(Predictor(missing, device="cpu")).model.name == "missing"
+    image = nuclei[0]
+    assert estimate_diameter(delegating, image, device="cpu").diameter == \
+        estimate_diameter("unet", image, device="cpu").diameter
