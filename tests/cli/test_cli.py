@@ -66,7 +66,8 @@ def test_train_then_predict_then_evaluate(train_folders, make_random_model, caps
     t = train_folders
     base = make_random_model("cli-base")
     assert main(["train", str(base), "--images", str(t / "images"), "--masks", str(t / "masks"), "-o",
-                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2"]) == 0
+                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2",
+                 "--keep-worse"]) == 0  # (one epoch from random weights: the keep rule is tested elsewhere)
     from napari_unet.modelfile import load_model
 
     tuned = load_model(t / "tuned.safetensors")
@@ -92,8 +93,9 @@ def test_train_on_a_training_set_folder_of_the_correct_widget(train_folders, mak
         reviewed[:, :64] = True  # half reviewed: the rest is ignored by the loss
         ts.add(tifffile.imread(path), tifffile.imread(t / "masks" / path.name), reviewed, name=path.stem)
     ts.update("n0", labels=tifffile.imread(t / "masks" / "n0.tif"))  # an autosaved revision
+    # (--keep-worse: one epoch from random weights is not judged here, the training-set folder is)
     assert main(["train", str(make_random_model("cli-base")), "--training-set", str(t / "corrections"), "-o",
-                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2"]) == 0
+                 str(t / "tuned"), "--epochs", "1", "--patch-size", "64", "--batch-size", "2", "--keep-worse"]) == 0
     provenance = load_model(t / "tuned.safetensors").config["provenance"]
     assert provenance["data"] == str((t / "corrections").resolve()) and provenance["train_images"] == 2
     assert provenance["val_regions"] == 1  # 3 images of 96 px, too small for a strip: one is held out whole
