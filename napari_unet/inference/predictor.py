@@ -141,6 +141,29 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
     return fused
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(shape: tuple, n_out: int) -> None:
+    """Refuse, with what to do, an image whose probabilities alone (``n_out`` float32 maps of
+    ``shape``) would not fit in this machine's memory: numpy would only say it cannot allocate."""
+    need = 4 * n_out * math.prod(int(n) for n in shape)
+    total = physical_memory()
+    if total and need > total:
+        raise ValueError(f"The image (shape {tuple(shape)}) is too large to segment in one piece: its probabilities "
+                         f"alone need {need / 2**30:,.0f} GiB, and this machine has {total / 2**30:,.0f} GiB. Segment "
+                         "it block by block into a zarr store: napari_unet.inference.large.segment_to_zarr in Python, "
+                         "'napari-unet predict --format zarr' on the command line (the Segment dock does so by "
+                         "itself for large layers).")
+
+
 def _auto_tile(net, device: DeviceInfo) -> int:
     if device.type == "cpu":
         return CPU_TILE_2D if net.spatial_dims == 2 else CPU_TILE_3D
@@ -378,6 +401,7 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
     prepared: PreparedImage = prepare_image(image, lm.spatial_dims, lm.in_channels, channel_axis, rgb)
     warnings = list(prepared.warnings)
     n_out = predictor.n_outputs
+    check_fits_in_memory(prepared.plane_shape + prepared.spatial_shape, n_out)
     result = np.zeros(prepared.plane_shape + (n_out,) + prepared.spatial_shape, np.float32)
     n_planes = prepared.n_planes
     scale = lm.scale(diameter)

@@ -793,3 +793,11 @@ def test_a_disk_full_when_the_run_state_is_written_lets_training_go_on(nuclei, t
                                    device="cpu", checkpoint=tmp_path / "run.ckpt"))
     assert result.steps == 3 and result.stopped == "finished" and len(calls) == 1  # tried once, then not again
     assert any("No space left on device" in w and "cannot be resumed" in w for w in result.warnings)
+
+
+def test_an_image_too_large_for_memory_is_refused_with_what_to_do(tiny_file):
+    import dask.array as da
+
+    huge = da.zeros((10**6, 10**6), dtype="uint16", chunks=4096)  # 1.8 TiB, never read
+    with pytest.raises(ValueError, match="too large to segment in one piece.*segment_to_zarr"):
+        run_to_end(segment_iter(str(tiny_file), huge, device="cpu"))
