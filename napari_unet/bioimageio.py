@@ -760,8 +760,8 @@ def import_model(path, device: str = "cpu", weight_format: str = "auto"):
     try:
         if weights == "pytorch_state_dict" and ours:
             net = build_model(config["architecture"], **config["arguments"])
-            state = torch.load(io.BytesIO(entry.get_reader().read()), map_location="cpu",
-                               weights_only=True)  # tensors only, never code
+            raw = io.BytesIO(entry.get_reader().read())  # the spec's torch zip: tensors only, never code
+            state = torch.load(raw, map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=True)
             try:
                 validate_config({k: v for k, v in config.items() if k != "bioimageio"})
