@@ -17,8 +17,7 @@ import json
 from pathlib import Path
 
 from .trainingset import FORMAT, TrainingSet
-
-KEY = "napari_unet"  # the layers' metadata key (as napari_unet.widgets._layers.KEY)
+from .widgets._layers import KEY  # the layers' metadata key (no Qt: numpy and hashlib only)
 REVIEWED_COLORS = {None: "transparent", 0: "transparent", 1: [0.2, 0.9, 0.4, 1.0]}
 
 
