@@ -187,3 +187,53 @@ def relabel_sequential(labels) -> Edit:
     sorter = np.argsort(lut_keys)
     values = np.array(list(mapping.values()), dtype=labels.dtype)[sorter][np.searchsorted(lut_keys[sorter], old)]
     return Edit(np.nonzero(mask), values, f"relabelled {ids.size} objects 1..{ids.size}")
+
+
+# -- correcting a part of a large layer ------------------------------------------------------
+#: The most pixels copied into an editable layer from a multiscale or lazy (zarr, dask) labels
+#: layer: larger ones are corrected region by region, never copied whole into memory.
+REGION_PIXELS = 4096 * 4096
+
+
+def needs_region(shape: Sequence[int], multiscale: bool, lazy: bool, limit: int | None = None) -> bool:
+    """Whether labels of ``shape`` (full resolution) are corrected region by region: every
+    multiscale layer (napari paints single-scale layers only), and lazy arrays over ``limit``."""
+    limit = REGION_PIXELS if limit is None else limit
+    return bool(multiscale or (lazy and int(np.prod(shape, dtype=np.int64)) > limit))
+
+
+def correction_region(shape: Sequence[int], box: Sequence[slice], lead: Sequence[int] = (),
+                      limit: int | None = None) -> tuple[slice, ...]:
+    """The part of labels of ``shape`` to correct at once, as one slice per axis.
+
+    ``box`` is the visible area along the last two axes (full-resolution pixels); an empty box
+    (the view is off the data) means the whole plane. The leading axes (planes of a stack) are
+    all taken when they fit in ``limit`` pixels with the box, else only the plane ``lead``;
+    the box shrinks around its centre until the region holds at most ``limit`` pixels.
+    """
+    limit = REGION_PIXELS if limit is None else int(limit)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 2:
+        raise ValueError(f"Labels of shape {shape} have no image plane to correct.")
+    sides = []
+    for s, n in zip(box, shape[-2:]):
+        start, stop = max(0, min(int(s.start or 0), n)), max(0, min(int(n if s.stop is None else s.stop), n))
+        sides.append((start, stop) if stop > start else (0, n))
+    planes = int(np.prod(shape[:-2], dtype=np.int64))
+    area = (sides[0][1] - sides[0][0]) * (sides[1][1] - sides[1][0])
+    if planes > 1 and planes * area > limit:
+        lead = [int(np.clip(p, 0, n - 1)) for p, n in zip(tuple(lead) + (0,) * len(shape), shape[:-2])]
+        leading = tuple(slice(p, p + 1) for p in lead)
+    else:
+        leading, lead = tuple(slice(0, n) for n in shape[:-2]), None
+    budget = limit if lead is not None else max(1, limit // max(planes, 1))
+    if area > budget:
+        factor = np.sqrt(budget / area)
+        shrunk = []
+        for start, stop in sides:
+            length = max(1, int((stop - start) * factor))
+            centre = (start + stop) // 2
+            begin = max(start, centre - length // 2)
+            shrunk.append((begin, min(stop, begin + length)))
+        sides = shrunk
+    return leading + tuple(slice(a, b) for a, b in sides)

@@ -168,3 +168,29 @@ def _remove_temporary():
     for folder in list(_TEMPORARY):
         shutil.rmtree(folder, ignore_errors=True)
     _TEMPORARY.clear()
+
+
+# -- corrections of a region of a large layer -------------------------------------------------
+def correction_slices(meta: dict) -> tuple | None:
+    """The region (one slice per labels axis) a corrections layer holds of its full-resolution
+    labels, or None when it holds them whole."""
+    region = meta.get("region")
+    return None if not region else tuple(slice(int(a), int(b)) for a, b in region)
+
+
+def corrections_full_shape(layer) -> tuple:
+    """The shape of the full labels that a corrections layer belongs to (its own shape unless it
+    holds a region of a large layer)."""
+    full = layer_meta(layer).get("full_shape")
+    return tuple(int(n) for n in full) if full else tuple(layer.data.shape)
+
+
+def image_for_corrections(image_layer, meta: dict) -> np.ndarray:
+    """The full-resolution pixels of ``image_layer`` under a corrections layer (with ``meta``):
+    only the corrected region is read from a multiscale or lazy image, never the whole."""
+    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    region = correction_slices(meta)
+    if region is None:
+        return np.asarray(data)
+    lead = (slice(None),) * (data.ndim - len(region) - (1 if image_layer.rgb else 0))  # channel axes first
+    return np.asarray(data[lead + region])

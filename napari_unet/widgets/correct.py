@@ -34,7 +34,7 @@ from .. import editing
 from .._reader import reviewed_colormap, training_set_layer_data
 from . import _workers
 from ._dock import TRAINING_FOLDER, DockContainer, wrap
-from ._layers import KEY
+from ._layers import KEY, corrections_full_shape, image_for_corrections
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,8 @@ class CorrectWidget(DockContainer):
         if name in self._viewer.layers and isinstance(self._viewer.layers[name], Image):
             return self._viewer.layers[name]
         images = [layer for layer in self._viewer.layers if isinstance(layer, Image) and KEY not in layer.metadata
-                  and tuple(layer.data.shape[: corrected.ndim]) == tuple(corrected.data.shape)]
+                  and tuple((layer.data[0] if layer.multiscale else layer.data).shape[: corrected.ndim])
+                  == corrections_full_shape(corrected)]
         return images[0] if len(images) == 1 else None
 
     # -- correcting ------------------------------------------------------------------------
@@ -190,19 +191,29 @@ class CorrectWidget(DockContainer):
         source = self.source.value
         if source is None:
             raise ValueError("There is no labels layer: run the Segment widget (or add a labels layer) first.")
+        region = None
         if _meta(source).get("kind") == "corrections":
             layer = source
         else:
-            data = np.asarray(source.data[0] if source.multiscale else source.data)  # full resolution
-            if not np.issubdtype(data.dtype, np.integer):
-                raise ValueError(f"'{source.name}' holds {data.dtype} values, not object ids.")
-            dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16
+            full = source.data[0] if source.multiscale else source.data  # full resolution
+            if not np.issubdtype(full.dtype, np.integer):
+                raise ValueError(f"'{source.name}' holds {full.dtype} values, not object ids.")
+            translate = np.asarray(source.translate, float)
             meta = {"kind": "corrections", "from": source.name, "source": _meta(source).get("source")}
+            if editing.needs_region(full.shape, source.multiscale, not isinstance(full, np.ndarray)):
+                # a large layer: only the visible part (bounded) is copied, never the whole
+                region = editing.correction_region(full.shape, self._visible_box(source),
+                                                   self._current_lead(source, full.shape))
+                translate = translate + np.asarray([s.start for s in region]) * np.asarray(source.scale, float)
+                meta.update(region=[[s.start, s.stop] for s in region], full_shape=list(full.shape))
+                full = full[region]
+            data = np.asarray(full)
+            dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16
             name = f"{source.name} corrected"
             i = 2
             while name in self._viewer.layers:
                 name, i = f"{source.name} corrected ({i})", i + 1
-            layer = Labels(data.astype(dtype, copy=True), name=name, scale=source.scale, translate=source.translate,
+            layer = Labels(data.astype(dtype, copy=True), name=name, scale=source.scale, translate=translate,
                            metadata={KEY: meta})
             self._viewer.layers.append(layer)
             source.visible = False  # the prediction stays as it was, out of the way
@@ -213,7 +224,17 @@ class CorrectWidget(DockContainer):
         self.tool.value = TOOLS[0]
         self.status.value = (f"Correcting '{layer.name}': paint, fill and erase with napari's tools (new id "
                              f"{layer.selected_label} is ready); mark what you checked as reviewed.")
+        if region is not None:
+            where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+            self.status.value += (f" '{source.name}' is large: this layer holds its region [{where}] (what was "
+                                  f"visible, at most {editing.REGION_PIXELS // 2**20} Mpx at full resolution); pan or "
+                                  "zoom, show the labels again and press Correct for another region.")
         return layer
+
+    def _current_lead(self, layer, shape) -> tuple:
+        """The data index of the plane shown, along the leading axes of ``shape``."""
+        point = np.round(layer.world_to_data(self._viewer.dims.point)).astype(int)
+        return tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[: len(shape) - 2], shape[:-2]))
 
     def draw_missing(self):
         """napari's polygon tool on the corrected layer with a fresh id: each outline closed by a
@@ -343,14 +364,10 @@ class CorrectWidget(DockContainer):
             if reviewed.ndim < 3:
                 region[...] = True
             else:
-                point = np.round(reviewed.world_to_data(self._viewer.dims.point)).astype(int)
-                lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], shape[:-2]))
-                region[lead] = True
+                region[self._current_lead(reviewed, shape)] = True
         elif what == "view":
             corners = self._visible_box(reviewed)
-            point = np.round(reviewed.world_to_data(self._viewer.dims.point)).astype(int)
-            lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], shape[:-2]))
-            region[lead + corners] = True
+            region[self._current_lead(reviewed, shape) + corners] = True
         value = 0 if what == "clear" else 1
         indices = np.nonzero(region & (np.asarray(reviewed.data) != value))
         if indices[0].size:
@@ -444,12 +461,11 @@ class CorrectWidget(DockContainer):
         if not region.any():
             raise ValueError("Nothing is marked as reviewed: mark the whole image, a plane, the visible area, or "
                              "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
-        image = np.asarray(image_layer.data)
+        image = image_for_corrections(image_layer, _meta(corrected))
         channel_axis = image.ndim - 1 if image_layer.rgb else None
         name = corrected.name
         if self.plane_only.value and labels.ndim > 2:
-            point = np.round(corrected.world_to_data(self._viewer.dims.point)).astype(int)
-            lead = tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[:-2], labels.shape[:-2]))
+            lead = self._current_lead(corrected, labels.shape)
             labels, region = labels[lead], region[lead]
             image = image[lead]
             name = f"{name} plane {'-'.join(map(str, lead))}"

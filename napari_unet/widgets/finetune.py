@@ -25,7 +25,7 @@ from napari.utils.notifications import show_info, show_warning
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
-from ._layers import input_images
+from ._layers import corrections_full_shape, image_for_corrections, input_images
 from ._plot import LossPlot
 
 FROM_VIEWER = "corrected layers in the viewer"
@@ -162,7 +162,7 @@ class FinetuneWidget(JobWidget):
         made from, else the one chosen in Image, else the only image of its shape."""
         if image_name and image_name in self._viewer.layers:
             return self._viewer.layers[image_name], ""
-        shape = tuple(layer.data.shape)
+        shape = corrections_full_shape(layer)
 
         def fits(image):
             data_shape = tuple(image.data[0].shape if image.multiscale else image.data.shape)
@@ -198,8 +198,7 @@ class FinetuneWidget(JobWidget):
             if image_layer is None:
                 skipped.append(why)
                 continue
-            data = image_layer.data[0] if image_layer.multiscale else image_layer.data
-            image = np.array(data, copy=True)
+            image = np.array(image_for_corrections(image_layer, meta), copy=True)
             if image_layer.rgb:
                 image = np.moveaxis(image, -1, 0)
             triples.append((image, np.array(layer.data, copy=True), reviewed))

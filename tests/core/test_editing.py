@@ -75,3 +75,29 @@ def test_remove_small_and_relabel():
     assert relabel_sequential(out).size == 0
     with pytest.raises(ValueError, match="integers"):
         remove_small(labels.astype(float), 3)
+
+
+def test_correction_regions_are_bounded_and_centred_on_the_view():
+    from napari_unet.editing import correction_region, needs_region
+
+    assert needs_region((10, 10), multiscale=True, lazy=False)
+    assert not needs_region((100, 100), multiscale=False, lazy=True, limit=100 * 100)
+    assert needs_region((101, 100), multiscale=False, lazy=True, limit=100 * 100)
+    assert not needs_region((10**5, 10**5), multiscale=False, lazy=False)  # in memory already
+    # a view larger than the limit shrinks around its centre
+    assert correction_region((10000, 10000), (slice(0, 10000), slice(2000, 4000)), limit=100 * 100) == \
+        (slice(5000 - 111, 5000 + 112), slice(3000 - 22, 3000 + 22))  # the view's aspect kept
+    # a view that fits is taken as it is; a view off the data means the whole plane
+    assert correction_region((500, 500), (slice(10, 60), slice(20, 90)), limit=100 * 100) == (slice(10, 60),
+                                                                                                  slice(20, 90))
+    assert correction_region((50, 60), (slice(70, 90), slice(0, 0)), limit=100 * 100) == (slice(0, 50),
+                                                                                              slice(0, 60))
+    # stacks: every plane when they fit, else the plane shown
+    assert correction_region((3, 40, 40), (slice(0, 40), slice(0, 40)), (1,), limit=100 * 100)[0] == slice(0, 3)
+    assert correction_region((9, 40, 40), (slice(0, 40), slice(0, 40)), (7,), limit=100 * 100)[0] == slice(7, 8)
+    for shape in [(3000, 7), (7, 3000), (5, 300, 300), (2, 2, 80, 80)]:
+        region = correction_region(shape, (slice(0, shape[-2]), slice(0, shape[-1])), limit=100 * 100)
+        assert np.prod([s.stop - s.start for s in region]) <= 100 * 100
+        assert all(0 <= s.start < s.stop <= n for s, n in zip(region, shape))
+    with pytest.raises(ValueError, match="no image plane"):
+        correction_region((5,), (slice(0, 5),))

@@ -173,3 +173,80 @@ def test_docks_sit_in_napari_layer_menus(make_napari_viewer):
     assert {"napari-unet.segment_widget", "napari-unet.finetune_widget"} <= commands("napari/layers/segment")
     assert "napari-unet.correct_widget" in commands("napari/layers/annotate")
     assert "napari-unet.supervision_widget" in commands("napari/layers/visualize")
+
+
+class _Recorded:
+    """A full-resolution labels array (as a zarr store or dask array behaves) that records the
+    number of pixels of every read."""
+
+    def __init__(self, data, reads):
+        self._data, self._reads = data, reads
+        self.shape, self.dtype, self.ndim, self.size = data.shape, data.dtype, data.ndim, data.size
+
+    def __getitem__(self, key):
+        out = self._data[key]
+        self._reads.append(int(np.size(out)))
+        return out
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def test_a_multiscale_layer_is_corrected_region_by_region_never_copied_whole(correct_widget, click, monkeypatch,
+                                                                            tmp_path):
+    from napari_unet import editing
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    monkeypatch.setattr(editing, "REGION_PIXELS", 160 * 160)
+    viewer, widget = correct_widget
+    image, truth = fluorescent_nuclei((400, 480), 60, seed=3)
+    truth = truth.astype(np.int32)
+    viewer.add_image(image, name="slide", scale=(0.5, 0.5))
+    reads = []
+    pred = viewer.add_labels([_Recorded(truth, reads), truth[::2, ::2], truth[::4, ::4]], name="slide labels",
+                             scale=(0.5, 0.5), metadata={"napari_unet": {"kind": "labels", "source": "slide"}})
+    assert pred.multiscale
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    reads.clear()
+    click(widget.correct_button)
+    corrected = viewer.layers["slide labels corrected"]
+    region = tuple(slice(a, b) for a, b in corrected.metadata["napari_unet"]["region"])
+    assert corrected.data.size <= 160 * 160 and max(reads) == corrected.data.size  # only the region was read
+    np.testing.assert_array_equal(corrected.data, truth[region])
+    np.testing.assert_allclose(corrected.translate, [0.5 * s.start for s in region])  # on top of its pixels
+    assert "is large" in widget.status.value and not pred.visible
+    # edit, review and keep it: the training set holds the region of the image and its corrections
+    target = int(np.unique(corrected.data[corrected.data > 0])[0])
+    widget.tool.value = "delete object (click)"
+    widget.click(corrected, np.argwhere(np.asarray(corrected.data) == target)[0].astype(float))
+    click(widget.review_whole)
+    click(widget.add_button)
+    img, labels, rev = TrainingSet(tmp_path / "set", create=False).load(TrainingSet(tmp_path / "set").entries[0].name)
+    np.testing.assert_array_equal(img, image[region])
+    np.testing.assert_array_equal(labels, corrected.data)
+    assert rev.all() and target not in labels
+    # the Fine-tune dock trains on the same region of the image
+    _, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    (triple,), _ = finetune.viewer_triples()
+    np.testing.assert_array_equal(triple[0], image[region])
+    np.testing.assert_array_equal(triple[1], corrected.data)
+
+
+def test_a_large_lazy_stack_is_corrected_one_plane_region_at_a_time(correct_widget, click, monkeypatch):
+    from napari_unet import editing
+
+    da = pytest.importorskip("dask.array")
+    monkeypatch.setattr(editing, "REGION_PIXELS", 100 * 100)
+    viewer, widget = correct_widget
+    stack = np.zeros((4, 120, 90), np.int32)
+    stack[2, 10:30, 10:30] = 5
+    pred = viewer.add_labels(da.from_array(stack, chunks=(1, 60, 45)), name="lazy labels")
+    viewer.dims.set_point(0, 2)
+    widget.source.value = pred
+    click(widget.correct_button)
+    corrected = viewer.layers["lazy labels corrected"]
+    assert corrected.data.shape[0] == 1 and corrected.data.size <= 100 * 100  # the plane shown, centred
+    assert corrected.translate[0] == 2
+    region = tuple(slice(a, b) for a, b in corrected.metadata["napari_unet"]["region"])
+    np.testing.assert_array_equal(corrected.data, stack[region])
