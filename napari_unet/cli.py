@@ -75,13 +75,15 @@ def _read_image(path: Path):
             image = read_whole(path)
         elif path.suffix.lower() in (".tif", ".tiff"):
             image = tifffile.imread(path)
-        elif path.suffix.lower() == ".npy":
-            image = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".npy":  # mapped: a too-large image is refused before it is read
+            image = np.load(path, mmap_mode="r", allow_pickle=False)
         else:
             from skimage.io import imread
 
             image = imread(path)
     except Exception as exc:  # a corrupt or unsupported image file
+        if "mmap length is greater than file size" in str(exc):
+            exc = "the file is shorter than its header says: truncated?"
         raise UsageError(f"{path}: cannot read the image ({exc})") from None
     if image.size == 0:
         raise UsageError(f"{path}: cannot read the image (no pixel data: the file is empty or corrupt)")
@@ -129,8 +131,9 @@ def cmd_predict(args) -> int:
             print(f"napari-unet: error: {exc}", file=sys.stderr)
             failed.append(path.name)
     if failed and len(inputs) > 1:
-        print(f"napari-unet: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); the others were "
-              "written", file=sys.stderr)
+        rest = "none was written" if len(failed) == len(inputs) else "the others were written"
+        print(f"napari-unet: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); {rest}",
+              file=sys.stderr)
     return EXIT_USAGE if failed else 0
 
 

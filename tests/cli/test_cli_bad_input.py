@@ -26,6 +26,12 @@ def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _npy_header(path: Path, shape: tuple, descr: str) -> None:
+    """A .npy file with a header and no data (as a cut download leaves it)."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": descr, "fortran_order": False, "shape": shape})
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -89,6 +95,8 @@ REFUSED_PREDICT = [
     ("image-truncated-npy", "cut.npy", lambda p: (np.save(p, np.zeros((64, 64))), p.write_bytes(p.read_bytes()[:200])),
      "grey", [], r"cannot read the image"),
     ("image-empty-file", "empty.tif", lambda p: p.write_bytes(b""), "grey", [], r"cannot read the image"),
+    ("image-npy-header-of-1.8-TiB", "huge.npy", lambda p: _npy_header(p, (10**6, 10**6), "<u2"), "grey", [],
+     r"cannot read the image \(the file is shorter than its header says"),
     # an array that does not say what its last axis is: ambiguous (a PNG or an RGB TIFF says it, below)
     ("image-3-values-npy-without-channel-axis", "cells.npy",
      lambda p: np.save(p, np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)), "grey",
@@ -259,3 +267,17 @@ def test_train_refuses_with_one_line_and_exit_code_2(train_folders, cli_models, 
     assert code == 2
     assert re.search(message, _one_error_line(capsys))
     assert _snapshot(t) == before  # no model written, no image or mask changed
+
+
+def test_a_npy_too_large_for_memory_is_refused_before_it_is_read(tmp_path, cli_models, capsys, one_thread):
+    """A real (sparse) 90 GB .npy: mapped, not loaded, and refused with the way to segment it."""
+    big = np.lib.format.open_memmap(tmp_path / "slide.npy", mode="w+", dtype=np.uint8, shape=(300_000, 300_000))
+    del big
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((32, 32), np.uint8))
+    out = tmp_path / "out"
+    assert main(["predict", str(cli_models["grey"]), str(tmp_path / "slide.npy"), str(tmp_path / "small.tif"),
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"slide\.npy: The image .* is too large to segment in one piece.*--format zarr", err), err
+    assert "1 of 2 inputs failed (slide.npy); the others were written" in err
+    assert (out / "small.tif").is_file() and not (out / "slide.tif").exists()  # the batch went on
