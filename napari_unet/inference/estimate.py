@@ -24,9 +24,10 @@ from typing import Iterator
 
 import numpy as np
 
+from ..jobs import Progress, run_to_end
 from ..scaling import MAX_SCALE, MIN_SCALE, median_diameter
 from .inputs import prepare_image
-from .predictor import Predictor, Progress, run_to_end, take_predictor_arguments
+from .predictor import Predictor, take_predictor_arguments
 
 #: predictions at most this many passes
 MAX_PASSES = 6

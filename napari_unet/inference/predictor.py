@@ -18,15 +18,19 @@ import itertools
 import math
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..devices import DeviceInfo, resolve_device
+# The job utilities (Progress, PredictionCancelled, StepCancelled, interruptible, run_to_end, relay) live
+# in napari_unet.jobs; they stay importable from here for code written before it
+# (``from napari_unet.inference.predictor import predict, run_to_end``).
+from .. import jobs
+from ..jobs import PredictionCancelled, Progress, StepCancelled, interruptible, run_to_end
 from ..modelfile import LoadedModel, load_model
 from ..scaling import resize_image, scaled_shape
 from .inputs import PreparedImage, fit_normalizer, prepare_image
@@ -40,57 +44,6 @@ CPU_TILE_2D = 512
 #: 3D on the CPU: a budget of 128**3 voxels per window. Time per voxel is flat from ~0.5 M voxels
 #: up (unet-3d: 4.5 µs/voxel at 64x128x128, 96**3 and 64x192x192; 14 at 32x64x64, 2 threads).
 CPU_TILE_3D = 128
-
-
-class PredictionCancelled(Exception):
-    """Raised inside the generator when the caller's stop event is set."""
-
-
-class StepCancelled(Exception):
-    """The stop event was set in the middle of a forward or backward pass."""
-
-
-@contextmanager
-def interruptible(net: torch.nn.Module, stop: threading.Event | None):
-    """Check ``stop`` before every layer's forward pass and at every layer's backward pass, raising
-    :class:`StepCancelled`: one training step or one large tile of a full-size U-Net takes seconds
-    on a CPU, a layer a fraction of that, so Cancel answers within a second. The hooks live inside the ``with`` block
-    only: a network copied or saved later carries none."""
-    if stop is None:
-        yield
-        return
-
-    def check(*_):
-        if stop.is_set():
-            raise StepCancelled()
-
-    def watch_backward(module, inputs, output):
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(check)  # returns None: the gradient is not changed
-
-    handles = [net.register_forward_pre_hook(check)]
-    for module in net.modules():
-        if isinstance(module, torch.jit.ScriptModule):  # (a BioImage.IO package's TorchScript takes no hooks:
-            continue  # its wrapper's hook above checks before each tile)
-        if next(module.children(), None) is None:  # leaves: convolutions, norms, activations
-            handles.append(module.register_forward_pre_hook(check))
-            handles.append(module.register_forward_hook(watch_backward))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@dataclass
-class Progress:
-    """One step of long work: ``done`` of ``total`` units (tiles), with a message."""
-
-    done: int
-    total: int
-    message: str = ""
-    plane: int = 0
-    n_planes: int = 1
 
 
 @dataclass
@@ -449,29 +402,7 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
                       lm.spatial_dims, predictor.heads if predictor.side_outputs else [], present, scale)
 
 
-def run_to_end(gen: Iterator, on_progress: Callable[[object], None] | None = None):
-    """Drain a progress generator and return its return value (for the CLI, tests and scripts)."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(event)
-
-
-def relay(gen: Iterator, transform: Callable[[object], object]):
-    """Yield ``transform(event)`` for every event of the progress generator ``gen`` and return its
-    return value: ``result = yield from relay(gen, f)``. Closing the relay closes ``gen``."""
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield transform(event)
-    finally:
-        gen.close()
+relay = jobs.relay  # not used here: kept importable from this module (see the imports)
 
 
 def predict(model, image, **kwargs) -> Prediction:

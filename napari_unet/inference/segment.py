@@ -8,9 +8,10 @@ from typing import Iterator
 
 import numpy as np
 
+from ..jobs import PredictionCancelled, Progress
 from . import quality
 from .postprocess import probabilities_to_labels
-from .predictor import Prediction, PredictionCancelled, Predictor, Progress, predict_iter, take_predictor_arguments
+from .predictor import Prediction, Predictor, predict_iter, take_predictor_arguments
 
 
 @dataclass

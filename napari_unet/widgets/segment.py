@@ -76,8 +76,8 @@ def _segment_large(predictor, data, settings: dict, stop, want_probabilities: bo
     import zarr
 
     from ..inference.large import segment_to_zarr_iter
-    from ..inference.predictor import PredictionCancelled, Progress, relay
     from ..inference.pyramid import Pyramid, needs_pyramid
+    from ..jobs import PredictionCancelled, Progress, relay
 
     probs_folder = temporary_folder() if want_probabilities else None
     probs_path = None if probs_folder is None else Path(probs_folder) / "probabilities.zarr"
@@ -337,7 +337,7 @@ class SegmentWidget(JobWidget):
             return
         layer, data, model = inputs
         from ..inference.estimate import estimate_diameter_iter
-        from ..inference.predictor import PredictionCancelled
+        from ..jobs import PredictionCancelled
 
         channel_axis = None if layer.rgb else self.channels.value
         rgb, device, tile = bool(layer.rgb), self.device.value, self.tile_size.value
@@ -502,8 +502,8 @@ class SegmentWidget(JobWidget):
         if inputs is None:
             return
         layer, data, model = inputs
-        from ..inference.predictor import PredictionCancelled
         from ..inference.segment import segment_iter
+        from ..jobs import PredictionCancelled
 
         channel_axis = None if layer.rgb else self.channels.value
         stop = threading.Event()
