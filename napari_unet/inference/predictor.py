@@ -275,18 +275,28 @@ class Predictor:
         self._forward(np.zeros((1, self.model.in_channels) + tuple(window), np.float32))
 
     # -- running --------------------------------------------------------------------------
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of a batch of tiles, and the ``(B,)`` object-present probability of a
+        network that declares a classifier (``has_classifier``; else ``None``)."""
         x = torch.from_numpy(batch).to(self.device.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=self._memory_format)
+        classifier = getattr(self.net, "has_classifier", False)
+        extra = {"with_object_probability": True} if classifier else {}
+        present = None
         with torch.inference_mode(), self.device.autocast():
-            outputs = self.net(x, side_outputs=True) if self.side_outputs else [self.net(x)]
+            outputs = self.net(x, side_outputs=True, **extra) if self.side_outputs else self.net(x, **extra)
+            if classifier:
+                outputs, present = outputs
+                present = present.float().cpu().numpy()
+            if not self.side_outputs:
+                outputs = [outputs]
             probs = []
             for logits in outputs:
                 logits = logits.float()
                 probs.append(torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)[:, 1:])
             probs = probs[0] if len(probs) == 1 else torch.cat(probs, dim=1)
-        return probs.cpu().numpy()
+        return probs.cpu().numpy(), present
 
     def predict_plane(self, plane, normalization: dict, warnings: list[str], stop: threading.Event | None = None,
                       out: np.ndarray | None = None) -> Iterator[int]:
@@ -305,12 +315,11 @@ class Predictor:
                                                     plan.window)) for t in chunk])
             try:
                 with interruptible(self.net, stop):
-                    probs = self._forward(batch)
+                    probs, present = self._forward(batch)
             except StepCancelled:
                 raise PredictionCancelled() from None
-            present = getattr(self.net, "last_object_probability", None)
             if self._tile_object_probability is not None and present is not None:
-                self._tile_object_probability.update(zip(chunk, present.float().cpu().tolist()))
+                self._tile_object_probability.update(zip(chunk, present.tolist()))
             for t, p in zip(chunk, probs):
                 dst, src, weight = [slice(None)], [slice(None)], None
                 for axis, (ax, i) in enumerate(zip(plan.axes, t)):
@@ -361,7 +370,7 @@ def predict_iter(model, image, *, channel_axis: int | None = None, rgb: bool = F
     net_shape = scaled_shape(prepared.spatial_shape, scale) if scale != 1 else prepared.spatial_shape
     plan = predictor.plan(net_shape)
     total, done = plan.n_tiles * n_planes, 0
-    has_cgm = hasattr(predictor.net, "last_object_probability")
+    has_cgm = getattr(predictor.net, "has_classifier", False)
     present = np.full(prepared.plane_shape + tuple(ax.n for ax in plan.axes), np.nan, np.float32) if has_cgm else None
     yield Progress(0, total, f"predicting on {predictor.device}", 0, n_planes)
     for p in range(n_planes):

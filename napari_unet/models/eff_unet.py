@@ -34,6 +34,7 @@ from torch import nn
 from .blocks import DoubleConv, head, norm_layer
 from .encoders import (BackboneUNet, MBConv, UNetDecoder, _conv, activation, check_common, check_features,
                        full_resolution_skip, round_filters, round_repeats)
+from .registry import ModelSpec, register
 
 #: EfficientNet-B0 (Tan & Le 2019, Table 1): stem channels, then
 #: (expansion, kernel, stride, channels, repeats) per stage.
@@ -123,3 +124,11 @@ class EffUNet(BackboneUNet):
         self.head = head(spatial_dims, features[0], self.out_channels)
         self.size_divisor = (2 ** depth,) * spatial_dims
         self.margin = 0
+
+
+register(ModelSpec(
+    name="eff-unet", builder=EffUNet, title="Eff-UNet (EfficientNet encoder)", spatial_dims=2,
+    defaults=dict(spatial_dims=2, features=(16, 24, 32, 48, 96, 128), width_coefficient=1.0,
+                  depth_coefficient=1.0),
+    reference="Baheti et al., CVPR Workshops 2020; Tan & Le, ICML 2019 (EfficientNet)",
+))

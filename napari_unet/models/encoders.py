@@ -35,7 +35,7 @@ from torch import nn
 
 from .base import SegmentationNet
 from .blocks import (ConvNormAct, UpConv, _check_dims, as_tuple, check_common, check_features,  # noqa: F401
-                     conv_nd, head, norm_layer)
+                     conv_nd, norm_layer)
 
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU}
 UPSAMPLING = ("transpose", "nearest", "linear")
@@ -337,16 +337,11 @@ class BackboneUNet(SegmentationNet):
         head: 1x1 convolution ``features[0] -> out_channels``.
     """
 
-    def set_out_channels(self, out_channels: int) -> None:
-        if out_channels < 1:
-            raise ValueError("out_channels must be at least 1.")
-        if out_channels != self.out_channels:
-            self.head = head(self.spatial_dims, self.config["features"][0], out_channels).to(self.head.weight.device)
-            self.out_channels = self.config["out_channels"] = int(out_channels)
+    output_heads = ("head",)
 
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
         """``(B, in_channels, *S) -> (B, out_channels, *S)`` logits (``[logits]`` with ``side_outputs``)."""
-        check_input(self, x)
+        self.check_input(x)
         features = [self.skip(x)]
         for level in self.levels:
             x = level(x)
@@ -360,15 +355,3 @@ def full_resolution_skip(spatial_dims: int, in_channels: int, channels: int, nor
     """The light full-resolution branch of a :class:`BackboneUNet` (3x3 conv, norm, ReLU)."""
     return ConvNormAct(spatial_dims, in_channels, channels, 3, norm=norm)
 
-
-# -- shared checks --------------------------------------------------------------------------------
-
-def check_input(net, x: torch.Tensor) -> None:
-    """A clear ``ValueError`` for inputs a network cannot take (instead of a shape error deep inside)."""
-    if x.ndim != net.spatial_dims + 2 or x.shape[1] != net.in_channels:
-        raise ValueError(f"Expected input (B, {net.in_channels}, {', '.join('*' * net.spatial_dims)}) with "
-                         f"{net.spatial_dims} spatial axes, got {tuple(x.shape)}.")
-    for n, d in zip(x.shape[2:], net.size_divisor):
-        if n % d:
-            raise ValueError(f"Input size {tuple(x.shape[2:])} is not a multiple of {net.size_divisor}: pad or crop "
-                             f"the input (valid_input_shape gives the next accepted size).")

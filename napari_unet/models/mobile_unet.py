@@ -29,6 +29,7 @@ from torch import nn
 from .blocks import head, norm_layer
 from .encoders import (BackboneUNet, InvertedResidual, SeparableDoubleConv, UNetDecoder, _conv, activation,
                        check_common, check_features, full_resolution_skip, make_divisible)
+from .registry import ModelSpec, register
 
 #: MobileNetV2 (Sandler et al. 2018, Table 2): stem channels, then (expansion t, channels c, repeats n, stride s).
 MOBILENET_V2_STEM = 32
@@ -101,3 +102,10 @@ class MobileUNet(BackboneUNet):
         self.head = head(spatial_dims, features[0], self.out_channels)
         self.size_divisor = (2 ** depth,) * spatial_dims
         self.margin = 0
+
+
+register(ModelSpec(
+    name="mobile-unet", builder=MobileUNet, title="Mobile U-Net (MobileNetV2 encoder)", spatial_dims=2,
+    defaults=dict(spatial_dims=2, features=(8, 16, 24, 32, 64, 128), width_multiplier=0.5),
+    reference="Sandler et al., CVPR 2018 (MobileNetV2); Ronneberger et al., MICCAI 2015",
+))

@@ -28,7 +28,8 @@ from torch import nn
 
 from .base import SegmentationNet
 from .blocks import head
-from .encoders import ResidualUnit, UNetDecoder, check_common, check_features, check_input
+from .encoders import ResidualUnit, UNetDecoder, check_common, check_features
+from .registry import ModelSpec, register
 
 
 class ResUNet(SegmentationNet):
@@ -45,6 +46,8 @@ class ResUNet(SegmentationNet):
 
     Input sizes must be multiples of ``2 ** (len(features) - 1)``; the output has the input's size.
     """
+
+    output_heads = ("head",)
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (12, 24, 48, 96, 192), norm: str = "batch", upsample: str = "nearest"):
@@ -67,19 +70,19 @@ class ResUNet(SegmentationNet):
         self.size_divisor = (2 ** depth,) * spatial_dims
         self.margin = 0
 
-    def set_out_channels(self, out_channels: int) -> None:
-        if out_channels < 1:
-            raise ValueError("out_channels must be at least 1.")
-        if out_channels != self.out_channels:
-            self.head = head(self.spatial_dims, self.config["features"][0], out_channels).to(self.head.weight.device)
-            self.out_channels = self.config["out_channels"] = int(out_channels)
-
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
         """``(B, in_channels, *S) -> (B, out_channels, *S)`` logits (``[logits]`` with ``side_outputs``)."""
-        check_input(self, x)
+        self.check_input(x)
         features = []
         for unit in self.encoders:
             x = unit(x)
             features.append(x)
         logits = self.head(self.decoder(features))
         return [logits] if side_outputs else logits
+
+
+register(ModelSpec(
+    name="resunet", builder=ResUNet, title="Residual U-Net", spatial_dims=2,
+    defaults=dict(spatial_dims=2, features=(12, 24, 48, 96, 192), upsample="nearest"),
+    reference="Zhang, Liu & Wang, IEEE GRSL 2018",
+))

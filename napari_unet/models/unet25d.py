@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import SegmentationNet
+from .registry import ModelSpec, register
 from .unet import UNet
 
 
@@ -40,13 +41,11 @@ def _check_volumetric(spatial_dims: int, in_channels: int, out_channels: int, na
         raise ValueError("in_channels and out_channels must be at least 1.")
 
 
-def _check_volume(x: torch.Tensor, in_channels: int) -> None:
-    if x.ndim != 5 or x.shape[1] != in_channels:
-        raise ValueError(f"Expected a volume batch (B, {in_channels}, D, H, W), got {tuple(x.shape)}.")
-
-
 class _Volumetric2D(SegmentationNet):
-    """A 3D network whose weights are those of 2D layers."""
+    """A 3D network whose weights are those of 2D layers (its output head is that of the 2D U-Net
+    inside)."""
+
+    output_heads = ("unet",)
 
     def to(self, *args, **kwargs):
         """``Module.to`` that maps ``memory_format=torch.channels_last_3d`` (which only 5D tensors
@@ -109,12 +108,8 @@ class UNet25DStack(_Volumetric2D):
         """Voxels per side that influence an output voxel (an upper bound), per axis (z, y, x)."""
         return (self.slices // 2, *self.unet.receptive_radius)
 
-    def set_out_channels(self, out_channels: int) -> None:
-        self.unet.set_out_channels(out_channels)
-        self.out_channels = self.config["out_channels"] = self.unet.out_channels
-
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
-        _check_volume(x, self.in_channels)
+        self.check_input(x)
         b, c, d, h, w = x.shape
         k = self.slices
         idx = reflect_index(d, k // 2, x.device)  # (D, k)
@@ -264,17 +259,16 @@ class UNet25DProjection(_Volumetric2D):
         self.scale = nn.Parameter(torch.ones(maps, device=device))
         self.shift = nn.Parameter(torch.zeros(maps, device=device))
 
-    def set_out_channels(self, out_channels: int) -> None:
-        if out_channels < 1:
-            raise ValueError("out_channels must be at least 1.")
-        if out_channels == self.out_channels:
-            return
-        maps = 1 if out_channels <= 2 else out_channels
-        if maps != self.scale.numel():  # 1 <-> 2 classes keep the same foreground probability sigmoid(z)
-            device = self.scale.device
-            self.unet.set_out_channels(maps)
-            self._build_head(maps, device)
-        self.out_channels = self.config["out_channels"] = out_channels
+    def head_channels(self, out_channels: int) -> int:
+        """One map (the foreground's ``z``) for 1 or 2 classes, else one per class."""
+        return 1 if out_channels <= 2 else out_channels
+
+    def replace_heads(self, channels: int) -> None:
+        """A fresh head of the 2D U-Net and new identity filters and normalisation for ``channels``
+        maps (1 <-> 2 classes keep the same foreground probability sigmoid(z): nothing is rebuilt)."""
+        device = self.scale.device
+        super().replace_heads(channels)
+        self._build_head(channels, device)
 
     # -- geometry -------------------------------------------------------------------------
     @staticmethod
@@ -359,7 +353,7 @@ class UNet25DProjection(_Volumetric2D):
         return sorted(torch.randperm(self.n_directions)[: self.train_count].tolist())
 
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
-        _check_volume(x, self.in_channels)
+        self.check_input(x)
         shape = tuple(x.shape[2:])
         chosen = self.chosen_directions()
         maps = self._segment([self._project(x, j) for j in chosen])
@@ -372,3 +366,16 @@ class UNet25DProjection(_Volumetric2D):
         z = volume * self.scale.view(1, -1, 1, 1, 1) + self.shift.view(1, -1, 1, 1, 1)
         logits = torch.cat([-0.5 * z, 0.5 * z], dim=1) if self.out_channels == 2 else z
         return [logits] if side_outputs else logits
+
+
+register(ModelSpec(
+    name="unet-2.5d-stack", builder=UNet25DStack, title="2.5D U-Net (slice stack)", spatial_dims=3,
+    defaults=dict(spatial_dims=3, features=(16, 32, 64, 128), slices=5),
+    reference="2D U-Net on neighbouring slices as channels; Ronneberger, Fischer & Brox, MICCAI 2015",
+))
+register(ModelSpec(
+    name="unet-2.5d", builder=UNet25DProjection, title="2.5D U-Net (projections)", spatial_dims=3,
+    defaults=dict(spatial_dims=3, features=(16, 32, 64, 128), directions=5, train_directions=0.6),
+    reference="Angermann, Haltmeier, Steiger, Pereverzyev Jr & Gizewski, arXiv:1902.00347 (2019); "
+              "Angermann & Haltmeier, MLMIR 2019",
+))

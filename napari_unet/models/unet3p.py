@@ -38,6 +38,7 @@ from torch import nn
 
 from .base import SegmentationNet
 from .blocks import ConvNormAct, DoubleConv, check_common, check_features, check_strides, conv_nd, max_pool_nd
+from .registry import ModelSpec, register
 
 #: Foreground probabilities of a sample the CGM calls empty are multiplied by this (not 0, so
 #: the gated logits stay finite).
@@ -170,19 +171,24 @@ class UNet3Plus(SegmentationNet):
     **Classification-guided module.** ``Dropout(0.5) -> 1x1 conv to 2 channels -> global max
     pool`` on ``E[N-1]``; the object-present probability is ``softmax`` over the two channels'
     second entry (= ``sigmoid(z1 - z0)``, so "present" <=> the paper's argmax picks channel 1).
-    Every forward stores it, detached, as ``last_object_probability`` ``(B,)``;
-    ``forward(..., with_object_probability=True)`` also returns it attached to the graph for
-    :func:`cgm_loss`. With ``classification_guided`` on, in eval mode, every output of a sample
-    whose probability is below 0.5 is replaced by :func:`gate_logits` with gate 0 (its
-    foreground probabilities multiplied by ``GATE_FLOOR``: the background wins everywhere);
-    samples judged to contain objects keep their logits unchanged. The gate is the paper's hard
-    argmax, so no gradient passes through it and the CGM learns only from :func:`cgm_loss` (as
-    in the paper). Unlike the paper, the gate is not applied in training mode: there it could
-    only hide patches from the segmentation loss (all of a patch's objects, when the young CGM
-    errs; every empty patch, once it is right, so the segmentation would never learn to stay
-    quiet on background by itself). The segmentation learns from every patch, the CGM from its
-    loss, and the gate acts at inference (including the trainer's validation).
+    ``forward(..., with_object_probability=True)`` returns it ``(B,)`` beside the output,
+    attached to the graph for :func:`cgm_loss` (the class declares ``has_classifier``, so the
+    predictor asks for it; the network keeps no copy). With ``classification_guided`` on, in
+    eval mode, every output of a sample whose probability is below 0.5 is replaced by
+    :func:`gate_logits` with gate 0 (its foreground probabilities multiplied by ``GATE_FLOOR``:
+    the background wins everywhere); samples judged to contain objects keep their logits
+    unchanged. The gate is the paper's hard argmax, so no gradient passes through it and the CGM
+    learns only from :func:`cgm_loss` (as in the paper). Unlike the paper, the gate is not
+    applied in training mode: there it could only hide patches from the segmentation loss (all
+    of a patch's objects, when the young CGM errs; every empty patch, once it is right, so the
+    segmentation would never learn to stay quiet on background by itself). The segmentation
+    learns from every patch, the CGM from its loss, and the gate acts at inference (including
+    the trainer's validation).
     """
+
+    deep_supervision = True
+    has_classifier = True
+    output_heads = ("heads",)
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (16, 32, 64, 128, 256), cat_channels: int = 8, norm: str = "batch",
@@ -216,7 +222,6 @@ class UNet3Plus(SegmentationNet):
         self.heads = self._make_heads(out_channels)
         self.cgm = nn.Sequential(nn.Dropout(0.5), conv_nd(spatial_dims)(features[-1], 2, 1),
                                  (nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)[spatial_dims - 2](1))
-        self.last_object_probability: torch.Tensor | None = None
         self.size_divisor = tuple(math.prod(s[a] for s in self.strides) for a in range(spatial_dims))
         self.margin = 0
 
@@ -232,13 +237,6 @@ class UNet3Plus(SegmentationNet):
         deepest is the encoder's bottom map)."""
         last = self.levels - 1
         return [f"D{i} (level {i})" for i in range(last)] + [f"E{last} (level {last})"]
-
-    def set_out_channels(self, out_channels: int) -> None:
-        if out_channels < 1:
-            raise ValueError("out_channels must be at least 1.")
-        if out_channels != self.out_channels:
-            self.heads = self._make_heads(out_channels).to(self.heads[0].weight.device)
-            self.out_channels = self.config["out_channels"] = out_channels
 
     def set_classification_guided(self, on: bool) -> None:
         """Switch the CGM's gating of the outputs on or off (kept in ``config``)."""
@@ -276,7 +274,6 @@ class UNet3Plus(SegmentationNet):
         for i in reversed(range(self.levels - 1)):
             decoded[i] = self.decoders[i](encoded, decoded)
         prob = self._object_probability(encoded[-1])
-        self.last_object_probability = prob.detach()
         size = x.shape[2:]
         n_out = self.levels if side_outputs else 1
         outputs = [_upsample(self.heads[i](decoded[i]), size) for i in range(n_out)]
@@ -286,3 +283,11 @@ class UNet3Plus(SegmentationNet):
             outputs = [torch.where(present, out, gate_logits(out, empty)) for out in outputs]
         result = outputs if side_outputs else outputs[0]
         return (result, prob) if with_object_probability else result
+
+
+register(ModelSpec(
+    name="unet3+", builder=UNet3Plus, title="U-Net 3+ (full-scale skips)", spatial_dims=2,
+    defaults=dict(spatial_dims=2, features=(16, 32, 64, 128, 256), cat_channels=8, upsample_first=False,
+                  classification_guided=False),
+    reference="Huang, Lin, Tong et al., ICASSP 2020",
+))

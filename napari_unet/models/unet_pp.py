@@ -27,6 +27,7 @@ from torch import nn
 
 from .base import SegmentationNet
 from .blocks import DoubleConv, UpConv, check_common, check_features, check_strides, head, max_pool_nd
+from .registry import ModelSpec, register
 
 MODES = ("final", "accurate")
 
@@ -74,6 +75,10 @@ class UNetPlusPlus(SegmentationNet):
     ``[head(X[0, L]), head(X[0, L-1]), ..., head(X[0, 1])]``. The first entry is the main
     output (the one ``mode="final"`` returns); the list is the raw heads whatever ``mode`` is.
     """
+
+    deep_supervision = True
+    prunable = True
+    output_heads = ("heads",)
 
     def __init__(self, spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 2,
                  features: Sequence[int] = (8, 16, 32, 64, 128), norm: str = "batch",
@@ -131,15 +136,6 @@ class UNetPlusPlus(SegmentationNet):
         order of ``forward(x, side_outputs=True)``; depth ``j`` is the sub-network of ``j`` poolings."""
         depth = self.prune_depth or self.depth
         return [f"X0,{j} (depth {j})" for j in range(depth, 0, -1)]
-
-    def set_out_channels(self, out_channels: int) -> None:
-        if out_channels < 1:
-            raise ValueError("out_channels must be at least 1.")
-        if out_channels != self.out_channels:
-            device = self.heads[0].weight.device
-            self.heads = nn.ModuleList(head(self.spatial_dims, self.config["features"][0], out_channels).to(device)
-                                       for _ in range(self.depth))
-            self.out_channels = self.config["out_channels"] = out_channels
 
     # -- forward ----------------------------------------------------------------------------
     def top_row(self, x: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
@@ -203,3 +199,10 @@ def with_resize_upsampling(net: UNetPlusPlus) -> UNetPlusPlus:
     for key, up in net.ups.items():
         resize_from_transpose(up, new.ups[key])
     return new.to(next(net.parameters()).device)
+
+
+register(ModelSpec(
+    name="unet++", builder=UNetPlusPlus, title="U-Net++ (nested U-Net)", spatial_dims=2,
+    defaults=dict(spatial_dims=2, features=(8, 16, 32, 64, 128), mode="final", upsample="resize"),
+    reference="Zhou, Rahman Siddiquee, Tajbakhsh & Liang, DLMIA 2018", legacy=dict(upsample="transpose"),
+))

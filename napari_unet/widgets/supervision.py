@@ -196,12 +196,13 @@ class SupervisionWidget(JobWidget):
         if not self._torch_ready or not self.model.value:
             return
         from ..modelfile import read_config, resolve_model_path
+        from ..models import get_spec
 
         config = read_config(resolve_model_path(self.model.value))
         features = config.get("arguments", {}).get("features")
         if features:
             self.prune_depth.max = len(features) - 1
-        prunable = config["architecture"] == "unet++"
+        prunable = get_spec(config["architecture"]).prunable
         self.prune_depth.enabled = self.prune_button.enabled = prunable
 
     def _show_device(self, *_):

@@ -175,13 +175,13 @@ def test_object_probability_is_stored_per_sample():
     x = torch.randn(3, 1, 16, 16)
     with torch.no_grad():
         prob = net.object_probability(x)
-        net(x)
+        _, returned = net(x, with_object_probability=True)
     assert prob.shape == (3,) and ((prob > 0) & (prob < 1)).all()
-    assert torch.allclose(net.last_object_probability, prob)
+    assert torch.allclose(returned, prob)
     _force_cgm(net, present=False)
     with torch.no_grad():
-        net(x)
-    assert (net.last_object_probability < 1e-6).all()
+        _, returned = net(x, with_object_probability=True)
+    assert (returned < 1e-6).all()
 
 
 def test_gating_in_eval_mode_only_and_only_when_switched_on():
@@ -247,16 +247,19 @@ def test_save_load_round_trip_with_the_cgm_switched_on(tmp_path):
     assert isinstance(loaded, UNet3Plus) and loaded.classification_guided and loaded.config == net.config
     x = torch.randn(2, 1, 24, 16)
     with torch.no_grad():
-        a, b = net(x, side_outputs=True), loaded(x, side_outputs=True)
+        (a, net_prob), (b, loaded_prob) = (net(x, side_outputs=True, with_object_probability=True),
+                                           loaded(x, side_outputs=True, with_object_probability=True))
     assert len(a) == len(b) == 4 and all(torch.equal(u, v) for u, v in zip(a, b))
-    assert torch.equal(net.last_object_probability, loaded.last_object_probability)
+    assert torch.equal(net_prob, loaded_prob)
     copy.deepcopy(loaded)  # the predictor copies the network: the stored probability must not hinder it
 
 
 def test_a_network_used_for_training_can_still_be_copied():
     net = _net().train()
     out, prob = net(torch.randn(2, 1, 16, 16), with_object_probability=True)
-    assert prob.requires_grad and not net.last_object_probability.requires_grad
+    with torch.no_grad():  # what the predictor reads
+        _, read = net(torch.randn(2, 1, 16, 16), with_object_probability=True)
+    assert prob.requires_grad and not read.requires_grad
     copy.deepcopy(net)
 
 
