@@ -139,7 +139,7 @@ def cmd_predict(args) -> int:
 
 def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
     """Segment one input file and write its outputs (``UsageError`` says what went wrong)."""
-    from .inference.predictor import run_to_end
+    from .jobs import run_to_end
     from .inference.segment import segment_iter
     from .io import write_tif
 
@@ -176,7 +176,8 @@ def _predict_one(args, predictor, path: Path, outdir: Path) -> None:
 def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
     """``predict`` with zarr outputs (images of any size, block by block) and/or on a dask cluster."""
     from .inference.distributed import FileJob, make_runner, segment_files_iter
-    from .inference.predictor import Predictor, Progress
+    from .inference.predictor import Predictor
+    from .jobs import Progress
     from .modelfile import ModelFileError
 
     out = Path(args.output)
@@ -299,7 +300,7 @@ def cmd_train(args) -> int:
     import threading
 
     from .finetune import FinetuneSettings, finetune_iter
-    from .inference.predictor import run_to_end
+    from .jobs import run_to_end
     from .modelfile import ModelFileError, load_model
 
     out = Path(args.output)

@@ -412,7 +412,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     what happened. With ``settings.validate`` (the default) a
     training set from which nothing can be held out is refused before training.
     """
-    from .inference.predictor import PredictionCancelled
+    from .jobs import PredictionCancelled
     from .modelfile import LoadedModel, load_model, make_config, save_model
     from .training import SegmentationLoss, train_iter
     from .training.trainer import TrainingEvent, tune_postprocess

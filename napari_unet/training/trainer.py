@@ -30,7 +30,8 @@ import torch
 from ..devices import resolve_device
 from ..inference.postprocess import probabilities_to_labels
 from .threads import ThreadTuner
-from ..inference.predictor import PredictionCancelled, Predictor, StepCancelled, interruptible, predict
+from ..inference.predictor import Predictor, predict
+from ..jobs import PredictionCancelled, StepCancelled, interruptible
 from ..metrics import evaluate, mean_metrics
 from ..modelfile import DEFAULT_NORMALIZATION, LoadedModel, make_config
 from .losses import DeepSupervisionLoss, SegmentationLoss

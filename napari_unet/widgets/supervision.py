@@ -278,8 +278,8 @@ class SupervisionWidget(JobWidget):
         except ValueError as exc:
             self.report_error(str(exc))
             return
-        from ..inference.predictor import PredictionCancelled
         from ..inference.supervision import predict_depths_iter, score_depths
+        from ..jobs import PredictionCancelled
 
         corrections = self.corrections.value
         stop = threading.Event()
@@ -421,8 +421,8 @@ class SupervisionWidget(JobWidget):
         except ValueError as exc:
             self.report_error(str(exc))
             return
-        from ..inference.predictor import PredictionCancelled
         from ..inference.supervision import labels_from, predict_pruned_iter, score_labels
+        from ..jobs import PredictionCancelled
 
         depth = int(self.prune_depth.value)
         stop = threading.Event()
