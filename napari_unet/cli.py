@@ -299,7 +299,7 @@ def cmd_train(args) -> int:
     import signal
     import threading
 
-    from .finetune import FinetuneSettings, finetune_iter
+    from .training.finetune import FinetuneSettings, finetune_iter
     from .jobs import run_to_end
     from .modelfile import ModelFileError, load_model
 
@@ -439,7 +439,7 @@ def cmd_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .finetune import DEFAULT_LOSS, LOSS_PRESETS, FinetuneSettings
+    from .training.finetune import DEFAULT_LOSS, LOSS_PRESETS, FinetuneSettings
 
     parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy, headless.")
     sub = parser.add_subparsers(dest="command", required=True)

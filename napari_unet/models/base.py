@@ -86,6 +86,11 @@ class SegmentationNet(nn.Module):
         network derives its logits from fewer maps)."""
         return out_channels
 
+    def classification_loss(self, probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of the classification head (networks that declare ``has_classifier``): its
+        ``(B,)`` object-present ``probability`` against the patches' ``target`` (class indices)."""
+        raise NotImplementedError(f"{type(self).__name__} has no classification head.")
+
     def set_out_channels(self, out_channels: int) -> None:
         """Give the network new, freshly initialised output heads (:attr:`output_heads`) for
         ``out_channels`` classes (e.g. to fine-tune a binary model for the 3-class boundary

@@ -264,6 +264,10 @@ class UNet3Plus(SegmentationNet):
         the CGM; in eval mode, so that the CGM's dropout is off, it is deterministic)."""
         return self._object_probability(self.encode(x)[-1])
 
+    def classification_loss(self, probability: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The paper's binary cross-entropy of the object-present probability (:func:`cgm_loss`)."""
+        return cgm_loss(probability, target)
+
     def forward(self, x: torch.Tensor, side_outputs: bool = False, with_object_probability: bool = False):
         """``(B, in_channels, *spatial)`` -> logits ``(B, out_channels, *spatial)``, or the list of
         every level's logits at full resolution with ``side_outputs=True`` (see the class

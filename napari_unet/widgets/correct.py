@@ -421,7 +421,7 @@ class CorrectWidget(DockContainer):
     def _loss_class_weights(self):
         """The map the fine-tuning loss uses: the Fine-tune dock's chosen loss in this viewer, or
         the default loss (the border term alone, w_c = 1)."""
-        from ..finetune import FinetuneSettings
+        from ..training.finetune import FinetuneSettings
         from .finetune import FinetuneWidget
 
         docks = [w for w in list(FinetuneWidget.instances) if w._viewer is self._viewer]

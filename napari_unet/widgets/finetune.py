@@ -53,7 +53,7 @@ class FinetuneWidget(JobWidget):
     instances: "weakref.WeakSet[FinetuneWidget]" = weakref.WeakSet()
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        from ..finetune import LOSS_PRESETS, FinetuneSettings
+        from ..training.finetune import LOSS_PRESETS, FinetuneSettings
 
         super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         FinetuneWidget.instances.add(self)
@@ -148,7 +148,7 @@ class FinetuneWidget(JobWidget):
             self.device_info.value = device_line(self.device.value, "trains on")
 
     def _on_loss_changed(self, *_):
-        from ..finetune import LOSS_PRESETS
+        from ..training.finetune import LOSS_PRESETS
 
         uses_map = LOSS_PRESETS.get(self.loss.value, ("", None))[1] is not None
         self.w0.enabled = self.sigma.enabled = uses_map
@@ -289,7 +289,7 @@ class FinetuneWidget(JobWidget):
             self.train()
 
     def settings(self):
-        from ..finetune import FinetuneSettings
+        from ..training.finetune import FinetuneSettings
 
         return FinetuneSettings(minutes=float(self.minutes.value), loss=self.loss.value, w0=float(self.w0.value),
                                 sigma=float(self.sigma.value), augment=bool(self.augment.value),
@@ -312,7 +312,8 @@ class FinetuneWidget(JobWidget):
             return
         for note in notes:
             show_warning(note)
-        from ..finetune import finetune_iter, resumable, run_key, unique_model_name
+        from ..training.finetune import finetune_iter, unique_model_name
+        from ..training.resume import resumable, run_key
         from ..trainingset import safe_name
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None

@@ -165,7 +165,10 @@ def test_ctrl_c_stops_training_and_keeps_the_best_model(train_folders, make_rand
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()
     assert first.startswith("training"), first + proc.stderr.read()
-    time.sleep(3)
+    # Ctrl-C once training runs (the first validation's line: a fixed delay raced the first step on a busy CPU)
+    while not proc.stdout.readline().startswith("step"):
+        assert proc.poll() is None, proc.stderr.read()
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

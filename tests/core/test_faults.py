@@ -636,7 +636,7 @@ def test_nan_loss_without_validation_saves_nothing(tiny_file, tmp_path, nuclei, 
 def test_finetune_cancel_during_validation_returns_within_a_second(tmp_path, monkeypatch, one_thread, nuclei_sample):
     """Validation predicts a whole 512 x 512 image (one big tile) with a bundled model: a stop set
     at a random moment inside it ends finetune_iter within a second, keeping the checkpoint."""
-    from napari_unet.training import trainer
+    from napari_unet.training import validation
 
     image, labels = (np.asarray(a) for a in nuclei_sample[:2])
     # 4 images: the first is held out whole for validation
@@ -645,7 +645,7 @@ def test_finetune_cancel_during_validation_returns_within_a_second(tmp_path, mon
     assert image.shape == (512, 512)
     settings = FinetuneSettings(minutes=None, epochs=5, steps_per_epoch=1, patch_size=64, batch_size=1,
                                 device="cpu", augment=False, only_if_better=False)  # 1 step: keep it anyway
-    real_held_out, state = trainer._held_out_probabilities, {}
+    real_held_out, state = validation.held_out_probabilities, {}
 
     def held_out(net, pairs, normalization, device, target, stop):  # every pass over the validation images
         state["calls"] = state.get("calls", 0) + 1
@@ -655,7 +655,7 @@ def test_finetune_cancel_during_validation_returns_within_a_second(tmp_path, mon
             state["timer"].start()
         return real_held_out(net, pairs, normalization, device, target, stop)
 
-    monkeypatch.setattr(trainer, "_held_out_probabilities", held_out)
+    monkeypatch.setattr(validation, "held_out_probabilities", held_out)
     latencies = []
     rng = np.random.default_rng(SEED + 5)
     # the base model's scoring (pass 1), the second validation in training (pass 3)

@@ -24,7 +24,7 @@ def _settings(**kwargs):
 
 def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, tmp_path, one_thread,
                                                       monkeypatch):
-    from napari_unet import finetune
+    from napari_unet.training import finetune
 
     real, bars = finetune._score_base, []
 
@@ -80,6 +80,8 @@ def test_focus_on_the_base_models_errors_trains_and_is_recorded(crops, make_rand
 
     def train_iter(*args, **kwargs):
         seen.update(kwargs)
+        if len(args) > 3:  # the trainer's settings object
+            seen.update(vars(args[3]))
         return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(trainer, "train_iter", train_iter)
@@ -99,7 +101,7 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     held-out part: better for these images than the base as it was and than the fine-tuned weights."""
     import torch
 
-    from napari_unet import finetune
+    from napari_unet.training import finetune
 
     real = finetune._score_base
     tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False}
@@ -127,7 +129,7 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
                                                                monkeypatch, tuned):
     """A base that estimates the objects' size in every image was scored (and its post-processing
     tuned) at the size of the corrected objects: the saved file is for objects of that size."""
-    from napari_unet import finetune
+    from napari_unet.training import finetune
     from napari_unet.modelfile import make_config, save_model
     from napari_unet.scaling import median_diameter
 
@@ -154,7 +156,7 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
 
 def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_model, tmp_path, one_thread,
                                                               monkeypatch):
-    from napari_unet import finetune
+    from napari_unet.training import finetune
 
     labels = np.zeros((64, 64), np.int32)
     for i in range(20):

@@ -151,19 +151,19 @@ def _big_objects(seed=0, n=3):
 
 def test_fine_tuning_shrinks_large_objects_and_the_model_remembers_it(make_random_model, tmp_path, one_thread,
                                                                       monkeypatch):
-    from napari_unet import finetune
+    from napari_unet.training import finetune
 
     triples = _big_objects()
     diameter = float(np.median([median_diameter(lab) for _, lab, _ in triples]))
-    import napari_unet.training as training
+    from napari_unet.training import trainer
 
-    seen, real = [], training.train_iter
+    seen, real = [], trainer.train_iter
 
-    def spy(net, train, val, **kwargs):
+    def spy(net, train, val, *args, **kwargs):
         seen.append(([np.shape(t[1]) for t in train], [np.shape(v[1]) for v in val]))
-        return (yield from real(net, train, val, **kwargs))
+        return (yield from real(net, train, val, *args, **kwargs))
 
-    monkeypatch.setattr(training, "train_iter", spy)
+    monkeypatch.setattr(trainer, "train_iter", spy)
     base = make_random_model("scale-base")
     result = run_to_end(finetune.finetune_iter(str(base), triples, _settings(), out_dir=tmp_path, name="shrunk"))
     scale = 30 / diameter

@@ -145,10 +145,10 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(finetune_widget, click, qtbot,
                                                                             monkeypatch):
-    from napari_unet import finetune
-    from napari_unet.training import trainer
+    from napari_unet.training import finetune
+    from napari_unet.training import validation
 
-    real_validate, real_score_base, calls = trainer.validate, finetune._score_base, []
+    real_validate, real_score_base, calls = validation.validate, finetune._score_base, []
 
     def validate(*args, **kwargs):  # every fine-tuned state scores 0.7
         calls.append(1)
@@ -158,9 +158,9 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
         metrics, _, _ = real_score_base(*args, **kwargs)
         return {**metrics, "ap50": 0.8}, (0.8 if kwargs["tune"] else None), None
 
-    monkeypatch.setattr(trainer, "validate", validate)
+    monkeypatch.setattr(validation, "validate", validate)
     monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(trainer, "tune_postprocess", lambda *a, **k: ({"threshold": 0.5, "min_size": 16,
+    monkeypatch.setattr(validation, "tune_postprocess", lambda *a, **k: ({"threshold": 0.5, "min_size": 16,
                                                                        "split_touching": True}, [(None, 0.7)]))
     viewer, widget = finetune_widget
     _corrections(viewer, click)

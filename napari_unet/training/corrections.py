@@ -1,0 +1,172 @@
+"""Corrections made ready to train on: checked, cut into planes, split by region, resized.
+
+A few corrected images are split into training and validation *by region* (whole images when
+there are enough, else a held-out strip of every image, never overlapping patches), and resized so
+that their objects reach the size the network trains at (:func:`training_scale`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..trainingset import check_labels
+
+#: the object diameter (px) a 2D network is fine-tuned at when its base model declares none
+DEFAULT_OBJECT_DIAMETER = 30.0
+
+
+def check_corrections(triples: Sequence, spatial_dims: int) -> list[tuple]:
+    """``(image, labels, reviewed)`` triples checked (instance labels, a reviewed region of their
+    shape; None = all reviewed), without the unreviewed ones, and cut into planes for 2D models."""
+    from .patches import image_channels_first
+
+    if not triples:
+        raise ValueError("The training set is empty: correct an image and add it first.")
+    checked = []
+    for image, labels, reviewed in triples:
+        image = np.asarray(image)
+        labels = check_labels(labels)
+        reviewed = np.ones(labels.shape, bool) if reviewed is None else np.asarray(reviewed, bool)
+        if reviewed.shape != labels.shape:
+            raise ValueError(f"The reviewed region {reviewed.shape} does not match the labels {labels.shape}.")
+        checked.append((image, labels, reviewed))
+    if not any(r.any() for _, _, r in checked):
+        raise ValueError("Nothing is marked as reviewed: mark the regions you corrected (or the whole image).")
+    checked = _planes([t for t in checked if t[2].any()], spatial_dims)
+    for i, (image, labels, _) in enumerate(checked):  # a mismatch is said before anything else
+        image_channels_first(image, labels, str(i))
+    return checked
+
+
+def _planes(triples: Sequence, spatial_dims: int) -> list[tuple]:
+    """2D models train on the planes of stacks: every plane with reviewed pixels."""
+    out = []
+    for image, labels, reviewed in triples:
+        labels = np.asarray(labels)
+        if labels.ndim == spatial_dims:
+            out.append((image, labels, reviewed))
+            continue
+        if spatial_dims == 2 and labels.ndim == 3:
+            image = np.asarray(image)
+            chw = image.ndim == 4  # (C, Z, H, W)
+            for z in range(labels.shape[0]):
+                if reviewed[z].any():
+                    out.append((image[:, z] if chw else image[z], labels[z], reviewed[z]))
+            continue
+        raise ValueError(f"Labels of {labels.ndim} dimensions do not fit a {spatial_dims}D model: "
+                         + ("choose a 2D base model (e.g. unet), or correct a stack (Z, Y, X)." if spatial_dims == 3
+                            else "choose a 3D base model (e.g. unet-3d) for volumes, or correct single planes."))
+    return out
+
+
+def _crop(triple, region):
+    image, labels, reviewed = triple
+    image = np.asarray(image)
+    lead = (slice(None),) * (image.ndim - labels.ndim)
+    return image[lead + region], labels[region], reviewed[region]
+
+
+def _reviewed_box(reviewed) -> tuple:
+    """The bounding box (slices) of the reviewed pixels."""
+    idx = np.nonzero(np.asarray(reviewed))
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+
+
+def _strip(triple, fraction: float, min_side: int):
+    """``(training part, validation (image, labels))`` cut from the far end of the reviewed
+    region's box along its longer in-plane axis, or None when no fully reviewed strip of at least
+    ``min_side`` pixels fits with ``min_side`` pixels left to train on."""
+    labels, reviewed = np.asarray(triple[1]), np.asarray(triple[2], bool)
+    box = _reviewed_box(reviewed)
+    lengths = [box[a].stop - box[a].start for a in range(labels.ndim)]
+    axis = int(np.argmax(lengths[-2:])) + labels.ndim - 2
+    n = lengths[axis]
+    side = max(min_side, int(round(n * fraction)))
+    if n - side < min_side:
+        return None
+    cut = box[axis].stop - side
+    tail = tuple(slice(cut, box[a].stop) if a == axis else box[a] for a in range(labels.ndim))
+    if not reviewed[tail].all():
+        return None
+    # training keeps everything before the cut (context included): the strip is never seen
+    head = tuple(slice(0, cut) if a == axis else slice(None) for a in range(labels.ndim))
+    image, lab, _ = _crop(triple, tail)
+    return _crop(triple, head), (image, lab)
+
+
+def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 64, whole_from: int = 4):
+    """``(train, val)``: with ``whole_from`` or more images every 4th image (at least one) is held
+    out whole; with fewer, a strip at the far end of every image's reviewed region (the last
+    ``fraction`` of it along its longer axis, at least ``min_side`` pixels, fully reviewed) becomes
+    validation and is cut off the training image, so no training patch ever overlaps a validation
+    pixel. When no image allows a strip (small or sparsely reviewed images) and there are two or
+    more, the first is held out whole. Validation items are ``(image, labels)`` (labels 0 where
+    not reviewed); an empty ``val`` means nothing could be held out."""
+    triples = list(triples)
+
+    def whole(held):
+        train = [t for i, t in enumerate(triples) if i not in held]
+        val = [(t[0], np.where(t[2], t[1], 0)) for i, t in enumerate(triples) if i in held]
+        return train, val
+
+    if len(triples) >= max(2, whole_from):
+        return whole(set(range(0, len(triples), 4)))
+    train, val = [], []
+    for t in triples:
+        cut = _strip(t, fraction, min_side) if np.asarray(t[2]).any() else None
+        if cut is None:
+            train.append(t)
+        else:
+            train.append(cut[0])
+            val.append(cut[1])
+    if not val and len(triples) >= 2:
+        return whole({0})
+    return train, val
+
+
+def training_scale(settings, loaded, triples) -> tuple[float, float | None, float | None]:
+    """``(scale, network diameter, the corrections' diameter)``: the factor the corrected images
+    are resized by so that their objects (the median of each image's median reviewed object) reach
+    the diameter the network is trained at. ``(1, None, None)`` for 3D models, with
+    ``settings.resize`` off, or without objects of 16 px or more."""
+    from ..scaling import check_diameter, median_diameter, scale_for
+
+    if not settings.resize or loaded.spatial_dims != 2:
+        return 1.0, None, None
+    per_image = [d for d in (median_diameter(lab, r) for _, lab, r in triples) if d is not None]
+    if not per_image:
+        return 1.0, None, None
+    diameter = float(np.median(per_image))
+    # a base that declares its diameter is trained at it; one that does not, on objects no larger than
+    # DEFAULT_OBJECT_DIAMETER (shrinking large objects was measured to help; enlarging small ones was not)
+    network = check_diameter(settings.object_diameter, "fine-tuning object diameter") or loaded.object_diameter \
+        or min(diameter, DEFAULT_OBJECT_DIAMETER)
+    try:
+        return scale_for(network, diameter), network, diameter
+    except ValueError as exc:
+        raise ValueError(f"{exc} (measured on your corrections: objects of {diameter:.0f} px; set the fine-tuning "
+                         "object diameter, or turn resizing off).") from None
+
+
+def _resized(item, scale: float):
+    """A training triple ``(image, labels, reviewed)`` or validation pair ``(image, labels)`` with
+    its in-plane axes resized by ``scale`` (images linear, labels and masks nearest)."""
+    from ..scaling import resize_image, resize_labels, scaled_shape
+
+    if scale == 1:
+        return item
+    from .patches import image_channels_first
+
+    labels, image = np.asarray(item[1]), np.asarray(item[0])
+    shape = scaled_shape(labels.shape, scale)
+    resized = resize_image(image_channels_first(image, labels), shape)  # (C, *shape)
+    if image.ndim == labels.ndim:  # the layout it came in: grey stays grey, colour last stays last
+        resized = resized[0]
+    elif image.shape[:labels.ndim] == labels.shape:
+        resized = np.moveaxis(resized, 0, -1)
+    out = (resized, resize_labels(labels, shape))
+    return out + (resize_labels(np.asarray(item[2]), shape),) if len(item) == 3 else out
+
+
