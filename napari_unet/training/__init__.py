@@ -1,7 +1,7 @@
 """Training: targets and patches, losses and the training loop (no Qt).
 
 ``train_iter`` is a generator of :class:`TrainingEvent`; drain it with
-``napari_unet.inference.predictor.run_to_end`` or loop over it in a thread worker.
+``napari_unet.jobs.run_to_end`` or loop over it in a thread worker.
 """
 
 from .losses import (IGNORE, DeepSupervisionLoss, SegmentationLoss, cross_entropy, focal, ms_ssim_loss, soft_dice,

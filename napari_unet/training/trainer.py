@@ -7,7 +7,7 @@ random, so an epoch is a fixed number of steps, not a pass over the data) predic
 held-out images with the real predictor and post-processing and scores them with
 :func:`napari_unet.metrics.evaluate`. The best network by validation AP@0.5 wins. Widgets run
 it in a thread worker; scripts and tests drain it with
-:func:`napari_unet.inference.predictor.run_to_end`.
+:func:`napari_unet.jobs.run_to_end`.
 
 2D networks train on images ``(H, W)`` / ``(C, H, W)``, 3D networks (``net.spatial_dims == 3``:
 the 3D U-Net, the 2.5D U-Nets) on volumes ``(D, H, W)`` / ``(C, D, H, W)`` with labels
