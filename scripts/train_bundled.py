@@ -41,7 +41,7 @@ from napari_unet.modelfile import DEFAULT_NORMALIZATION, TARGETS, load_model, ma
 from napari_unet.models import build_model, get_spec  # noqa: E402
 from napari_unet.synthetic import fluorescent_nuclei  # noqa: E402
 from napari_unet.training import SegmentationLoss, train_iter  # noqa: E402
-from napari_unet.training.trainer import as_loaded_model  # noqa: E402
+from napari_unet.training.trainer import TrainSettings, as_loaded_model  # noqa: E402
 
 WEIGHTS = ROOT / "napari_unet" / "weights"
 SYNTHETIC_SHAPES = [(256, 256), (384, 384), (512, 512), (256, 512), (512, 384)]
@@ -384,14 +384,15 @@ def main(argv=None):
         net.set_out_channels(len(TARGETS[args.target]))
     print(f"model: {args.arch} {net.config.get('features')}, {net.n_parameters:,} parameters, "
           f"{torch.get_num_threads()} thread(s)", flush=True)
-    gen = train_iter(net, train_pairs, val_pairs, patch_size=args.patch_size, batch_size=args.batch_size,
-                     lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
-                     normalization=DEFAULT_NORMALIZATION, device="cpu", image_weights=weights,
-                     gap_weight=1.0 if args.w0 is not None else args.gap_weight, weight_map=weight_map_params(args),
-                     target=args.target, postprocess=val_postprocess(args),
-                     loss=SegmentationLoss.from_spec(args.loss), deep_supervision=spec.deep_supervision,
-                     classification_weight=args.classification_weight, checkpoint=args.checkpoint,
-                     resume=args.resume)
+    settings = TrainSettings(patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+                             steps_per_epoch=args.steps_per_epoch, seed=args.seed,
+                             normalization=DEFAULT_NORMALIZATION, device="cpu",
+                             gap_weight=1.0 if args.w0 is not None else args.gap_weight,
+                             weight_map=weight_map_params(args), target=args.target,
+                             postprocess=val_postprocess(args), deep_supervision=spec.deep_supervision,
+                             classification_weight=args.classification_weight)
+    gen = train_iter(net, train_pairs, val_pairs, settings, image_weights=weights,
+                     loss=SegmentationLoss.from_spec(args.loss), checkpoint=args.checkpoint, resume=args.resume)
     recent: list[float] = []
 
     def report(e):

@@ -36,7 +36,7 @@ from napari_unet.modelfile import DEFAULT_NORMALIZATION, load_model, make_config
 from napari_unet.models import build_model, get_spec  # noqa: E402
 from napari_unet.synthetic import nuclei_3d  # noqa: E402
 from napari_unet.training import SegmentationLoss, train_iter  # noqa: E402
-from napari_unet.training.trainer import as_loaded_model  # noqa: E402
+from napari_unet.training.trainer import TrainSettings, as_loaded_model  # noqa: E402
 
 STARDIST = ROOT.parent / "shared" / "data" / "nuclei3d_synthetic_stardist"
 WEIGHTS = ROOT / "napari_unet" / "weights"
@@ -122,10 +122,10 @@ def main(argv=None):
           f"stacks", flush=True)
     loss = SegmentationLoss.from_spec(args.loss)
     pp_train = dict(threshold=0.5, min_size=16, split_touching=False)
-    gen = train_iter(net, train_pairs, val_pairs, patch_size=tuple(args.patch) if args.patch else None,
-                     batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
-                     steps_per_epoch=args.steps_per_epoch, seed=args.seed, device="cpu", loss=loss,
-                     postprocess=pp_train)
+    settings = TrainSettings(patch_size=tuple(args.patch) if args.patch else None, batch_size=args.batch_size,
+                             lr=args.lr, minutes=args.minutes, steps_per_epoch=args.steps_per_epoch, seed=args.seed,
+                             device="cpu", postprocess=pp_train)
+    gen = train_iter(net, train_pairs, val_pairs, settings, loss=loss)
 
     def report(e):
         if e.validated:
