@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .inputs import EDITED_LABELS, EDITED_LABELS_NON_NEGATIVE, check_instance_labels
+
 
 @dataclass
 class Edit:
@@ -35,10 +37,8 @@ class Edit:
 
 
 def _check(labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Labels must hold integers, got {labels.dtype}.")
-    return labels
+    """Labels of integer ids (napari's, negative ones kept; booleans and floats refused)."""
+    return check_instance_labels(labels, EDITED_LABELS)
 
 
 def _check_label(labels: np.ndarray, label: int, what: str = "object") -> int:
@@ -164,9 +164,8 @@ def remove_small(labels, min_size: int) -> Edit:
     labels = _check(labels)
     if min_size < 1:
         raise ValueError("The minimum size must be at least 1 pixel.")
-    counts = np.bincount(labels.ravel().astype(np.int64)) if labels.size and labels.min() >= 0 else None
-    if counts is None:
-        raise ValueError("Labels must not be negative.")
+    labels = check_instance_labels(labels, EDITED_LABELS_NON_NEGATIVE)
+    counts = np.bincount(labels.ravel().astype(np.int64))
     small = np.flatnonzero((counts > 0) & (counts < min_size))
     small = small[small > 0]
     mask = np.isin(labels, small)

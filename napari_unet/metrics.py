@@ -32,6 +32,8 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
+from .inputs import SCORED_LABELS, check_instance_labels
+
 #: IoU thresholds of ``ap50_95`` (COCO-style mean over 0.50, 0.55, ..., 0.95).
 AP_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
 #: Keys of :func:`evaluate` that are counts (summed, not averaged, by :func:`mean_metrics`).
@@ -40,24 +42,10 @@ COUNT_KEYS = ("tp", "fp", "fn", "n_true", "n_pred")
 
 def _compact(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Relabel to ``0..N`` (flat int64) and return it with the original ids of ``1..N``."""
-    flat = np.asarray(labels).ravel()
-    if flat.dtype == bool:
-        flat = flat.astype(np.int64)
-    if not np.issubdtype(flat.dtype, np.integer):
-        if flat.dtype.kind == "f" and np.isfinite(flat).all() and np.array_equal(flat, np.round(flat)):
-            fix = "they hold whole numbers, so convert them with labels.astype(int)"
-        elif flat.dtype.kind == "f":
-            fix = "they hold fractions or NaN, like probabilities: threshold and label them first " \
-                  "(e.g. skimage.measure.label(p > 0.5))"
-        else:
-            fix = "convert them to integer object ids (0 = background, 1, 2, ...)"
-        raise ValueError(f"Label images must hold integers, got {flat.dtype}: {fix}.")
+    flat = check_instance_labels(np.asarray(labels).ravel(), SCORED_LABELS)  # integers >= 0, booleans as 0/1
     if flat.size == 0:
         return flat.astype(np.int64), np.zeros(0, np.int64)
-    lo, hi = int(flat.min()), int(flat.max())
-    if lo < 0:
-        raise ValueError(f"Label images cannot hold negative values (found {lo}; 0 is the background): "
-                         "number the objects 1, 2, ... (e.g. skimage.segmentation.relabel_sequential).")
+    hi = int(flat.max())
     if hi <= 4 * flat.size + 1024:  # a lookup table is faster than sorting
         present = np.bincount(flat, minlength=1) > 0
         present[0] = True

@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .inputs import STORED_LABELS, check_instance_labels, spatial_shape
 from .io import atomic_write, write_tif
+
+__all__ = ["FORMAT", "VERSION", "Entry", "TrainingSet", "check_labels", "safe_name", "spatial_shape"]
 
 FORMAT = "napari-unet-training-set"
 VERSION = 1
@@ -149,33 +152,10 @@ def safe_name(text: str) -> str:
 
 
 def check_labels(labels, shape=None, what: str = "labels") -> np.ndarray:
-    """Instance labels as a non-negative integer array; ``ValueError`` says what is wrong."""
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if np.issubdtype(labels.dtype, np.floating):
-        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
-            raise ValueError(f"The {what} hold fractional or non-finite values ({labels.dtype}): "
-                             "use a Labels layer of whole object ids (0 = background).")
-        labels = labels.astype(np.int64)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"The {what} must be integer object ids, got {labels.dtype}.")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"The {what} hold negative ids: use 0 for background and 1, 2, ... for objects.")
-    if shape is not None and tuple(labels.shape) != tuple(shape):
-        raise ValueError(f"The {what} {tuple(labels.shape)} do not match the image {tuple(shape)}: "
-                         "correct a labels layer made from this image.")
-    if labels.size and labels.max() > np.iinfo(np.uint32).max:
-        raise ValueError(f"The {what} hold ids above 2^32: relabel them 1..N first.")
-    return labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
-
-
-def spatial_shape(image: np.ndarray, channel_axis: int | None = None) -> tuple:
-    """The shape of the labels that belong to ``image`` (its channel axis removed)."""
-    shape = list(np.shape(image))
-    if channel_axis is not None:
-        shape.pop(channel_axis)
-    return tuple(shape)
+    """Instance labels as a non-negative integer array (uint16, or uint32 for ids above 65535),
+    of ``shape`` when given; ``ValueError`` says what is wrong (the rules:
+    :func:`napari_unet.inputs.check_instance_labels` with :data:`~napari_unet.inputs.STORED_LABELS`)."""
+    return check_instance_labels(labels, STORED_LABELS, what=what, shape=shape)
 
 
 class TrainingSet:

@@ -1,167 +1,27 @@
-"""Check and arrange user images for a network, without loading lazy (dask) arrays whole.
+"""Normalising user images for a network, without loading lazy (dask) arrays whole.
 
-An image becomes ``(*planes, C, *spatial)``: ``spatial`` has the network's 2 or 3 axes, ``C``
-the channels it expects, and ``planes`` the leading axes (Z or T) that a 2D network predicts
-one plane at a time. Normalisation statistics come from a strided subsample, so an 8192² or a
-dask-backed image is never copied whole just to compute percentiles.
+Normalisation statistics come from a strided subsample, so an 8192² or a dask-backed image is
+never copied whole just to compute percentiles. Arranging an image as ``(*planes, C, *spatial)``
+(:func:`prepare_image`: data types, channels, colour to grey) is :mod:`napari_unet.inputs`'s,
+the one module that reads images and checks labels for everyone; its names stay importable here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from ..inputs import CHANNEL_AXIS_HINT, PreparedImage, check_image_dtype, prepare_image
+
+__all__ = ["CHANNEL_AXIS_HINT", "PreparedImage", "check_image_dtype", "prepare_image", "MAX_STAT_SAMPLES",
+           "Normalizer", "fit_normalizer"]
 
 MAX_STAT_SAMPLES = 2_000_000
 
 
-@dataclass
-class PreparedImage:
-    """An image arranged for prediction; ``data`` may be numpy, memory-mapped or dask."""
-
-    data: object
-    n_plane_axes: int
-    spatial_dims: int
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def plane_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[: self.n_plane_axes])
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[-self.spatial_dims:])
-
-    @property
-    def channels(self) -> int:
-        return int(self.data.shape[self.n_plane_axes])
-
-    @property
-    def n_planes(self) -> int:
-        return int(np.prod(self.plane_shape, dtype=np.int64))
-
-    def plane(self, index: int):
-        """The ``(C, *spatial)`` array of plane ``index`` (row-major over the plane axes)."""
-        idx = np.unravel_index(index, self.plane_shape) if self.n_plane_axes else ()
-        return self.data[tuple(int(i) for i in idx)]
-
-
 def _is_lazy(data) -> bool:
     return hasattr(data, "compute") and hasattr(data, "chunks")
-
-
-#: How each front end names the channel axis, for messages that must work in all of them.
-CHANNEL_AXIS_HINT = "the channel axis (channel_axis= in Python, --channel-axis on the command line, " \
-                    "'Channel axis' in the Segment widget)"
-
-
-def check_image_dtype(dtype, what: str = "image") -> np.dtype:
-    """``dtype`` if a network can read it (bool, integers, floats), else a ``ValueError`` saying
-    how to convert it."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "biuf":
-        return dtype
-    if dtype.kind == "c":
-        fix = "take its magnitude (np.abs) or real part first"
-    elif dtype.kind in "mM":
-        fix = "these are times or dates, not intensities: convert the data to numbers first"
-    elif dtype.kind in "OSUV":
-        fix = "it holds Python objects, text or raw bytes: convert it to a numeric array (e.g. .astype('float32'))"
-    else:
-        fix = "convert it to integers or floats"
-    raise ValueError(f"The {what} has data type {dtype}, which cannot be segmented: {fix}.")
-
-
-def _looks_rgb(shape: tuple[int, ...]) -> bool:
-    """A last axis of 3 or 4 values behind two image-sized axes: colour, not a 3-pixel-wide stack."""
-    return len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) >= 16
-
-
-def prepare_image(data, spatial_dims: int = 2, in_channels: int = 1, channel_axis: int | None = None,
-                  rgb: bool = False) -> PreparedImage:
-    """Arrange ``data`` as ``(*planes, C, *spatial)`` for a network with ``in_channels`` inputs.
-
-    ``rgb=True`` (napari's RGB layers) means the last axis holds 3 or 4 colour channels;
-    ``channel_axis`` names any other channel axis. A colour image given to a one-channel network
-    is converted to grey (mean of R, G, B). Raises ``ValueError`` with what to do on bad input:
-    unreadable data types, too few or too many axes, an RGB-looking image with no channel axis,
-    empty images and channel counts the model cannot take. Nothing is copied or computed here
-    (views only, dask stays lazy) except the grey conversion of colour images.
-    """
-    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
-        try:
-            data = np.asarray(data)
-        except ValueError:  # ragged nested lists
-            raise ValueError("The image is not a regular array (its rows differ in length): give a numpy or dask "
-                             "array with one value per pixel.") from None
-    check_image_dtype(data.dtype)
-    warnings: list[str] = []
-    original_shape = tuple(int(n) for n in data.shape)
-    ndim = len(original_shape)
-    kind = "2D images (Y, X) or stacks of them (Z or T, Y, X)" if spatial_dims == 2 else "3D volumes (Z, Y, X)"
-    if rgb:
-        if ndim < 3 or data.shape[-1] not in (3, 4):
-            found = f"has {data.shape[-1]}" if ndim >= 3 else "has no colour axis"
-            raise ValueError(f"An RGB image needs 3 (RGB) or 4 (RGBA) values on its last axis; this one (shape "
-                             f"{original_shape}) {found}: untick 'rgb' for the layer (rgb=False) and choose "
-                             f"{CHANNEL_AXIS_HINT} instead.")
-        channel_axis = ndim - 1
-    if channel_axis is not None:
-        if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
-            raise ValueError(f"The channel axis must be an axis number, got {channel_axis!r}: give an integer such "
-                             "as 0 or -1, or None for an image without channels.")
-        if not -ndim <= channel_axis < ndim:
-            raise ValueError(f"Channel axis {channel_axis} does not exist in an image with {ndim} axes (shape "
-                             f"{original_shape}): choose an axis from {-ndim} to {ndim - 1}, or none.")
-        channel_axis = int(channel_axis) % ndim
-        if ndim - 1 < spatial_dims:
-            raise ValueError(f"This {spatial_dims}D model needs {spatial_dims} image axes besides the channel axis; "
-                             f"the image has shape {original_shape} with channels on axis {channel_axis}: "
-                             f"choose no channel axis{' or a 2D model' if spatial_dims == 3 else ''}.")
-        order = [a for a in range(ndim) if a != channel_axis]
-        order.insert(ndim - 1 - spatial_dims, channel_axis)
-        data = data.transpose(order)
-        if data.shape[-spatial_dims - 1] == 4 and rgb:
-            data = data[(slice(None),) * (data.ndim - spatial_dims - 1) + (slice(0, 3),)]
-            warnings.append("The alpha channel of the RGBA image was ignored.")
-    else:
-        if ndim < spatial_dims:
-            if spatial_dims == 3:
-                fix = "choose a 2D model (e.g. 'unet'), or give a stack of planes (Z, Y, X)"
-            else:
-                fix = "give a 2D array (reshape it into rows and columns)"
-            raise ValueError(f"The image has {ndim} dimension{'s' if ndim != 1 else ''} (shape {original_shape}) but "
-                             f"this {spatial_dims}D model needs at least {spatial_dims} axes: it segments {kind}; "
-                             f"{fix}.")
-        if _looks_rgb(original_shape):
-            raise ValueError(f"The image (shape {original_shape}) looks like a colour image: its last axis holds "
-                             f"{original_shape[-1]} values. Mark it as {CHANNEL_AXIS_HINT}, e.g. -1, or pass "
-                             "rgb=True (napari: an RGB layer).")
-        data = data[(slice(None),) * (data.ndim - spatial_dims) + (None,)]
-    n_plane_axes = data.ndim - spatial_dims - 1
-    max_planes = 1 if spatial_dims == 2 else 0
-    if n_plane_axes > max_planes:
-        raise ValueError(
-            f"The image has {data.ndim - 1} axes besides channels (shape {original_shape}); this {spatial_dims}D model "
-            f"segments {kind}. Slice the data to fewer axes first (one time point or channel, e.g. image[0]), "
-            f"or mark {CHANNEL_AXIS_HINT} if one axis holds colours.")
-    if any(s == 0 for s in data.shape):
-        raise ValueError(f"The image is empty (shape {original_shape}): it has no pixels to segment; "
-                         "choose an image with data.")
-    channels = data.shape[n_plane_axes]
-    if channels != in_channels:
-        if in_channels == 1 and channels in (3, 4) and (rgb or channel_axis is not None):
-            data = data[(slice(None),) * n_plane_axes + (slice(0, 3),)].mean(axis=n_plane_axes, keepdims=True,
-                                                                               dtype=np.float32)
-            warnings.append("The colour image was converted to grey for this one-channel model.")
-        elif channels == 1:
-            raise ValueError(f"This model needs {in_channels} channels but the image has none marked: mark an axis "
-                             f"with {in_channels} values as {CHANNEL_AXIS_HINT}, or choose a one-channel model.")
-        else:
-            raise ValueError(f"This model needs {in_channels} input channel(s) but the image has {channels} on axis "
-                             f"{channel_axis}: choose a model trained on {channels}-channel images, or the right "
-                             "channel axis.")
-    return PreparedImage(data=data, n_plane_axes=n_plane_axes, spatial_dims=spatial_dims, warnings=warnings)
 
 
 def _subsample(data, max_samples: int = MAX_STAT_SAMPLES) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Reading images lazily and writing zarr stores, for :mod:`.large` and :mod:`.distributed`.
 
-:func:`open_image` opens zarr, TIFF and NPY files without reading their pixels;
+:func:`open_image` opens zarr, TIFF and NPY files without reading their pixels (through
+:func:`napari_unet.inputs.open_image_file`, the one reader of image files);
 :class:`SourcePlane` reads one window of one plane of any lazy array, arranging its channels as
 a single pass would; the zarr helpers create stores, check output paths before any work and move
 finished stores into place (:func:`_commit`), so that nothing half-written ever carries a final
@@ -19,19 +20,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .inputs import prepare_image
+from ..inputs import prepare_image
+from ..inputs.files import ZARR_SUFFIX, _is_zarr_array, open_image_file, read_whole
 
-ZARR_SUFFIX = ".zarr"
+__all__ = ["ZARR_SUFFIX", "as_lazy", "open_image", "read_whole", "SourcePlane", "write_zarr"]
+
 #: Largest zarr chunk side (2D / 3D); chunks always divide the block so no two blocks share one.
 MAX_CHUNK_2D = 1024
 MAX_CHUNK_3D = 128
 
 
 # -- reading images lazily ----------------------------------------------------------------------
-def _is_zarr_array(data) -> bool:
-    return type(data).__module__.startswith("zarr") and hasattr(data, "chunks") and hasattr(data, "shape")
-
-
 def _is_zarr_store(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
@@ -59,58 +58,10 @@ def open_image(path: str | os.PathLike):
     * ``.npy``: memory-mapped.
     * anything else (PNG, JPEG...): read whole with scikit-image.
 
-    Raises ``ValueError`` naming the file and the problem.
+    Raises ``ValueError`` naming the file and the problem. (The reading itself is
+    :func:`napari_unet.inputs.open_image_file`'s, shared with the command line.)
     """
-    return as_lazy(_open_raw(path))
-
-
-def _open_raw(path: str | os.PathLike):
-    """:func:`open_image`, with zarr arrays left as they are (no dask in worker tasks)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ZARR_SUFFIX or path.is_dir():
-        import zarr
-
-        try:
-            node = zarr.open(str(path), mode="r")
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot open it as zarr ({exc}).") from None
-        if not hasattr(node, "shape"):  # a group
-            multiscales = node.attrs.get("multiscales") if hasattr(node, "attrs") else None
-            keys = sorted(node.array_keys())
-            if multiscales:
-                key = multiscales[0]["datasets"][0]["path"]
-            elif len(keys) == 1:
-                key = keys[0]
-            else:
-                raise ValueError(f"{path}: this zarr group holds {len(keys)} arrays ({', '.join(keys) or 'none'}): "
-                                 "give the path of one of them, e.g. " f"{path / (keys[0] if keys else 'array')}.")
-            node = node[key]
-        return node
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            return tifffile.memmap(str(path), mode="r")
-        except (ValueError, OSError):  # compressed or tiled: go through tifffile's zarr store
-            pass
-        import zarr
-
-        try:
-            return zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read the image ({exc}).") from None
-    if suffix == ".npy":
-        try:
-            return np.load(str(path), mmap_mode="r", allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read the array ({exc}).") from None
-    from skimage.io import imread
-
-    try:
-        return imread(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the image ({exc}).") from None
+    return as_lazy(open_image_file(path))
 
 
 _OPENED: dict[tuple, object] = {}
@@ -128,15 +79,9 @@ def _open_source(source):
             if key not in _OPENED:
                 if len(_OPENED) >= 8:
                     _OPENED.pop(next(iter(_OPENED)))
-                _OPENED[key] = _open_raw(path)
+                _OPENED[key] = open_image_file(path)
             return _OPENED[key]
     return source
-
-
-def read_whole(path: str | os.PathLike) -> np.ndarray:
-    """An image file read into memory (for images that fit; see :func:`open_image`)."""
-    data = _open_raw(path)
-    return np.array(data[...]) if _is_zarr_array(data) else np.array(data)
 
 
 def _drop_mapped_pages(data) -> None:

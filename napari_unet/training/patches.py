@@ -21,9 +21,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from ..inference.inputs import check_image_dtype, fit_normalizer
+from ..inference.inputs import fit_normalizer
+# the one module's rules for labels, channels and colour (importable from here as before)
+from ..inputs import (TRAINING_IMAGE_LABELS, TRAINING_LABELS, as_channels_first, becomes_grey, check_instance_labels,
+                      colour_last, colour_to_grey, image_channels_first)
 from .augment import Augmenter
 from .losses import IGNORE
+
+__all__ = ["touching_boundaries", "check_training_labels", "binary_target", "boundary_target", "TARGET_MAKERS",
+           "loss_weight_map", "TrainingImage", "as_channels_first", "as_chw", "colour_last", "colour_to_grey",
+           "image_channels_first", "prepare_image", "PatchSampler"]
 
 
 def touching_boundaries(labels: np.ndarray) -> np.ndarray:
@@ -52,35 +59,10 @@ def check_training_labels(labels, name: str = "") -> np.ndarray:
     Booleans become 0/1, floats holding whole numbers (as labels saved by some tools do) become
     integers; fractional, non-finite, negative or non-numeric labels raise a ``ValueError`` that
     says what to do. Ids beyond int64 (uint64 above 2**63) are renumbered 1..N, keeping every
-    object apart. The caller's array is never modified.
+    object apart. The caller's array is never modified. (The rules:
+    :func:`napari_unet.inputs.check_instance_labels` with :data:`~napari_unet.inputs.TRAINING_LABELS`.)
     """
-    where = f" of training image {name}" if name else ""
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        return labels.astype(np.uint8)
-    if labels.dtype.kind == "f":
-        finite = np.isfinite(labels)
-        if not finite.all():
-            raise ValueError(f"The labels{where} hold NaN or infinite values: labels must be whole object ids "
-                             "(0 = background, 1, 2, ... one per object); fill the gaps with 0 first.")
-        if not np.array_equal(labels, np.round(labels)):
-            raise ValueError(f"The labels{where} hold fractional values ({labels.dtype}), like probabilities: labels "
-                             "must be whole object ids (0 = background, 1, 2, ...); threshold and label them first "
-                             "(e.g. skimage.measure.label(p > 0.5)).")
-        if labels.size and max(abs(float(labels.min())), float(labels.max())) > 2.0 ** 53:
-            raise ValueError(f"The labels{where} hold ids too large for a float ({labels.dtype}) to tell apart: "
-                             "save them as integers (uint32), numbered 1..N.")
-        labels = labels.astype(np.int64)
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"The labels{where} must be integer object ids (0 = background), got data type "
-                         f"{labels.dtype}: convert them to integers first.")
-    if labels.size and labels.dtype.kind == "i" and labels.min() < 0:
-        raise ValueError(f"The labels{where} hold negative ids (smallest {int(labels.min())}): use 0 for background "
-                         "and 1, 2, ... for objects.")
-    if labels.size and labels.dtype == np.uint64 and labels.max() > np.iinfo(np.int64).max:
-        ids, inverse = np.unique(labels, return_inverse=True)
-        labels = (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int64)
-    return labels
+    return check_instance_labels(labels, TRAINING_LABELS, where=f" of training image {name}" if name else "")
 
 
 def binary_target(labels: np.ndarray) -> np.ndarray:
@@ -160,18 +142,6 @@ class TrainingImage:
             raise ValueError(f"Nothing of image {self.name or ''} is reviewed: mark the region you checked.")
 
 
-def as_channels_first(image: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
-    """An image ``(*spatial)`` or ``(C, *spatial)`` as ``(C, *spatial)``, ``spatial_dims`` 2 or 3."""
-    image = np.asarray(image)
-    if image.ndim == spatial_dims:
-        return image[None]
-    if image.ndim == spatial_dims + 1:
-        return image
-    axes = "(H, W) or (C, H, W)" if spatial_dims == 2 else "(D, H, W) or (C, D, H, W)"
-    raise ValueError(f"{spatial_dims}D training images must be {axes}, got shape {image.shape}: slice the data "
-                     "to one plane (or volume) per image, channels first.")
-
-
 def as_chw(image: np.ndarray) -> np.ndarray:
     """A 2D image ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``."""
     return as_channels_first(image, 2)
@@ -185,24 +155,6 @@ def _per_axis(size, spatial_dims: int, what: str) -> tuple[int, ...]:
     if len(size) != spatial_dims:
         raise ValueError(f"{what} needs one size per axis ({spatial_dims}) or a single int, got {size}.")
     return size
-
-
-def image_channels_first(image, labels: np.ndarray, name: str = "") -> np.ndarray:
-    """``image`` as ``(C, *labels.shape)`` (colour last, as image files hold it, is moved first),
-    or a ``ValueError`` that says the labels do not fit it (or its type cannot be trained on)."""
-    where = f" of training image {name}" if name else ""
-    image = np.asarray(image)
-    given, which = image.shape, f"training image {name}" if name else "the training image"
-    check_image_dtype(image.dtype, which.replace("the ", ""))
-    if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
-            and image.shape[1:] != labels.shape:
-        image = np.moveaxis(image, -1, 0)  # colour last (RGB / RGBA) -> channels first
-    chw = as_channels_first(image, labels.ndim)
-    if labels.shape != chw.shape[1:]:
-        raise ValueError(f"The labels{where} {labels.shape} do not match the image's size {chw.shape[1:]} (image "
-                         f"shape {given}): each image needs labels of its own height and width (and depth), "
-                         "drawn on that image.")
-    return chw
 
 
 def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
@@ -239,15 +191,12 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
     if weight_map is not None and gap_weight != 1.0:
         raise ValueError("Choose the paper's weight map or gap_weight, not both.")
     where = f" of training image {name}" if name else ""
-    labels = check_training_labels(labels, name)
-    if labels.ndim not in (2, 3):
-        raise ValueError(f"Labels must be 2D (H, W) or 3D (D, H, W), got shape {labels.shape}{where}: give one "
-                         "label image per image (one plane, or one volume for a 3D model).")
+    labels = check_instance_labels(labels, TRAINING_IMAGE_LABELS, where=where)  # ... and 2D or 3D
     chw = image_channels_first(image, labels, name)
     given, which = np.shape(image), f"training image {name}" if name else "the training image"
     if in_channels is not None and chw.shape[0] != in_channels:
-        if in_channels == 1 and chw.shape[0] in (3, 4):
-            chw = chw[:3].mean(axis=0, keepdims=True, dtype=np.float32)
+        if becomes_grey(chw.shape[0], in_channels):
+            chw = colour_to_grey(chw)
         else:
             raise ValueError(f"The model takes {in_channels} channel(s) but {which} has {chw.shape[0]} (shape "
                              f"{given}): choose a base model for {chw.shape[0]}-channel "

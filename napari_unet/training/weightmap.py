@@ -38,6 +38,8 @@ from numbers import Real
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..inputs import WEIGHT_MAP_LABELS, check_instance_labels
+
 __all__ = ["weight_map", "separation_cutoff"]
 
 
@@ -64,16 +66,8 @@ def _check_number(name: str, value, *, positive: bool) -> float:
 
 
 def _check_labels(labels) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be an integer instance mask (0 = background, 1..N = objects), got dtype "
-            f"{labels.dtype}. Label a binary mask first, e.g. skimage.measure.label(mask).")
-    if labels.ndim not in (2, 3):
-        raise ValueError(f"labels must be 2D (Y, X) or 3D (Z, Y, X), got shape {labels.shape}.")
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must be >= 0 (0 = background); got negative values.")
-    return labels
+    """An integer instance mask, 2D or 3D, non-negative (booleans and floats refused)."""
+    return check_instance_labels(labels, WEIGHT_MAP_LABELS)
 
 
 def _check_spacing(spacing, ndim: int) -> np.ndarray:
