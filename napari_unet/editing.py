@@ -19,7 +19,8 @@ from .inputs import EDITED_LABELS, EDITED_LABELS_NON_NEGATIVE, check_instance_la
 
 @dataclass
 class Edit:
-    """Pixels to change: ``indices`` (a tuple of index arrays, one per axis) and ``values``."""
+    """Pixels to change: ``indices`` (a tuple of index arrays, one per axis) and ``values`` (one
+    per pixel, or a 0-d array: one value for all)."""
 
     indices: tuple
     values: np.ndarray
@@ -52,6 +53,19 @@ def _edit(mask: np.ndarray, values, message: str) -> Edit:
     indices = np.nonzero(mask)
     values = np.broadcast_to(np.asarray(values), indices[0].shape) if np.ndim(values) == 0 else np.asarray(values)
     return Edit(indices, values, message)
+
+
+def editable_labels(labels) -> np.ndarray:
+    """A copy of integer labels in the smallest of uint16 / uint32 that holds their ids (what an
+    editable corrections layer holds)."""
+    data = np.asarray(labels)
+    dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16
+    return data.astype(dtype, copy=True)
+
+
+def pixel_at(position: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]:
+    """The pixel (one index per axis) nearest to ``position`` (data coordinates), inside ``shape``."""
+    return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(position, shape))
 
 
 def next_label(labels: np.ndarray) -> int:
@@ -236,3 +250,52 @@ def correction_region(shape: Sequence[int], box: Sequence[slice], lead: Sequence
             shrunk.append((begin, min(stop, begin + length)))
         sides = shrunk
     return leading + tuple(slice(a, b) for a, b in sides)
+
+
+# -- the reviewed region and the visible area ---------------------------------------------------
+#: what a "mark reviewed" marks: the whole image, the plane shown, the visible area; or clears it all
+REVIEW_MARKS = ("image", "plane", "view", "clear")
+
+
+def review_region(shape: Sequence[int], what: str, plane: Sequence[int] = (),
+                  box: Sequence[slice] = ()) -> np.ndarray:
+    """A boolean mask of ``shape``: everything for ``"image"`` and ``"clear"``; for ``"plane"``
+    the plane ``plane`` (one index per leading axis; everything in 2D); for ``"view"`` the box
+    ``box`` (one slice per last two axes) of that plane."""
+    if what not in REVIEW_MARKS:
+        raise ValueError(f"Unknown review mark {what!r}: choose one of {', '.join(REVIEW_MARKS)}.")
+    region = np.zeros(tuple(shape), bool)
+    if what in ("image", "clear") or (what == "plane" and len(region.shape) < 3):
+        region[...] = True
+    elif what == "plane":
+        region[tuple(plane)] = True
+    else:
+        region[tuple(plane) + tuple(box)] = True
+    return region
+
+
+def mark_reviewed(reviewed, what: str, plane: Sequence[int] = (), box: Sequence[slice] = ()) -> Edit:
+    """The edit of a reviewed mask (1 = reviewed) that marks the :func:`review_region` of ``what``
+    (or, for ``"clear"``, unmarks everything): only the pixels that change."""
+    reviewed = np.asarray(reviewed)
+    value = 0 if what == "clear" else 1
+    region = review_region(reviewed.shape, what, plane, box)
+    return Edit(np.nonzero(region & (reviewed != value)), np.asarray(value, reviewed.dtype))
+
+
+def visible_corners(centre: Sequence[float], canvas: Sequence[float], zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """The two opposite corners (world coordinates of the last two axes) of what a canvas of
+    ``canvas`` (height, width) screen pixels shows around ``centre`` at ``zoom``."""
+    half = np.asarray([canvas[0] / zoom, canvas[1] / zoom]) / 2
+    centre = np.asarray(centre, float)[-2:]
+    return centre - half, centre + half
+
+
+def box_between(lo: Sequence[float], hi: Sequence[float], shape: Sequence[int]) -> tuple[slice, ...]:
+    """The pixel box (one slice per axis) spanned by two corners in data coordinates (in any
+    order, fractional), rounded outwards and clipped to ``shape``."""
+    box = []
+    for a, b, n in zip(lo, hi, shape):
+        a, b = sorted((a, b))
+        box.append(slice(int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))))
+    return tuple(box)

@@ -101,3 +101,39 @@ def test_correction_regions_are_bounded_and_centred_on_the_view():
         assert all(0 <= s.start < s.stop <= n for s, n in zip(region, shape))
     with pytest.raises(ValueError, match="no image plane"):
         correction_region((5,), (slice(0, 5),))
+
+
+def test_review_marks_cover_the_image_the_plane_or_the_visible_box():
+    from napari_unet.editing import mark_reviewed, review_region
+
+    assert review_region((4, 5), "image").all() and review_region((4, 5), "plane").all()  # 2D: the plane is all
+    plane = review_region((3, 4, 5), "plane", (1,))
+    assert plane[1].all() and not plane[0].any() and not plane[2].any()
+    view = review_region((3, 4, 5), "view", (2,), (slice(1, 3), slice(0, 2)))
+    assert view.sum() == 4 and view[2, 1:3, 0:2].all()
+    with pytest.raises(ValueError, match="Unknown review mark 'everything'"):
+        review_region((4, 5), "everything")
+    reviewed = np.zeros((4, 5), np.uint8)
+    reviewed[0] = 1
+    edit = mark_reviewed(reviewed, "image")  # only the pixels that change, set to 1
+    assert edit.size == 15 and not reviewed[edit.indices].any()
+    np.testing.assert_array_equal(edit.apply(reviewed.copy()), np.ones((4, 5), np.uint8))
+    edit = mark_reviewed(reviewed, "clear")
+    assert edit.size == 5 and int(edit.values) == 0
+    assert mark_reviewed(np.ones((4, 5), np.uint8), "view", (), (slice(0, 2), slice(0, 2))).size == 0
+
+
+def test_visible_box_pixel_and_editable_copy_arithmetic():
+    from napari_unet.editing import box_between, editable_labels, pixel_at, visible_corners
+
+    lo, hi = visible_corners((0, 50.0, 40.0), (100, 200), zoom=2.0)  # 50 x 100 world units around the centre
+    np.testing.assert_allclose(lo, [25, -10])
+    np.testing.assert_allclose(hi, [75, 90])
+    assert box_between(hi, lo, (60, 80)) == (slice(25, 60), slice(0, 80))  # any order, outwards, clipped
+    assert box_between((1.2, 3.7), (4.1, 5.0), (10, 10)) == (slice(1, 5), slice(3, 5))
+    assert pixel_at((2.6, -3.0, 99.0), (5, 5, 5)) == (3, 0, 4)
+    small, large = np.array([[0, 7]], np.int64), np.array([[0, 70000]], np.int64)
+    assert editable_labels(small).dtype == np.uint16 and editable_labels(large).dtype == np.uint32
+    copy = editable_labels(small)
+    copy[0, 0] = 5
+    assert small[0, 0] == 0  # a copy
