@@ -27,10 +27,11 @@ import numpy as np
 
 from ..jobs import raise_if_stopped
 from .predictor import Predictor
+from .predictor_cache import PredictorCache, PredictorSettings
 
 # -- one model per worker process ----------------------------------------------------------------
-_PREDICTORS: dict[tuple, Predictor] = {}
-_LOADS = [0]
+#: The predictors of this process (a worker's, on a cluster), keyed by their settings.
+_CACHE = PredictorCache()
 _LOCK = threading.Lock()
 MAX_CACHED_MODELS = 4
 #: Seconds to wait for a scheduler to answer.
@@ -39,7 +40,7 @@ CONNECT_TIMEOUT = 20.0
 
 def model_loads() -> int:
     """How many models this process has loaded through :func:`cached_predictor`."""
-    return _LOADS[0]
+    return _CACHE.loads
 
 
 def _worker_torch_threads() -> int | None:
@@ -58,36 +59,26 @@ def _worker_torch_threads() -> int | None:
     return max(1, cores // int(nthreads))
 
 
-def cached_predictor(model: str, settings: dict, torch_threads: int | None = None) -> Predictor:
-    """The :class:`Predictor` of ``model`` with ``settings`` in this process; the model file is
-    loaded on first use only.
+def cached_predictor(model: str, settings: dict | PredictorSettings, torch_threads: int | None = None) -> Predictor:
+    """The :class:`Predictor` of ``model`` with ``settings`` (a dict of its arguments, or the
+    :class:`PredictorSettings` themselves) in this process; the model file is loaded on first use only.
 
     On a cluster this runs in the worker: its first task loads the model, later tasks reuse it
     (with other tile settings too). ``torch_threads`` (or, on a dask worker, its cores divided by
     its task threads) sets PyTorch's thread count so that parallel tasks do not oversubscribe.
     """
-    from ..modelfile import load_model
-
     if model is None:
         raise ValueError("Cluster workers need a model file or a bundled model name, not a model in memory.")
-    key = (str(model), tuple(sorted((k, str(v)) for k, v in settings.items())))
+    key = settings if isinstance(settings, PredictorSettings) else PredictorSettings.of(model, settings)
     with _LOCK:
-        predictor = _PREDICTORS.get(key)
-        if predictor is None:
+        if key not in _CACHE:
             threads = torch_threads or _worker_torch_threads()
             if threads:
                 import torch
 
                 torch.set_num_threads(int(threads))
-            loaded = next((p.model for k, p in _PREDICTORS.items() if k[0] == str(model)), None)
-            if loaded is None:
-                loaded = load_model(model)
-                _LOADS[0] += 1
-            predictor = Predictor(loaded, **settings)
-            if len(_PREDICTORS) >= MAX_CACHED_MODELS:
-                _PREDICTORS.pop(next(iter(_PREDICTORS)))
-            _PREDICTORS[key] = predictor
-    return predictor
+        _CACHE.capacity = MAX_CACHED_MODELS  # read at each call, as the module constant may be changed
+        return _CACHE.get(key)
 
 
 # -- runners --------------------------------------------------------------------------------------
