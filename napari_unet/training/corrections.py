@@ -1,4 +1,5 @@
-"""Corrections made ready to train on: checked, cut into planes, split by region, resized.
+"""Corrections made ready to train on: checked, fit for the base model, cut into planes, split by
+region, resized.
 
 A few corrected images are split into training and validation *by region* (whole images when
 there are enough, else a held-out strip of every image, never overlapping patches), and resized so
@@ -38,6 +39,68 @@ def check_corrections(triples: Sequence, spatial_dims: int) -> list[tuple]:
     for i, (image, labels, _) in enumerate(checked):  # a mismatch is said before anything else
         image_channels_first(image, labels, str(i))
     return checked
+
+
+def fit_corrections(triples: Sequence, in_channels: int, spatial_dims: int,
+                    names: Sequence[tuple[str, str]] | None = None) -> tuple[list[tuple], list[str]]:
+    """``(image, labels, reviewed)`` triples made fit for a base model of ``in_channels`` and
+    ``spatial_dims``, and what was changed (lines for the user).
+
+    ``names`` (one ``(labels name, image name)`` per triple, e.g. the layers') go into the
+    messages. Labels are checked as :func:`~napari_unet.trainingset.check_labels` does; an image
+    with its colour last is taken channels first and a colour image (3 or 4 channels) becomes grey
+    for a one-channel model, with :mod:`napari_unet.inputs`' rules, as in prediction. Everything
+    else that does not fit raises a ``ValueError`` naming the layers: unusable labels, labels and
+    image of different sizes, channel counts and dimensions the model cannot take.
+    """
+    if names is None or len(names) != len(triples):
+        names = [(f"corrections {i}", f"image {i}") for i in range(len(triples))]
+    checked, notes = [], []
+    for (image, labels, reviewed), (labels_name, image_name) in zip(triples, names):
+        labels = _fit_labels(labels, labels_name)
+        image, note = _fit_image(image, labels, in_channels, labels_name, image_name)
+        if note:
+            notes.append(note)
+        if labels.ndim == 2 and spatial_dims == 3:
+            raise ValueError(f"The base model is 3D (it trains on volumes) but '{labels_name}' is a 2D image: "
+                             "choose a 2D base model such as 'unet', or correct a stack.")
+        checked.append((image, labels, reviewed))
+    return checked, notes
+
+
+def _fit_labels(labels, name: str) -> np.ndarray:
+    """Labels checked (:func:`~napari_unet.trainingset.check_labels`) as a 2D image or a stack."""
+    try:
+        labels = check_labels(labels)
+    except ValueError as exc:
+        raise ValueError(f"'{name}': {exc.args[0]}") from None
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"'{name}' has {labels.ndim} dimensions {labels.shape}: the models train on "
+                         "2D images, stacks of them and volumes.")
+    return labels
+
+
+def _fit_image(image, labels: np.ndarray, in_channels: int, labels_name: str, image_name: str):
+    """``(image, note)``: ``image`` of the labels' size, channels first when it has channels, grey
+    (with a note saying so) when a colour image meets a one-channel model."""
+    from ..inputs import becomes_grey, check_image_dtype, colour_last, colour_to_grey
+
+    image = np.asarray(image)
+    check_image_dtype(image.dtype, f"image '{image_name}'")
+    if colour_last(image.shape, labels.shape):
+        image = np.moveaxis(image, -1, 0)
+    if image.shape[-labels.ndim:] != labels.shape or image.ndim - labels.ndim not in (0, 1):
+        raise ValueError(f"The corrections '{labels_name}' {labels.shape} do not fit the image "
+                         f"'{image_name}' {image.shape}: correct a labels layer made from this image "
+                         "(Segment it, then Correct), or open the image the corrections were drawn on.")
+    channels = image.shape[0] if image.ndim == labels.ndim + 1 else 1
+    if channels == in_channels:
+        return image, ""
+    if becomes_grey(channels, in_channels):
+        return (colour_to_grey(image, keepdims=False),
+                f"The colour image '{image_name}' was converted to grey for this one-channel model.")
+    raise ValueError(f"The base model takes {in_channels} channel(s) but the image '{image_name}' has "
+                     f"{channels}: choose a base model made for {channels}-channel images.")
 
 
 def _planes(triples: Sequence, spatial_dims: int) -> list[tuple]:

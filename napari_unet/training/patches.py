@@ -106,6 +106,18 @@ def loss_weight_map(labels: np.ndarray, target: np.ndarray | None = None, **para
     return weight_map(np.where(target == 1, labels, 0).astype(np.int64), **params)
 
 
+def loss_weight_map_planes(labels: np.ndarray, spacing=None, **params) -> np.ndarray:
+    """:func:`loss_weight_map` of ``labels`` as fine-tuning's loss sees them, of their shape: a
+    stack ``(..., H, W)`` without ``spacing`` plane by plane in pixels (as a 2D model's loss sees
+    each plane); 2D labels, or any labels with ``spacing`` (one per axis, e.g. micrometres), whole.
+    ``params`` as for :func:`loss_weight_map` (``w0``, ``sigma``, ``class_weights``)."""
+    labels = np.asarray(labels)
+    if labels.ndim > 2 and spacing is None:
+        planes = labels.reshape((-1,) + labels.shape[-2:])
+        return np.stack([loss_weight_map(p, **params) for p in planes]).reshape(labels.shape)
+    return loss_weight_map(labels, spacing=spacing, **params)
+
+
 @dataclass
 class TrainingImage:
     """One normalised image (2D) or volume (3D) ready for patch sampling.

@@ -1,4 +1,5 @@
-"""Where a fine-tuning run keeps what it needs to go on after an interruption (napari closed, a crash)."""
+"""Where a fine-tuning run keeps what it needs to go on after an interruption (napari closed, a crash),
+and the run that keeps it (:func:`resuming_finetune_iter`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -91,3 +92,38 @@ def resumable(key: str, folder: Path | None = None) -> Resumable:
     return Resumable(folder / f"{key}.resume", info, path)
 
 
+
+
+def resuming_finetune_iter(base, triples: Sequence, settings, *, name: str | None = None, stop=None,
+                           source: str = "", resume: bool = True, keep_state: Callable[[], bool] = lambda: False):
+    """:func:`~napari_unet.training.finetune.finetune_iter` keeping the run's state after every
+    epoch, so that a run with the same base model, corrections, settings and name (its
+    :func:`run_key`) goes on from its last epoch when ``resume`` is on, and writes the same model
+    file. ``keep_state()`` is asked when the run ends: True keeps the state (e.g. napari closed
+    during the run), False (done, cancelled or failed) removes it. Yields the progress events and
+    returns the result, with ``resumed`` saying whether it went on from an interrupted run."""
+    from ..catalog import SUFFIX
+    from ..trainingset import safe_name
+    from .finetune import finetune_iter, unique_model_name
+
+    try:
+        state = resumable(run_key(base, triples, settings, name))
+    except OSError:  # the model folder cannot be written: finetune_iter says so, in its words
+        return (yield from finetune_iter(base, triples, settings, name=name, stop=stop, source=source))
+    resuming = resume and state.exists
+    if resuming:
+        path = state.path
+    else:
+        state.forget()
+        stem = Path(str(base)).name.removesuffix(SUFFIX)
+        # finetune_iter refuses a taken or bundled name, as without resuming
+        path = user_model_dir() / f"{safe_name(name) if name else unique_model_name(stem)}{SUFFIX}"
+        state.record(path)
+    try:
+        result = yield from finetune_iter(base, triples, settings, path=path, overwrite=resuming, stop=stop,
+                                          source=source, checkpoint=state.checkpoint, resume=resuming)
+    finally:
+        if not keep_state():
+            state.forget()
+    result.resumed = resuming
+    return result
