@@ -78,6 +78,19 @@ def _estimator(predictor: Predictor) -> Predictor:
     return Predictor(name, device=str(predictor.device.device))
 
 
+def shown_plane(shape, position, rgb: bool = False, channel_axis: int | None = None) -> int | None:
+    """The plane of a stack of planes (``shape`` ``(Z, H, W)``, no channels) at data coordinate
+    ``position`` along its first axis (the plane a viewer shows), clamped to the stack; None for
+    other layouts or a position that is not a number (:func:`estimate_diameter_iter` then measures
+    the middle plane)."""
+    if len(shape) != 3 or rgb or channel_axis is not None or shape[0] <= 1:
+        return None
+    try:
+        return int(min(max(round(float(position)), 0), shape[0] - 1))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb: bool = False,
                            plane: int | None = None, stop: threading.Event | None = None,
                            predictor: Predictor | None = None, **predictor_kwargs) -> Iterator[Progress]:

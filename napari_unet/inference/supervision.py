@@ -108,7 +108,12 @@ def _split_heads(prediction: Prediction) -> np.ndarray:
 def deep_supervision_predictor(model, **predictor_kwargs) -> Predictor:
     """A :class:`Predictor` that returns every side output; ``ValueError`` for a network that has
     only one output (its side outputs would all be the same map)."""
-    predictor = Predictor(model, side_outputs=True, **predictor_kwargs)
+    return require_side_outputs(Predictor(model, side_outputs=True, **predictor_kwargs))
+
+
+def require_side_outputs(predictor: Predictor) -> Predictor:
+    """``predictor`` (made with ``side_outputs=True``) when its network has several side outputs;
+    else ``ValueError`` (its side outputs would all be the same map)."""
     if len(predictor.heads) < 2:
         raise ValueError(f"'{predictor.model.name}' ({predictor.model.net.architecture}) has no deep supervision: "
                          "choose a U-Net++ or U-Net 3+ model to see its depths.")
@@ -175,6 +180,29 @@ def predict_pruned_iter(model, image, depth: int | None, *, predictor: Predictor
     prediction: Prediction = yield from predict_iter(predictor.model, image, predictor=predictor, stop=stop, **kwargs)
     foreground = prediction.foreground
     return PrunedRun(depth, prediction, foreground.size / 1e6)
+
+
+def compare_pruned_iter(predictor: Predictor, image, depth: int, *, with_full: bool = True,
+                        truth: np.ndarray | None = None, reviewed: np.ndarray | None = None,
+                        stop: threading.Event | None = None, **kwargs) -> Iterator[Progress]:
+    """Time (and, against ``truth``, score) U-Net++ pruned to ``depth``; with ``with_full``, first
+    the full network the same way, after a warm-up so that both are timed alike. Yields
+    :class:`Progress`; returns ``(runs, labels)``: ``(PrunedRun, DepthScore or None)`` per run
+    (the full network's first) and the labels of the pruned run. ``kwargs`` go to
+    :func:`predict_pruned_iter` (``rgb``, ``channel_axis``)."""
+    shape = image.shape[:-1] if kwargs.get("rgb") else image.shape
+    if with_full:
+        predictor.warm_up(tuple(shape)[-predictor.spatial_dims:])
+    runs, labels = [], None
+    for k in ([None, depth] if with_full else [depth]):  # None: the full network, the reference
+        run = yield from predict_pruned_iter(predictor.model, image, k, predictor=predictor, stop=stop, **kwargs)
+        prediction = run.prediction
+        labels = labels_from(prediction.probabilities, prediction.target, prediction.spatial_dims,
+                             scale=prediction.scale, **predictor.model.postprocess)
+        score = None if truth is None else score_labels(f"depth {k}", truth, labels, prediction.spatial_dims,
+                                                        reviewed)
+        runs.append((run, score))
+    return runs, labels
 
 
 # -- scores ----------------------------------------------------------------------------------
@@ -274,6 +302,16 @@ class Region:
         """Data coordinates of the block's centre: plane indices then spatial centres."""
         return tuple(float(p) for p in self.plane) + tuple((s.start + s.stop - 1) / 2 for s in self.box)
 
+    @property
+    def key(self) -> tuple:
+        """The block's place (plane and box as numbers), the same for the same block of any run."""
+        return self.plane, tuple((s.start, s.stop) for s in self.box)
+
+    def describe(self) -> str:
+        """``"disagreement 0.123 (plane 2, rows 0–128, columns 128–256)"``."""
+        return f"disagreement {self.score:.3f} (plane {', '.join(map(str, self.plane)) or '-'}, " \
+               f"rows {self.box[-2].start}–{self.box[-2].stop}, columns {self.box[-1].start}–{self.box[-1].stop})"
+
 
 def regions_to_review(disagreement: np.ndarray, spatial_dims: int, reviewed: np.ndarray | None = None,
                       block: int = 128) -> list[Region]:
@@ -310,6 +348,15 @@ def regions_to_review(disagreement: np.ndarray, spatial_dims: int, reviewed: np.
     return regions
 
 
-__all__ = ["DepthPrediction", "DepthScore", "PrunedRun", "Region", "best_score", "deep_supervision_predictor",
-           "labels_from", "predict_depths_iter", "predict_pruned_iter", "prune", "regions_to_review",
-           "score_depths", "score_labels", "PredictionCancelled"]
+def next_region(disagreement: np.ndarray, spatial_dims: int, reviewed: np.ndarray | None = None,
+                visited=()) -> Region | None:
+    """The block of :func:`regions_to_review` with the most disagreement whose :attr:`Region.key`
+    is not among ``visited``; None when every such block is reviewed or visited."""
+    visited = set(visited)
+    return next((region for region in regions_to_review(disagreement, spatial_dims, reviewed)
+                 if region.key not in visited), None)
+
+
+__all__ = ["DepthPrediction", "DepthScore", "PrunedRun", "Region", "best_score", "compare_pruned_iter",
+           "deep_supervision_predictor", "labels_from", "next_region", "predict_depths_iter", "predict_pruned_iter",
+           "prune", "regions_to_review", "require_side_outputs", "score_depths", "score_labels", "PredictionCancelled"]
