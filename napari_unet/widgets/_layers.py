@@ -125,6 +125,13 @@ def input_images(viewer) -> list:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image) and KEY not in layer.metadata]
 
 
+def current_plane(viewer, layer, shape) -> tuple[int, ...]:
+    """The data index of the plane ``viewer`` shows in ``layer``, along the leading axes of
+    ``shape`` (all but the last two; ``()`` for 2D), rounded and clipped to ``shape``."""
+    point = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
+    return tuple(int(np.clip(p, 0, n - 1)) for p, n in zip(point[: len(shape) - 2], shape[:-2]))
+
+
 def move_below(viewer, layer, anchor) -> None:
     """Move ``layer`` just below ``anchor`` in the layer list (so a probability map never hides the
     labels drawn from it); nothing happens when either is gone or it is already below."""
