@@ -2,11 +2,13 @@
 
 Training data are either the corrected layers in the viewer (made by the Correct widget, with
 their reviewed regions and images) or a training-set folder. The arrays are copied on the Qt
-thread when Train is clicked, so the user can keep painting while the model trains. The work
-runs in a thread worker that drains :func:`napari_unet.finetune.finetune_iter`; this module
-only updates the chart, the progress bar and the status line. Cancel stops within about a
-second and keeps the best model so far; the result is saved in the user's model folder and shows
-up at once in the Segment widget's model list.
+thread when Train is clicked, so the user can keep painting while the model trains. They are
+made fit for the base model by :func:`napari_unet.training.corrections.fit_corrections`, and the
+work runs in a thread worker that drains
+:func:`napari_unet.training.resume.resuming_finetune_iter`; this module only updates the chart,
+the progress bar and the status line. Cancel stops within about a second and keeps the best
+model so far; the result is saved in the user's model folder and shows up at once in the Segment
+widget's model list.
 """
 
 from __future__ import annotations
@@ -42,6 +44,35 @@ def advice(result) -> str:
             "more area reviewed, or train longer")
 
 
+def result_message(result) -> str:
+    """The status line for a fine-tuning result: what was kept and why, its score against the base
+    model, the post-processing and scale chosen, and what to do next."""
+    if result.path is None:
+        if result.discarded:  # trained and validated, but no better than the base model
+            return (f"{result.discarded} ({result.steps} steps, {result.stopped}); the base model stays your best. "
+                    "Correct more objects, train longer, or untick 'Keep only if better' to keep it anyway.")
+        return f"{result.stopped} before the first validation: nothing was saved."
+    base = result.baseline.get("ap50")
+    best = result.metrics.get("ap50")
+    gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
+    score = f"validation AP@0.5 {best:.3f}" if best is not None else "not validated"
+    pp = result.postprocess
+    chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
+              f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
+              f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
+    if result.scale != 1:
+        chosen += (f"\nimages resized {result.scale:.2f}x for training (objects of {result.object_diameter:.0f} px); "
+                   "the model resizes new images the same way (Segment's object size)")
+    if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
+        score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
+        chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "
+                  f"{'split' if pp['split_touching'] else 'no split'}")
+    if result.resumed:
+        chosen += "\nresumed an interrupted run: the steps count the whole run"
+    return (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"
+            f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
+
+
 class FinetuneWidget(JobWidget):
     """Dock widget: base model, training data, loss, budget; Train/Cancel with a live chart."""
 
@@ -53,14 +84,27 @@ class FinetuneWidget(JobWidget):
     instances: "weakref.WeakSet[FinetuneWidget]" = weakref.WeakSet()
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        from ..training.finetune import LOSS_PRESETS, FinetuneSettings
-
         super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         FinetuneWidget.instances.add(self)
         self.last_result = None
         self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
-        defaults = FinetuneSettings()
+        self._build_controls()
+        self.train_button.changed.connect(self._on_train_clicked)
+        self.run_button.changed.connect(self.run_new_model)
+        self.export_button.changed.connect(self.export_model)
+        self.device.changed.connect(self._show_device)
+        self.loss.changed.connect(self._on_loss_changed)
+        self._on_loss_changed()
+        from ..catalog import on_models_changed
 
+        on_models_changed(self.refresh_models)
+        if not self._torch_ready:
+            self.device_info.value = "loading PyTorch…"
+
+    def _build_controls(self):
+        from ..training.finetune import LOSS_PRESETS, FinetuneSettings
+
+        defaults = FinetuneSettings()
         self.model = ComboBox(label="Base model", choices=self._model_choices,
                               tooltip="The model to start from: a bundled one or one of yours. It is never modified.")
         self.source = ComboBox(label="Train on", choices=(FROM_VIEWER, FROM_FOLDER), value=FROM_VIEWER,
@@ -119,18 +163,6 @@ class FinetuneWidget(JobWidget):
                        self.export_button):
             self.add_qt(getattr(widget, "native", widget))
         self.finish_layout()
-
-        self.train_button.changed.connect(self._on_train_clicked)
-        self.run_button.changed.connect(self.run_new_model)
-        self.export_button.changed.connect(self.export_model)
-        self.device.changed.connect(self._show_device)
-        self.loss.changed.connect(self._on_loss_changed)
-        self._on_loss_changed()
-        from ..catalog import on_models_changed
-
-        on_models_changed(self.refresh_models)
-        if not self._torch_ready:
-            self.device_info.value = "loading PyTorch…"
 
     def _on_torch_ready(self):
         self._show_device()
@@ -233,49 +265,11 @@ class FinetuneWidget(JobWidget):
         return int(config["input"]["channels"]), int(dims)
 
     def check_triples(self, triples: list, in_channels: int, spatial_dims: int) -> tuple[list, list[str]]:
-        """The triples made fit for the base model, and what was changed (for the user).
+        """The triples made fit for the base model, and what was changed (for the user): see
+        :func:`~napari_unet.training.corrections.fit_corrections`; its messages name the layers."""
+        from ..training.corrections import fit_corrections
 
-        Colour images (channels first, 3 or 4 of them) become grey for a one-channel model, as
-        the Segment widget does; everything else that does not fit raises a ``ValueError`` that
-        names the layers: unusable labels, labels and image of different sizes, channel counts
-        and dimensions the model cannot take.
-        """
-        from ..inference.inputs import check_image_dtype
-        from ..trainingset import check_labels
-
-        names = self._triple_names if len(self._triple_names) == len(triples) else \
-            [(f"corrections {i}", f"image {i}") for i in range(len(triples))]
-        checked, notes = [], []
-        for (image, labels, reviewed), (labels_name, image_name) in zip(triples, names):
-            try:
-                labels = check_labels(labels)
-            except ValueError as exc:
-                raise ValueError(f"'{labels_name}': {exc.args[0]}") from None
-            if labels.ndim not in (2, 3):
-                raise ValueError(f"'{labels_name}' has {labels.ndim} dimensions {labels.shape}: the models train on "
-                                 "2D images, stacks of them and volumes.")
-            image = np.asarray(image)
-            check_image_dtype(image.dtype, f"image '{image_name}'")
-            if image.ndim == labels.ndim + 1 and image.shape[:-1] == labels.shape and image.shape[-1] in (3, 4) \
-                    and image.shape[1:] != labels.shape:
-                image = np.moveaxis(image, -1, 0)
-            if image.shape[-labels.ndim:] != labels.shape or image.ndim - labels.ndim not in (0, 1):
-                raise ValueError(f"The corrections '{labels_name}' {labels.shape} do not fit the image "
-                                 f"'{image_name}' {image.shape}: correct a labels layer made from this image "
-                                 "(Segment it, then Correct), or open the image the corrections were drawn on.")
-            channels = image.shape[0] if image.ndim == labels.ndim + 1 else 1
-            if channels != in_channels:
-                if in_channels == 1 and channels in (3, 4):
-                    image = image[:3].mean(axis=0, dtype=np.float32)
-                    notes.append(f"The colour image '{image_name}' was converted to grey for this one-channel model.")
-                else:
-                    raise ValueError(f"The base model takes {in_channels} channel(s) but the image '{image_name}' has "
-                                     f"{channels}: choose a base model made for {channels}-channel images.")
-            if labels.ndim == 2 and spatial_dims == 3:
-                raise ValueError(f"The base model is 3D (it trains on volumes) but '{labels_name}' is a 2D image: "
-                                 "choose a 2D base model such as 'unet', or correct a stack.")
-            checked.append((image, labels, reviewed))
-        return checked, notes
+        return fit_corrections(triples, in_channels, spatial_dims, names=self._triple_names)
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -312,39 +306,16 @@ class FinetuneWidget(JobWidget):
             return
         for note in notes:
             show_warning(note)
-        from ..training.finetune import finetune_iter, unique_model_name
-        from ..training.resume import resumable, run_key
-        from ..trainingset import safe_name
+        from ..training.resume import resuming_finetune_iter
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
-        stop, lifetime, want_resume = threading.Event(), self.lifetime, bool(self.resume.value)
+        stop, lifetime, resume = threading.Event(), self.lifetime, bool(self.resume.value)
 
         def job():
             # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same
             # base, corrections, settings and name resume from there next time
-            try:
-                state = resumable(run_key(base, triples, settings, name))
-            except OSError:  # the model folder cannot be written: finetune_iter says so, in its words
-                return (yield from finetune_iter(base, triples, settings, name=name, stop=stop, source=source))
-            resume = want_resume and state.exists
-            if resume:
-                path = state.path
-            else:
-                state.forget()
-                from ..catalog import SUFFIX, user_model_dir
-
-                stem = Path(str(base)).name.removesuffix(SUFFIX)
-                # finetune_iter refuses a taken or bundled name, as without resuming
-                path = user_model_dir() / f"{safe_name(name) if name else unique_model_name(stem)}{SUFFIX}"
-                state.record(path)
-            try:
-                result = yield from finetune_iter(base, triples, settings, path=path, overwrite=resume, stop=stop,
-                                                  source=source, checkpoint=state.checkpoint, resume=resume)
-            finally:
-                if not lifetime.closed:  # ended with the dock open (done, cancelled, failed): nothing to resume
-                    state.forget()
-            result.resumed = resume
-            return result
+            return (yield from resuming_finetune_iter(base, triples, settings, name=name, stop=stop, source=source,
+                                                      resume=resume, keep_state=lambda: lifetime.closed))
 
         self._started = time.perf_counter()
         self._budget = settings.minutes * 60 if settings.minutes else None
@@ -378,33 +349,9 @@ class FinetuneWidget(JobWidget):
         from ..catalog import notify_models_changed
 
         self.last_result = result
+        self.status.value = result_message(result)
         if result.path is None:
-            if result.discarded:  # trained and validated, but no better than the base model
-                self.status.value = (f"{result.discarded} ({result.steps} steps, {result.stopped}); the base model "
-                                     "stays your best. Correct more objects, train longer, or untick 'Keep only if "
-                                     "better' to keep it anyway.")
-            else:
-                self.status.value = f"{result.stopped} before the first validation: nothing was saved."
             return
-        base = result.baseline.get("ap50")
-        best = result.metrics.get("ap50")
-        gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
-        score = f"validation AP@0.5 {best:.3f}" if best is not None else "not validated"
-        pp = result.postprocess
-        chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
-                  f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
-                  f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
-        if result.scale != 1:
-            chosen += (f"\nimages resized {result.scale:.2f}x for training (objects of {result.object_diameter:.0f} px); "
-                       "the model resizes new images the same way (Segment's object size)")
-        if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
-            score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
-            chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "
-                      f"{'split' if pp['split_touching'] else 'no split'}")
-        if result.resumed:
-            chosen += "\nresumed an interrupted run: the steps count the whole run"
-        self.status.value = (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"
-                             f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
         for warning in result.warnings:
             show_warning(warning)
         notify_models_changed()
