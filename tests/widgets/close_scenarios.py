@@ -173,7 +173,7 @@ def correct_autosave():
         data = np.asarray(layer.data)
         data[:20, :20] = 999  # an edit: autosave is due a second later
         layer.data = data
-        step(f"edited ({len(widget._dirty)} layer(s) to save)")
+        step(f"edited ({len(widget.autosave.dirty)} layer(s) to save)")
         later(100, close)
 
     later(500, correct)

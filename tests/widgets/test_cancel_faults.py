@@ -196,7 +196,7 @@ def test_autosave_failing_mid_write_or_closing_mid_save_keeps_the_training_set(c
     first = _delete_an_object(widget, corrected)
     widget.flush()
     qtbot.waitUntil(lambda: "Autosave failed" in widget.status.value, timeout=10_000)
-    qtbot.waitUntil(lambda: widget._saving is None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.autosave.saving is None, timeout=10_000)
     assert "No space left" in widget.status.value and "previous files are intact" in widget.status.value
     assert folder_digest(folder) == digest  # nothing half-written, no temporary file left
     np.testing.assert_array_equal(TrainingSet(folder, create=False).load(entry)[1], saved_labels)
@@ -215,13 +215,13 @@ def test_autosave_failing_mid_write_or_closing_mid_save_keeps_the_training_set(c
         return real_imwrite(path, data, **kwargs)
 
     monkeypatch.setattr(tifffile, "imwrite", slow_imwrite)
-    qtbot.waitUntil(lambda: widget._saving is None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.autosave.saving is None, timeout=10_000)
     third = _delete_an_object(widget, corrected)
     widget.flush()  # a save of the third edit starts in a worker ...
-    qtbot.waitUntil(lambda: widget._saving is not None, timeout=5_000)
+    qtbot.waitUntil(lambda: widget.autosave.saving is not None, timeout=5_000)
     fourth = _delete_an_object(widget, corrected)  # ... an edit lands while it runs ...
     expected = np.array(corrected.data, copy=True)
-    assert widget._save_timer.isActive()
+    assert widget.autosave.timer.isActive()
     viewer.window._qt_window.close()  # ... and the user closes napari before the next autosave
     labels = TrainingSet(folder, create=False).load(entry)[1]
     assert third not in labels and fourth not in labels

@@ -1,0 +1,173 @@
+"""Saving corrections as they are made, for the Correct dock.
+
+A corrected layer linked to a training-set entry (``metadata["napari_unet"]["entry"]``) is saved
+again a second after the user's last edit (of it or of its reviewed layer), in a worker of the
+dock (:func:`._workers.start` with the dock's :class:`~._workers.Lifetime`), one save at a time and
+in the order the edits were made; and once more, at once, on the Qt thread when the viewer window
+closes (:class:`CloseWatch`). A failed save leaves the previous files whole and the edits marked
+unsaved: the next edit (or closing the window) tries again.
+
+Saves do not run as the dock's :class:`~._base.JobWidget` job: that slot holds one cancellable job
+with a progress bar (the weight map), and a save must neither wait for it nor be cancelled (a save
+in progress is finished, also when napari quits).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Callable
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, QTimer
+
+from . import _workers
+from ._layers import layer_meta
+
+log = logging.getLogger(__name__)
+
+#: how long after the last edit the edits are saved (ms)
+AUTOSAVE_MS = 1000
+
+
+class Autosave:
+    """The unsaved edits of a viewer's corrected layers, and their saving.
+
+    ``say(text)`` shows a line in the dock's status; ``report_error(text)`` shows an error.
+    ``widget`` (the dock's Qt widget) is followed to its top-level window, whose closing saves.
+    """
+
+    def __init__(self, viewer, lifetime: _workers.Lifetime, say: Callable[[str], None],
+                 report_error: Callable[[str], None], widget):
+        self._viewer = viewer
+        self._lifetime = lifetime
+        self._say, self._report_error = say, report_error
+        self.dirty: set[int] = set()  # ids of corrected layers with unsaved edits
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self._autosave)
+        self.saving = None  # the running save's worker
+        self._write_lock = threading.Lock()  # one save at a time, in snapshot order
+        self._snapshots = 0  # number of the latest snapshot taken
+        self._written = 0  # number of the latest snapshot written
+        # the last second of edits is saved when the window closes: once docked, the watch follows
+        # the dock's top-level window (QWidget.window(), no private napari attribute)
+        self._close_watch = CloseWatch(self.flush_now, widget)
+
+    def mark_dirty(self, layer) -> None:
+        """``layer`` (a corrected layer or its reviewed layer) was edited: save its corrected layer
+        a second after the last edit, if it is linked to a training-set entry."""
+        meta = layer_meta(layer)
+        if meta.get("kind") == "reviewed":
+            owner = meta.get("corrections")
+            if owner not in self._viewer.layers:
+                return
+            layer = self._viewer.layers[owner]
+            meta = layer_meta(layer)
+        if "entry" not in meta:
+            return
+        self.dirty.add(id(layer))
+        self.timer.start()  # restarts: saves a second after the last edit
+
+    def _snapshot(self):
+        """Copies of the edited layers (on the Qt thread), their ids, and a function that writes them."""
+        jobs, ids = [], []
+        for layer in list(self._viewer.layers):
+            if id(layer) not in self.dirty:
+                continue
+            meta = layer_meta(layer)
+            reviewed = self._viewer.layers[meta["reviewed"]] if meta.get("reviewed") in self._viewer.layers else None
+            jobs.append((meta["training_set"], meta["entry"], np.array(layer.data, copy=True),
+                         None if reviewed is None else np.asarray(reviewed.data) > 0))
+            ids.append(id(layer))
+        self.dirty.clear()
+        self._snapshots += 1
+        number = self._snapshots
+
+        def write():
+            from ..trainingset import TrainingSet
+
+            with self._write_lock:
+                if number < self._written:  # a newer snapshot is on disk already (saved at close)
+                    return 0
+                for folder, entry, labels, reviewed in jobs:
+                    TrainingSet(folder, create=False).update(entry, labels=labels, reviewed=reviewed)
+                self._written = number
+            return len(jobs)
+
+        return jobs, ids, write
+
+    def _failed(self, exc, ids):
+        self.dirty.update(ids)  # not saved: the next edit (or closing the window) tries again
+        self._report_error(f"Autosave failed; your edits are still in the layer, the previous files are intact, "
+                           f"and saving is tried again at your next edit: {exc}")
+
+    def _autosave(self):
+        """Snapshot the edited layers (Qt thread, a copy) and write them in a worker."""
+        if self.saving is not None:
+            self.timer.start()  # a save is still running: try again shortly
+            return
+        jobs, ids, write = self._snapshot()
+        if not jobs:
+            return
+        # (no stop event: a save in progress is finished, also when napari quits)
+        self.saving = _workers.start(write, lifetime=self._lifetime,
+                                     returned=lambda n: self._say(f"saved {n} correction(s)"),
+                                     errored=lambda exc: self._failed(exc, ids),
+                                     finished=lambda: setattr(self, "saving", None))
+
+    def flush(self):
+        """Save pending edits now, in a worker."""
+        if self.dirty:
+            self.timer.stop()
+            self._autosave()
+
+    def flush_now(self):
+        """Save pending edits on this thread, after any save in progress (when the window closes)."""
+        self.timer.stop()
+        if not self.dirty:
+            return
+        jobs, ids, write = self._snapshot()
+        try:
+            write()
+        except (OSError, ValueError) as exc:
+            self.dirty.update(ids)
+            log.error("saving corrections on close failed: %s", exc)
+
+
+class CloseWatch(QObject):
+    """Calls ``callback`` when the top-level window of ``widget`` is about to close (the window is
+    looked up whenever the widget is shown or moved to another parent, e.g. docked)."""
+
+    def __init__(self, callback, widget):
+        super().__init__()
+        self._callback = weakref.WeakMethod(callback)  # the window must not keep a closed dock alive
+        self._widget = widget
+        self._window = lambda: None  # a weak reference: the dock must not keep napari's window alive
+        widget.installEventFilter(self)
+
+    def _follow_window(self):
+        window, previous = self._widget.window(), self._window()
+        if window is self._widget or window is previous:
+            return
+        if previous is not None:
+            previous.removeEventFilter(self)
+        window.installEventFilter(self)
+        self._window = weakref.ref(window)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        # napari docks the widget into a dock widget first, then the dock into its window: a
+        # reparenting of either (or a show) looks for the top-level window again
+        if event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
+            self._follow_window()
+        if obj is self._widget:
+            return False
+        callback = self._callback()
+        if callback is not None and event.type() == QEvent.Type.Close:
+            try:
+                callback()
+            except Exception:  # never block closing the window
+                log.exception("saving corrections on close failed")
+        return False
