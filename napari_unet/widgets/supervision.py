@@ -7,7 +7,9 @@ Labels layer a table gives each depth's Dice and AP@0.5 (within the reviewed reg
 one) and highlights the best. "Run pruned" times U-Net++'s depth-k sub-network alone. "Next region
 to review" jumps to where the depths disagree most and nobody has reviewed yet.
 
-Torch and scoring run in thread workers; this module only reads widgets and puts layers.
+Torch and scoring run in thread workers on the core's functions (:mod:`napari_unet.inference.supervision`,
+the tables and camera moves of :mod:`napari_unet.inference.review`); this module only reads widgets
+and puts layers.
 """
 
 from __future__ import annotations
@@ -25,43 +27,60 @@ from qtpy.QtGui import QBrush, QColor, QFont
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import wrap
 from ._layers import KEY, build_layer, input_images, model_label, put_layer, spatial_transform
+from ._supervision_review import ALL, PruningAndReview, _grid
 
-ALL = "all depths"
 NO_CORRECTIONS = "none"
-SCORE_COLUMNS = ["Dice", "AP@0.5", "objects"]
-PRUNE_COLUMNS = ["ms / Mpx", "speed-up", "Dice", "AP@0.5"]
 BEST_BRUSH = QBrush(QColor(60, 140, 60))
 
 
-def _camera(viewer):
-    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
+def _depth_layers(depths, disagreement, base: str, meta: dict, transform: dict) -> list:
+    """The layers of a :class:`DepthPrediction` (built in the worker): each depth and the ensemble,
+    the disagreement between them and, for U-Net 3+, the "object present" probability per tile."""
+    def probability(data, suffix, extra, **style):
+        return build_layer(data, "image", f"{base} {suffix}", {**meta, **extra}, contrast_limits=(0.0, 1.0),
+                           **style, **transform)
+
+    layers = [probability(depths.foreground(i), name, {"kind": "depth", "depth": name}, colormap="magma")
+              for i, name in enumerate(depths.names)]
+    layers.append(probability(depths.foreground(None), "ensemble", {"kind": "depth", "depth": "ensemble"},
+                              colormap="magma"))
+    layers.append(build_layer(disagreement, "image", f"{base} disagreement",
+                              {**meta, "kind": "disagreement"}, colormap="inferno",
+                              blending="additive",  # black where the depths agree: the image shows
+                              contrast_limits=(0.0, 0.5), **transform))
+    present = depths.object_probability_map()
+    if present is not None:
+        layers.append(probability(present, "object present (CGM)", {"kind": "object present"}, colormap="viridis",
+                                  opacity=0.5))
+    return layers
 
 
-def _grid(viewer):
-    """Grid-mode settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
-
-
-class SupervisionWidget(JobWidget):
-    """Dock widget: image, deep-supervision model, corrections; per-depth layers and scores."""
+class SupervisionWidget(PruningAndReview, JobWidget):
+    """Dock widget: image, deep-supervision model, corrections; per-depth layers and scores (and,
+    from :class:`~._supervision_review.PruningAndReview`, pruned runs and the next region to review)."""
 
     job_name = "The deep-supervision run"
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
-        self._predictors: dict = {}
-        self._supervised: dict = {}  # (model path, mtime) -> has deep supervision
-        self._full_runs: dict = {}
-        self._pending_layers: list = []  # (model, device, shape) -> PrunedRun of the full network
+        from ..inference.predictor_cache import PredictorCache
+
+        # the last predictor with side outputs (all depths) and the last plain one (pruning)
+        self._predictors = {side_outputs: PredictorCache() for side_outputs in (True, False)}
+        self._full_runs: dict = {}  # (model, device, shape) -> (PrunedRun, score) of the full network
+        self._pending_layers: list = []  # result layers still to be added, one per turn of the event loop
         self._visited: set = set()
         self.last_depths = None  # the last DepthPrediction, for scripts and tests
         self.last_scores = None
         self.last_pruned = None
-        self._context = None  # (image layer, transform, base name, model) of last_depths
+        self._context = None  # (image layer, transform, base name, model, disagreement, corrections) of last_depths
+        self._make_controls()
+        self._lay_out()
+        self._connect(viewer)
+        if not self._torch_ready:
+            self.device_info.value = "loading PyTorch…"
 
+    def _make_controls(self):
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True,
                               tooltip="The image layer to predict (defaults to the selected image).")
         self.model = ComboBox(label="Model", choices=self._model_choices,
@@ -91,6 +110,8 @@ class SupervisionWidget(JobWidget):
         self.prune_button = PushButton(text="Run pruned")
         self.pruned = Table(tooltip="Time per megapixel of each pruned run, its speed-up over the full network "
                                     "(timed the same way, after a warm-up) and its score.")
+
+    def _lay_out(self):
         self.extend([self.image, self.model, self.corrections, self.run_button, self.status, self.show_depth,
                      self.grid])
         # the tables span the dock's width, under a title, instead of sitting in the value column
@@ -109,6 +130,7 @@ class SupervisionWidget(JobWidget):
         for label in (self.device_info, self.status):
             wrap(label)
 
+    def _connect(self, viewer):
         self.run_button.changed.connect(self._on_run_clicked)
         self.prune_button.changed.connect(lambda *_: self.run_pruned())
         self.rescore_button.changed.connect(lambda *_: self.rescore())
@@ -126,8 +148,6 @@ class SupervisionWidget(JobWidget):
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)
-        if not self._torch_ready:
-            self.device_info.value = "loading PyTorch…"
 
     def _on_torch_ready(self):
         self.refresh_models()
@@ -152,20 +172,9 @@ class SupervisionWidget(JobWidget):
         models = known_models()
         if not self._torch_ready:
             return list(models)
-        from ..modelfile import ModelFileError, read_config
-        from ..models import get_spec
+        from ..modelinfo import deep_supervision_models
 
-        names = []
-        for name, path in models.items():
-            try:
-                key = (str(path), path.stat().st_mtime_ns)
-                if key not in self._supervised:  # napari re-reads choices on every layer event
-                    self._supervised[key] = get_spec(read_config(path)["architecture"]).deep_supervision
-            except (OSError, ModelFileError, KeyError):
-                continue
-            if self._supervised[key]:
-                names.append(name)
-        return names
+        return deep_supervision_models(models)
 
     def refresh_models(self):
         self.model.reset_choices()
@@ -196,13 +205,11 @@ class SupervisionWidget(JobWidget):
         if not self._torch_ready or not self.model.value:
             return
         from ..modelfile import read_config, resolve_model_path
-        from ..models import get_spec
+        from ..modelinfo import pruning
 
-        config = read_config(resolve_model_path(self.model.value))
-        features = config.get("arguments", {}).get("features")
-        if features:
-            self.prune_depth.max = len(features) - 1
-        prunable = get_spec(config["architecture"]).prunable
+        deepest, prunable = pruning(read_config(resolve_model_path(self.model.value)))
+        if deepest:
+            self.prune_depth.max = deepest
         self.prune_depth.enabled = self.prune_button.enabled = prunable
 
     def _show_device(self, *_):
@@ -246,17 +253,14 @@ class SupervisionWidget(JobWidget):
         return truth, reviewed
 
     def _predictor(self, model: str, device: str, side_outputs: bool):
-        """A cached predictor (made in the worker thread)."""
-        from ..catalog import resolve_model_path
-        from ..inference.predictor import Predictor
-        from ..inference.supervision import deep_supervision_predictor
+        """The cached predictor of these settings (made in the worker thread; a model file
+        rewritten since is loaded again). With ``side_outputs``, one that returns every depth."""
+        from ..inference.predictor_cache import PredictorSettings
+        from ..inference.supervision import require_side_outputs
 
-        key = (model, device, side_outputs, resolve_model_path(model).stat().st_mtime_ns)
-        if key not in self._predictors:
-            self._predictors = {k: v for k, v in self._predictors.items() if k[2] != side_outputs}
-            self._predictors[key] = deep_supervision_predictor(model, device=device) if side_outputs else \
-                Predictor(model, device=device)
-        return self._predictors[key]
+        settings = PredictorSettings(model, device=device, side_outputs=side_outputs).stamped()
+        predictor = self._predictors[side_outputs].get(settings)
+        return require_side_outputs(predictor) if side_outputs else predictor
 
     def _on_job_started(self):
         self.run_button.text = "Cancel"
@@ -302,23 +306,9 @@ class SupervisionWidget(JobWidget):
             scores = None
             if truth is not None:
                 scores = score_depths(depths, truth, reviewed, **predictor.model.postprocess)
-            meta = {"source": layer.name, "model": str(model)}
-            layers = [build_layer(depths.foreground(i), "image", f"{base} {name}",
-                                  {**meta, "kind": "depth", "depth": name}, colormap="magma",
-                                  contrast_limits=(0.0, 1.0), **transform) for i, name in enumerate(depths.names)]
-            layers.append(build_layer(depths.foreground(None), "image", f"{base} ensemble",
-                                      {**meta, "kind": "depth", "depth": "ensemble"}, colormap="magma",
-                                      contrast_limits=(0.0, 1.0), **transform))
+            # layers are built here: their array work stays off the Qt thread
             disagreement = depths.disagreement()
-            layers.append(build_layer(disagreement, "image", f"{base} disagreement",
-                                      {**meta, "kind": "disagreement"}, colormap="inferno",
-                                      blending="additive",  # black where the depths agree: the image shows
-                                      contrast_limits=(0.0, 0.5), **transform))
-            present = depths.object_probability_map()
-            if present is not None:
-                layers.append(build_layer(present, "image", f"{base} object present (CGM)",
-                                          {**meta, "kind": "object present"}, colormap="viridis", opacity=0.5,
-                                          contrast_limits=(0.0, 1.0), **transform))
+            layers = _depth_layers(depths, disagreement, base, {"source": layer.name, "model": str(model)}, transform)
             return depths, scores, layers, disagreement
 
         def done(result):
@@ -369,7 +359,7 @@ class SupervisionWidget(JobWidget):
 
         depths = self.last_depths
         try:
-            truth, reviewed = self._corrections_data(depths.disagreement().shape)
+            truth, reviewed = self._corrections_data(self._context[4].shape)  # the disagreement map's
         except ValueError as exc:
             self.report_error(str(exc))
             return
@@ -391,18 +381,17 @@ class SupervisionWidget(JobWidget):
         self.start_job(job, done, "napari-unet: scoring depths")
 
     def _fill_scores(self, scores):
-        from ..inference.supervision import best_score
+        """The scores table, its best row highlighted and starred."""
+        from ..inference.review import score_table
 
-        if not scores:
-            self.scores.value = {"data": [], "index": [], "columns": SCORE_COLUMNS}
+        table, best = score_table(scores)
+        self.scores.value = table
+        if best is None:
             return
-        self.scores.value = {"data": [[round(s.dice, 3), round(s.ap50, 3), s.n_objects] for s in scores],
-                             "index": [s.name for s in scores], "columns": SCORE_COLUMNS}
-        best = best_score(scores)
         native = self.scores.native
         bold = QFont()
         bold.setBold(True)
-        for c in range(len(SCORE_COLUMNS)):
+        for c in range(len(table["columns"])):
             item = native.item(best, c)
             item.setBackground(BEST_BRUSH)
             item.setFont(bold)
@@ -410,151 +399,3 @@ class SupervisionWidget(JobWidget):
         native.resizeColumnsToContents()
         self.best_row = best
 
-    def run_pruned(self):
-        """Predict with U-Net++'s depth-k sub-network only; time it and score it (in a worker)."""
-        if self.running:
-            return
-        self.ensure_torch()
-        try:
-            layer, data, model = self._inputs()
-            truth, reviewed = self._corrections_data(self._spatial_shape(layer))
-        except ValueError as exc:
-            self.report_error(str(exc))
-            return
-        from ..inference.supervision import labels_from, predict_pruned_iter, score_labels
-        from ..jobs import PredictionCancelled
-
-        depth = int(self.prune_depth.value)
-        stop = threading.Event()
-        device = self.device.value
-        transform = spatial_transform(layer, None)
-        base = f"{layer.name} [{model_label(model)}]"
-
-        shape = self._spatial_shape(layer)
-        full_key = (model, device, shape)
-        have_full = full_key in self._full_runs
-
-        def job():
-            predictor = self._predictor(model, device, False)
-            depths = [depth] if have_full else [None, depth]  # None: the full network, the reference
-            results = []
-            try:
-                if not have_full:
-                    predictor.warm_up(shape[-predictor.spatial_dims:])
-                for k in depths:
-                    run = yield from predict_pruned_iter(predictor.model, data, k, predictor=predictor, stop=stop,
-                                                         rgb=bool(layer.rgb))
-                    prediction = run.prediction
-                    labels = labels_from(prediction.probabilities, prediction.target, prediction.spatial_dims,
-                                         scale=prediction.scale, **predictor.model.postprocess)
-                    score = None if truth is None else score_labels(f"depth {k}", truth, labels,
-                                                                    prediction.spatial_dims, reviewed)
-                    results.append((run, score))
-            except PredictionCancelled:
-                return None
-            layer_out = build_layer(labels, "labels", f"{base} depth {depth} labels",
-                                    {"source": layer.name, "model": str(model), "kind": "labels", "depth": depth},
-                                    **transform)
-            return results, layer_out
-
-        def done(result):
-            if result is None or stop.is_set():
-                return
-            results, layer_out = result
-            if not have_full:
-                self._full_runs[full_key] = results[0]
-            run, score = results[-1]
-            self.last_pruned = run
-            put_layer(self._viewer, layer_out)
-            self._add_pruned_row(run, score, self._full_runs[full_key])
-            self.status.value = f"depth {depth}: {run.ms_per_megapixel:.0f} ms per megapixel on " \
-                                f"{run.prediction.device}"
-
-        self.start_job(job, done, f"napari-unet: depth {depth} of {layer.name}", stop=stop)
-
-    def _add_pruned_row(self, run, score, full):
-        """One row per pruned run: its time per megapixel, its speed-up over the full network on
-        the same image (``full``: its run and score, timed the same way after a warm-up), its score."""
-        rows = [list(r) for r in self.pruned.data] if self.pruned.shape[0] else []
-        index = list(self.pruned.row_headers) if self.pruned.shape[0] else []
-
-        def row(r, sc, speed):
-            return [round(r.ms_per_megapixel), speed, "–" if sc is None else round(sc.dice, 3),
-                    "–" if sc is None else round(sc.ap50, 3)]
-
-        full_run, full_score = full
-        if "full" not in index:
-            rows.append(row(full_run, full_score, "1.0x"))
-            index.append("full")
-        rows.append(row(run, score, f"{full_run.ms_per_megapixel / run.ms_per_megapixel:.1f}x"))
-        index.append(f"depth {run.depth}")
-        self.pruned.value = {"data": rows, "index": index, "columns": PRUNE_COLUMNS}
-        self.pruned.native.resizeColumnsToContents()
-
-    # -- looking at the results ----------------------------------------------------------
-    def _result_layers(self):
-        if self._context is None:
-            return []
-        base = self._context[2]
-        return [layer for layer in self._viewer.layers if layer.name.startswith(base) and
-                _meta(layer).get("kind") == "depth"]
-
-    def _on_show_depth(self, choice):
-        for layer in self._result_layers():
-            layer.visible = choice == ALL or _meta(layer).get("depth") == choice
-
-    def next_region(self):
-        """Centre the view on the not-yet-reviewed block where the depths disagree most."""
-        if self.running:
-            return
-        if self._context is None:
-            self.report_error("Run all depths first: the disagreement between depths says where to look.")
-            return
-        from ..inference.supervision import regions_to_review
-
-        layer, transform, _base, _model, disagreement, corrections = self._context
-        reviewed = None
-        if corrections is not None and corrections in self._viewer.layers:
-            name = _meta(corrections).get("reviewed")
-            if name in self._viewer.layers and self._viewer.layers[name].data.shape == disagreement.shape:
-                reviewed = np.array(self._viewer.layers[name].data)
-        spatial_dims = self.last_depths.spatial_dims
-        visited = set(self._visited)
-
-        def job():
-            yield from ()
-            for region in regions_to_review(disagreement, spatial_dims, reviewed):
-                key = (region.plane, tuple((s.start, s.stop) for s in region.box))
-                if key not in visited:
-                    return region, key
-            return None
-
-        def done(found):
-            if found is None:
-                self.status.value = "every region where the depths disagree is reviewed (or visited)"
-                show_info("napari-unet: nothing left to review where the depths disagree.")
-                return
-            region, key = found
-            self._visited.add(key)
-            self._go_to(region, transform)
-            self.status.value = f"region {len(self._visited)}: disagreement {region.score:.3f} " \
-                                f"(plane {', '.join(map(str, region.plane)) or '-'}, rows {region.box[-2].start}–{region.box[-2].stop}, " \
-                                f"columns {region.box[-1].start}–{region.box[-1].stop})"
-
-        self.start_job(job, done, "napari-unet: finding the next region")
-
-    def _go_to(self, region, transform):
-        """Set the sliders to the region's plane and centre and zoom the camera on its block."""
-        scale, translate = np.asarray(transform["scale"]), np.asarray(transform["translate"])
-        world = np.asarray(region.center) * scale + translate
-        offset = self._viewer.dims.ndim - len(world)  # the viewer may hold layers with more axes
-        displayed = [a - offset for a in self._viewer.dims.displayed]
-        for axis, value in enumerate(world):
-            if axis not in displayed:
-                self._viewer.dims.set_point(offset + axis, value)
-        camera = _camera(self._viewer)
-        camera.center = tuple(world[a] for a in displayed if a >= 0)
-        n_planes = len(region.plane)
-        extent = max((s.stop - s.start) * scale[n_planes + i] for i, s in enumerate(region.box))
-        canvas = self._viewer.canvas.size if hasattr(self._viewer, "canvas") else self._viewer._canvas_size
-        camera.zoom = 0.8 * min(canvas) / max(extent, 1e-9)
