@@ -1,4 +1,4 @@
-"""Pick the compute device and its precision.
+"""Pick the compute device and its precision, and know how much memory the machine has.
 
 ``"auto"`` resolves to CUDA, then Apple MPS, then the CPU. Mixed precision is used only where
 the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 BF16 or AMX
@@ -8,6 +8,7 @@ the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,3 +100,24 @@ def resolve_device(choice: str | torch.device = "auto", mixed_precision: bool = 
     amp = torch.bfloat16 if (mixed_precision and cpu_bf16()) else None
     label = f"cpu, {threads} thread{'s' if threads != 1 else ''}" + (", bf16" if amp else "")
     return DeviceInfo(torch.device("cpu"), label, amp)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(shape: tuple, n_out: int) -> None:
+    """Refuse, with what to do, an image whose probabilities alone (``n_out`` float32 maps of
+    ``shape``) would not fit in this machine's memory: numpy would only say it cannot allocate."""
+    need = 4 * n_out * math.prod(int(n) for n in shape)
+    total = physical_memory()
+    if total and need > total:
+        raise ValueError(f"The image (shape {tuple(shape)}) is too large to segment in one piece: its probabilities "
+                         f"alone need {need / 2**30:,.0f} GiB, and this machine has {total / 2**30:,.0f} GiB. Segment "
+                         "it block by block into a zarr store: napari_unet.inference.large.segment_to_zarr in Python, "
+                         "'napari-unet predict --format zarr' on the command line (the Segment dock does so by "
+                         "itself for large layers).")

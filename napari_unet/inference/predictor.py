@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import DeviceInfo, resolve_device
+from ..devices import DeviceInfo, check_fits_in_memory, resolve_device
 # The job utilities (Progress, PredictionCancelled, StepCancelled, interruptible, run_to_end, relay) live
 # in napari_unet.jobs; they stay importable from here for code written before it
 # (``from napari_unet.inference.predictor import predict, run_to_end``).
@@ -92,29 +92,6 @@ def fuse_batchnorm(net: nn.Module) -> nn.Module:
                     module[i] = fuse_conv_bn_eval(conv, bn)
                     module[i + 1] = nn.Identity()
     return fused
-
-
-def physical_memory() -> int | None:
-    """This machine's memory in bytes (None where the OS does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_fits_in_memory(shape: tuple, n_out: int) -> None:
-    """Refuse, with what to do, an image whose probabilities alone (``n_out`` float32 maps of
-    ``shape``) would not fit in this machine's memory: numpy would only say it cannot allocate."""
-    need = 4 * n_out * math.prod(int(n) for n in shape)
-    total = physical_memory()
-    if total and need > total:
-        raise ValueError(f"The image (shape {tuple(shape)}) is too large to segment in one piece: its probabilities "
-                         f"alone need {need / 2**30:,.0f} GiB, and this machine has {total / 2**30:,.0f} GiB. Segment "
-                         "it block by block into a zarr store: napari_unet.inference.large.segment_to_zarr in Python, "
-                         "'napari-unet predict --format zarr' on the command line (the Segment dock does so by "
-                         "itself for large layers).")
 
 
 def _auto_tile(net, device: DeviceInfo) -> int:

@@ -8,6 +8,7 @@ that their objects reach the size the network trains at (:func:`training_scale`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -233,3 +234,32 @@ def _resized(item, scale: float):
     return out + (resize_labels(np.asarray(item[2]), shape),) if len(item) == 3 else out
 
 
+@dataclass
+class PreparedCorrections:
+    """The corrections split and resized for a run: what trains, what validates, at which scale."""
+
+    train: list
+    val: list
+    base_val: list  # the validation regions at the base model's own scale
+    scale: float
+    net_diameter: float | None
+    diameter: float | None
+
+    @classmethod
+    def split(cls, settings, loaded, checked) -> "PreparedCorrections":
+        """Split checked corrections as ``settings`` (a FinetuneSettings) say, and resize them for ``loaded``."""
+        if settings.validate:
+            train, val = split_by_region(checked, settings.val_fraction, min_side=64,
+                                         whole_from=settings.whole_images_from)
+            if not val:
+                raise ValueError("Nothing can be held out to check the model: mark more as reviewed (a fully "
+                                 "reviewed strip of at least 64 px at the end of a region of 128 px or more), add "
+                                 "another image, or turn validation off to keep the model unchecked.")
+        else:
+            train, val = checked, []
+        # objects are resized to the diameter the network trains at; the base is scored at its own scale
+        scale, net_diameter, diameter = training_scale(settings, loaded, checked)
+        base_scale = loaded.scale(diameter) if net_diameter else 1.0
+        resized_val = [_resized(v, scale) for v in val]
+        base_val = resized_val if base_scale == scale else [_resized(v, base_scale) for v in val]
+        return cls([_resized(t, scale) for t in train], resized_val, base_val, scale, net_diameter, diameter)

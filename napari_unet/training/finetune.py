@@ -25,7 +25,7 @@ import numpy as np
 from ..catalog import SUFFIX, bundled_models, known_models, user_model_dir
 from ..trainingset import safe_name
 from . import trainer, validation
-from .corrections import DEFAULT_OBJECT_DIAMETER, _resized, check_corrections, split_by_region, training_scale
+from .corrections import DEFAULT_OBJECT_DIAMETER, PreparedCorrections, check_corrections, split_by_region, training_scale
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_OBJECT_DIAMETER", "LOSS_PRESETS", "FinetuneResult", "FinetuneRun", "FinetuneSettings",
            "finetune_iter", "output_path", "split_by_region", "training_scale", "unique_model_name", "weight_map_params"]
@@ -181,36 +181,6 @@ def unique_model_name(base: str) -> str:
 
 
 
-@dataclass
-class _Data:
-    """The corrections split and resized for a run: what trains, what validates, at which scale."""
-
-    train: list
-    val: list
-    base_val: list  # the validation regions at the base model's own scale
-    scale: float
-    net_diameter: float | None
-    diameter: float | None
-
-    @classmethod
-    def split(cls, settings: FinetuneSettings, loaded, checked) -> "_Data":
-        if settings.validate:
-            train, val = split_by_region(checked, settings.val_fraction, min_side=64,
-                                         whole_from=settings.whole_images_from)
-            if not val:
-                raise ValueError("Nothing can be held out to check the model: mark more as reviewed (a fully "
-                                 "reviewed strip of at least 64 px at the end of a region of 128 px or more), add "
-                                 "another image, or turn validation off to keep the model unchecked.")
-        else:
-            train, val = checked, []
-        # objects are resized to the diameter the network trains at; the base is scored at its own scale
-        scale, net_diameter, diameter = training_scale(settings, loaded, checked)
-        base_scale = loaded.scale(diameter) if net_diameter else 1.0
-        resized_val = [_resized(v, scale) for v in val]
-        base_val = resized_val if base_scale == scale else [_resized(v, base_scale) for v in val]
-        return cls([_resized(t, scale) for t in train], resized_val, base_val, scale, net_diameter, diameter)
-
-
 def output_path(loaded, name: str | None, out_dir, path, overwrite: bool) -> tuple[Path, str]:
     """``(file, model name)`` of the model a run saves, after checking that it may be written:
     ``path`` when given, else ``<out_dir>/<name>.safetensors`` (a fresh name when None)."""
@@ -303,7 +273,7 @@ class FinetuneRun:
         self.loss = SegmentationLoss.from_spec(self.spec)
         self.weight_map = settings.weight_map()
         self.path, self.name = output_path(self.loaded, name, out_dir, path, overwrite)
-        self.data = _Data.split(settings, self.loaded, checked)
+        self.data = PreparedCorrections.split(settings, self.loaded, checked)
         self.postprocess, self.tuned = self.loaded.postprocess, None
         self.baseline, self.base_bar, self.base_pp = {}, None, None  # the bar: the base's best on the held-out part
         self.margin = _min_gain(settings, self.data.val)
