@@ -52,6 +52,25 @@ def empty_images(n: int, seed: int):
     return [fluorescent_nuclei((256 + 128 * (i % 3), 384), 0, seed=seed + i)[:2] for i in range(n)]
 
 
+def at_object_size(pairs, diameter: float) -> list:
+    """The pairs resized so that their objects' median diameter is ``diameter`` (as the predictor
+    resizes images for a model that declares its object size; images without objects stay)."""
+    from napari_unet.scaling import median_diameter, resize_image, resize_labels, scale_for, scaled_shape
+
+    out = []
+    for image, labels in pairs:
+        size = median_diameter(labels)
+        scale = scale_for(diameter, size) if size else 1.0
+        if scale == 1.0:
+            out.append((image, labels))
+            continue
+        shape = scaled_shape(np.shape(labels), scale)
+        image = np.asarray(image, np.float32)
+        grey = image if image.ndim == 2 else image[..., :3].mean(-1)
+        out.append((resize_image(grey[None], shape)[0], resize_labels(np.asarray(labels), shape)))
+    return out
+
+
 def crops(pairs, n: int, rng, normalization) -> tuple[list[np.ndarray], np.ndarray]:
     """``n`` normalised crops, half with objects and half without (as far as the images allow)."""
     normalized = []
@@ -115,12 +134,17 @@ def main(argv=None):
     lm = load_model(args.model)
     net = lm.net
     held = lm.config["provenance"]["held_out"]  # a list (nuclei only), or a list per source
-    held_out = set(held.get("nuclei", []) if isinstance(held, dict) else held)
-    nuclei = datasets.SOURCES["nuclei"]
-    real = {**datasets.load(nuclei, "train", args.data_root), **datasets.load(nuclei, "held_out", args.data_root)}
-    train = [real[n] for n in sorted(real) if n not in held_out] + synthetic_pairs(40, args.seed) + \
-        empty_images(10, 2000)
-    test = [real[n] for n in sorted(held_out)] + synthetic_pairs(60, args.seed)[40:] + empty_images(4, 3000)
+    held = held if isinstance(held, dict) else {"nuclei": held}
+    train, test = [], []
+    for source, names in held.items():  # every real source the model was trained on, its held-out images apart
+        spec = datasets.SOURCES[source]
+        real = {**datasets.load(spec, "train", args.data_root), **datasets.load(spec, "held_out", args.data_root)}
+        train += [real[n] for n in sorted(real) if n not in set(names)]
+        test += [real[n] for n in sorted(names)]
+    train += synthetic_pairs(40, args.seed) + empty_images(10, 2000)
+    test += synthetic_pairs(60, args.seed)[40:] + empty_images(4, 3000)
+    if lm.object_diameter:  # the predictor shows the network images whose objects are this size: so do the crops
+        train, test = at_object_size(train, lm.object_diameter), at_object_size(test, lm.object_diameter)
     rng = np.random.default_rng(args.seed)
     train_x, train_y = crops(train, args.crops, rng, lm.normalization)
     test_x, test_y = crops(test, args.crops // 3, rng, lm.normalization)
@@ -167,13 +191,13 @@ def main(argv=None):
 The CGM ("object present" per input tile) was fitted afterwards with `scripts/train_cgm.py`
 (encoder and segmentation frozen, so the segmentation above is unchanged; the gate stays off by
 default): the paper's binary cross-entropy on {len(train_x)} crops of 64-512 px from the training
-images above and 10 synthetic fields without nuclei ({int(train_y.sum())} with >= {MIN_PRESENT} nucleus
+images above ({', '.join(held)}{', resized so that objects are %g px across' % lm.object_diameter if lm.object_diameter else ''}) and 10 synthetic fields without objects ({int(train_y.sum())} with >= {MIN_PRESENT} object
 pixels, the rest empty), AdamW lr {args.lr},
-{args.steps} steps of 32 crops. On {len(test_x)} crops of the held-out DSB images, 20 unseen
+{args.steps} steps of 32 crops. On {len(test_x)} crops of the held-out images, 20 unseen
 synthetic images and 4 unseen empty fields: accuracy {after['accuracy']:.3f}, ROC AUC {after['auc']:.3f} (present recall
-{after['recall_present']:.3f}, empty recall {after['recall_empty']:.3f}; untrained: accuracy
+{after['recall_present']:.3f}, empty recall {after['recall_empty']:.3f}; before this fit: accuracy
 {before['accuracy']:.3f}, AUC {before['auc']:.3f}). Reproduce with
-`python scripts/train_cgm.py --crops {args.crops} --steps {args.steps}`.
+`python scripts/train_cgm.py --crops {args.crops} --steps {args.steps}` (on the model file above).
 """
     card_path.write_text(card)
     print(f"wrote {args.model} and {card_path} ({time.perf_counter() - start:.0f} s)")
