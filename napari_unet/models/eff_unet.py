@@ -26,14 +26,13 @@ an untiled one (``se_ratio=0`` leaves SE out and makes it so).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 from torch import nn
 
-from .blocks import DoubleConv, head, norm_layer
-from .encoders import (BackboneUNet, MBConv, UNetDecoder, _conv, activation, check_common, check_features,
-                       full_resolution_skip, round_filters, round_repeats)
+from .blocks import DoubleConv, norm_layer
+from .encoders import (BackboneUNet, MBConv, _conv, activation, check_common, check_features, round_filters,
+                       round_repeats)
 from .registry import ModelSpec, register
 
 #: EfficientNet-B0 (Tan & Le 2019, Table 1): stem channels, then
@@ -78,13 +77,8 @@ class EffUNet(BackboneUNet):
     """Eff-UNet.
 
     Args:
-        spatial_dims: 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W).
-        in_channels: input channels (1 for grey, 3 for RGB).
-        out_channels: classes (2 = background/foreground; 3 = background/interior/boundary).
-        features: decoder widths per level, full resolution first: ``features[0]`` is the
-            full-resolution branch and last decoder level, ``features[l]`` the decoder at
-            ``1 / 2**l``, and ``features[-1]`` the backbone's final 1x1 convolution at the bottom.
-            ``len(features) - 1`` downsamplings, 1 to 5.
+        spatial_dims, in_channels, out_channels, features: as every
+            :class:`~napari_unet.models.encoders.BackboneUNet` takes them.
         width_coefficient, depth_coefficient: EfficientNet's compound scaling of the encoder
             (the default 1.0, 1.0 is B0; e.g. 0.5, 0.5 for a lighter one, 1.4, 1.8 for B4).
         se_ratio: squeeze-and-excitation width relative to each block's input (0.25; 0 = no SE).
@@ -114,16 +108,9 @@ class EffUNet(BackboneUNet):
                            features=features, width_coefficient=float(width_coefficient),
                            depth_coefficient=float(depth_coefficient), se_ratio=float(se_ratio),
                            drop_connect_rate=float(drop_connect_rate), norm=norm)
-        self.skip = full_resolution_skip(spatial_dims, self.in_channels, features[0], norm)
-        self.levels, widths = efficientnet_levels(spatial_dims, self.in_channels, depth, width_coefficient,
-                                                  depth_coefficient, se_ratio, drop_connect_rate, norm)
-        self.bottom = nn.Sequential(_conv(spatial_dims, widths[-1], features[-1], 1, norm=norm),
-                                    norm_layer(spatial_dims, norm, features[-1]), activation("silu"))
-        self.decoder = UNetDecoder(spatial_dims, [features[0], *widths[:-1], features[-1]], features[:-1],
-                                   partial(DoubleConv, spatial_dims, norm=norm))
-        self.head = head(spatial_dims, features[0], self.out_channels)
-        self.size_divisor = (2 ** depth,) * spatial_dims
-        self.margin = 0
+        self._build_parts(spatial_dims, features, norm, lambda: efficientnet_levels(
+            spatial_dims, self.in_channels, depth, width_coefficient, depth_coefficient, se_ratio, drop_connect_rate,
+            norm), "silu", DoubleConv)
 
 
 register(ModelSpec(

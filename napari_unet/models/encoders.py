@@ -335,9 +335,36 @@ class BackboneUNet(SegmentationNet):
         bottom: the backbone's final 1x1 conv (to ``features[L]`` channels) on the level-L map.
         decoder: a :class:`UNetDecoder` from level L up to level 0.
         head: 1x1 convolution ``features[0] -> out_channels``.
+
+    Arguments every subclass takes:
+        spatial_dims: 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W).
+        in_channels: input channels (1 for grey, 3 for RGB).
+        out_channels: classes (2 = background/foreground; 3 = background/interior/boundary).
+        features: decoder widths per level, full resolution first: ``features[0]`` is the
+            full-resolution branch and last decoder level, ``features[l]`` the decoder at
+            ``1 / 2**l``, and ``features[-1]`` the backbone's final 1x1 convolution at the bottom.
+            ``len(features) - 1`` downsamplings, 1 to 5.
     """
 
     output_heads = ("head",)
+
+    def _build_parts(self, spatial_dims: int, features: Sequence[int], norm: str, backbone: Callable,
+                     bottom_activation: str, decoder_block: type) -> None:
+        """Build the parts around the levels ``backbone()`` returns with their widths: the
+        full-resolution skip, the bottom 1x1 conv, a decoder of ``decoder_block`` and the head."""
+        from functools import partial
+
+        from .blocks import head, norm_layer
+
+        self.skip = full_resolution_skip(spatial_dims, self.in_channels, features[0], norm)
+        self.levels, widths = backbone()
+        self.bottom = nn.Sequential(_conv(spatial_dims, widths[-1], features[-1], 1, norm=norm),
+                                    norm_layer(spatial_dims, norm, features[-1]), activation(bottom_activation))
+        self.decoder = UNetDecoder(spatial_dims, [features[0], *widths[:-1], features[-1]], features[:-1],
+                                   partial(decoder_block, spatial_dims, norm=norm))
+        self.head = head(spatial_dims, features[0], self.out_channels)
+        self.size_divisor = (2 ** (len(features) - 1),) * spatial_dims
+        self.margin = 0
 
     def forward(self, x: torch.Tensor, side_outputs: bool = False):
         """``(B, in_channels, *S) -> (B, out_channels, *S)`` logits (``[logits]`` with ``side_outputs``)."""

@@ -21,14 +21,13 @@ supervision (neither paper has it).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 from torch import nn
 
-from .blocks import head, norm_layer
-from .encoders import (BackboneUNet, InvertedResidual, SeparableDoubleConv, UNetDecoder, _conv, activation,
-                       check_common, check_features, full_resolution_skip, make_divisible)
+from .blocks import norm_layer
+from .encoders import (BackboneUNet, InvertedResidual, SeparableDoubleConv, _conv, activation, check_common,
+                       check_features, make_divisible)
 from .registry import ModelSpec, register
 
 #: MobileNetV2 (Sandler et al. 2018, Table 2): stem channels, then (expansion t, channels c, repeats n, stride s).
@@ -67,13 +66,8 @@ class MobileUNet(BackboneUNet):
     """Mobile U-Net.
 
     Args:
-        spatial_dims: 2 for images (B, C, H, W), 3 for volumes (B, C, D, H, W).
-        in_channels: input channels (1 for grey, 3 for RGB).
-        out_channels: classes (2 = background/foreground; 3 = background/interior/boundary).
-        features: decoder widths per level, full resolution first: ``features[0]`` is the
-            full-resolution branch and last decoder level, ``features[l]`` the decoder at
-            ``1 / 2**l``, and ``features[-1]`` the backbone's final 1x1 convolution at the bottom.
-            ``len(features) - 1`` downsamplings, 1 to 5.
+        spatial_dims, in_channels, out_channels, features: as every
+            :class:`~napari_unet.models.encoders.BackboneUNet` takes them.
         width_multiplier: MobileNetV2's alpha for the encoder's channels (0.35 .. 1.4 in the paper).
         norm: ``"batch"`` (default), ``"instance"``, ``"group"`` or ``"none"``.
 
@@ -93,15 +87,8 @@ class MobileUNet(BackboneUNet):
         self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, int(in_channels), int(out_channels)
         self.config = dict(spatial_dims=spatial_dims, in_channels=self.in_channels, out_channels=self.out_channels,
                            features=features, width_multiplier=float(width_multiplier), norm=norm)
-        self.skip = full_resolution_skip(spatial_dims, self.in_channels, features[0], norm)
-        self.levels, widths = mobilenet_v2_levels(spatial_dims, self.in_channels, depth, width_multiplier, norm)
-        self.bottom = nn.Sequential(_conv(spatial_dims, widths[-1], features[-1], 1, norm=norm),
-                                    norm_layer(spatial_dims, norm, features[-1]), activation("relu6"))
-        self.decoder = UNetDecoder(spatial_dims, [features[0], *widths[:-1], features[-1]], features[:-1],
-                                   partial(SeparableDoubleConv, spatial_dims, norm=norm))
-        self.head = head(spatial_dims, features[0], self.out_channels)
-        self.size_divisor = (2 ** depth,) * spatial_dims
-        self.margin = 0
+        self._build_parts(spatial_dims, features, norm, lambda: mobilenet_v2_levels(
+            spatial_dims, self.in_channels, depth, width_multiplier, norm), "relu6", SeparableDoubleConv)
 
 
 register(ModelSpec(

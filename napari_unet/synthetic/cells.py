@@ -13,22 +13,11 @@ from .optics import _bandpass, _camera, _smooth_field, _spots
 def phase_contrast_cells(shape=(512, 512), n_cells: int = 25, seed: int = 0):
     """Phase-contrast image of adherent cells growing in small colonies, 2D.
 
-    Parameters
-    ----------
-    shape : (int, int)
-        Image size, YX.
-    n_cells : int
-        Number of cell seeds (a few may be dropped if squeezed to tiny fragments).
-    seed : int
-        Seed of the ``numpy.random.default_rng`` driving everything.
-
-    Returns
-    -------
-    image : (Y, X) uint16
-        Camera counts.
-    labels : (Y, X) int32
-        0 = background, 1..N = cells (consecutive), exact partition; cells in a colony
-        share borders with no gap.
+    ``shape`` is the image's (Y, X) size, ``n_cells`` the number of cell seeds (a few may be
+    dropped if squeezed to tiny fragments), ``seed`` that of the ``numpy.random.default_rng``
+    driving everything. Returns ``(image, labels)``: camera counts, (Y, X) uint16, and an exact
+    partition, (Y, X) int32, 0 = background and 1..N = cells (consecutive); cells in a colony
+    share borders with no gap.
 
     Simulated: cells grown from seeds clustered into colonies as a weighted Voronoi
     tessellation of irregular, elongated star-shaped regions (radius ~16-34 px modulated by
