@@ -120,6 +120,24 @@ class JobWidget(DockContainer):
         self._stop.set()
         self.status.value = self.cancelling_message
 
+    def run_or_cancel(self, run) -> None:
+        """A Run / Cancel button's click: ask the running job to stop, else ``run()``."""
+        if self.running:
+            self.cancel()
+        else:
+            run()
+
+    @property
+    def running(self) -> bool:
+        """A job of this dock runs (docks with more to wait for extend it)."""
+        return self.job_running
+
+    def _image_choices(self, _widget=None):
+        """The viewer's images a model may run on (an Image combo box's choices)."""
+        from ._layers import input_images
+
+        return input_images(self._viewer)
+
     @property
     def cancelled(self) -> bool:
         return self._stop is not None and self._stop.is_set()

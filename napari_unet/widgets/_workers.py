@@ -247,7 +247,8 @@ WARM_UPS_STARTED = 0  # how many warm-ups this process started (one, however man
 def warm_up_imports() -> None:
     """Import what a first prediction, fine-tuning or deep-supervision run imports (imports hold
     Python's GIL: paid here, in a worker, they do not stall the viewer during a run)."""
-    from .. import devices, finetune, modelfile, modelinfo  # noqa: F401
+    from .. import devices, modelfile, modelinfo  # noqa: F401
+    from ..training import finetune  # noqa: F401
     from ..inference import estimate, large, predictor, pyramid, segment, supervision  # noqa: F401
     from ..inference import largeview, predictor_cache, review  # noqa: F401
     import numpy as np

@@ -186,9 +186,6 @@ class FinetuneWidget(JobWidget):
         self.w0.enabled = self.sigma.enabled = uses_map
 
     # -- training data ---------------------------------------------------------------------
-    def _image_choices(self, _widget=None):
-        return input_images(self._viewer)
-
     def _image_of(self, layer, image_name) -> tuple[object, str]:
         """``(image layer, "")`` for a corrections layer, or ``(None, why not)``: the layer it was
         made from, else the one chosen in Image, else the only image of its shape."""
@@ -272,15 +269,8 @@ class FinetuneWidget(JobWidget):
         return fit_corrections(triples, in_channels, spatial_dims, names=self._triple_names)
 
     # -- running ---------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self.job_running
-
     def _on_train_clicked(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.train()
+        self.run_or_cancel(self.train)
 
     def settings(self):
         from ..training.finetune import FinetuneSettings

@@ -30,7 +30,7 @@ from qtpy.QtCore import QTimer
 
 from ._base import DEVICES, JobWidget, device_line
 from ._dock import wrap
-from ._layers import (KEY, build_layer, input_images, layer_kind, layer_meta, model_label, move_below, put_layer,
+from ._layers import (KEY, build_layer, layer_kind, layer_meta, model_label, move_below, put_layer,
                       release_temporary, spatial_transform)
 from ._object_size import ObjectSizeControls
 from ._segment_large import _LargeReady, large_job, show_large_result, show_live
@@ -139,9 +139,6 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
         self._show_device()
 
     # -- choices ------------------------------------------------------------------------
-    def _image_choices(self, _widget=None):
-        return input_images(self._viewer)
-
     def _channel_choices(self, _widget=None):
         layer = self.image.value
         if layer is None or layer.rgb:
@@ -260,10 +257,7 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
         return self.job_running or self._pending_ui
 
     def _on_run_clicked(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.run()
+        self.run_or_cancel(self.run)
 
     def _check_inputs(self):
         layer = self.image.value

@@ -26,7 +26,7 @@ from qtpy.QtGui import QBrush, QColor, QFont
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import wrap
-from ._layers import KEY, build_layer, input_images, model_label, put_layer, spatial_transform
+from ._layers import KEY, build_layer, model_label, put_layer, spatial_transform
 from ._supervision_review import ALL, PruningAndReview, _grid
 
 NO_CORRECTIONS = "none"
@@ -154,9 +154,6 @@ class SupervisionWidget(PruningAndReview, JobWidget):
         self._show_device()
 
     # -- choices ------------------------------------------------------------------------
-    def _image_choices(self, _widget=None):
-        return input_images(self._viewer)
-
     def _depth_choices(self, _widget=None):
         names = [] if self.last_depths is None else self.last_depths.names + ["ensemble"]
         return [ALL] + names
@@ -223,10 +220,7 @@ class SupervisionWidget(PruningAndReview, JobWidget):
         return self.job_running or bool(self._pending_layers)
 
     def _on_run_clicked(self, *_):
-        if self.running:
-            self.cancel()
-        else:
-            self.run()
+        self.run_or_cancel(self.run)
 
     def _inputs(self):
         layer = self.image.value
