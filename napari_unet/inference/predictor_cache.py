@@ -17,9 +17,12 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from ..modelfile import load_model
-from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor
+from .tiling import DEFAULT_BLEND, DEFAULT_HALO
+
+if TYPE_CHECKING:
+    from .predictor import Predictor
 
 
 def _number_or_auto(value):
@@ -87,6 +90,8 @@ class PredictorSettings:
     def build(self, loaded=None) -> Predictor:
         """A new :class:`Predictor` with these settings (of ``loaded``, a loaded model of
         :attr:`model`, when given; else the model is loaded)."""
+        from .predictor import Predictor  # (torch: in the worker that builds it, never at import)
+
         return Predictor(self.model if loaded is None else loaded, **self.arguments())
 
 
@@ -120,6 +125,8 @@ class PredictorCache:
                 return predictor
             loaded = next((p.model for s, p in self._predictors.items() if s.same_model(settings)), None)
             if loaded is None:
+                from ..modelfile import load_model
+
                 loaded = load_model(settings.model)
                 self.loads += 1
             predictor = settings.build(loaded)

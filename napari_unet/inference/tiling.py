@@ -17,6 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+#: Pixels of context around each tile, and of the blended seam between tiles (the predictor's defaults).
+DEFAULT_HALO = 32
+DEFAULT_BLEND = 8
+
 
 @dataclass(frozen=True)
 class AxisTiles:

@@ -4,13 +4,25 @@
 ``napari_unet.jobs.run_to_end`` or loop over it in a thread worker.
 """
 
-from .losses import (IGNORE, DeepSupervisionLoss, SegmentationLoss, cross_entropy, focal, ms_ssim_loss, soft_dice,
-                     soft_iou, unet3p_hybrid)
-from .patches import PatchSampler, TrainingImage, binary_target, prepare_image, touching_boundaries
-from .trainer import TrainingEvent, TrainingResult, train_iter, validate
-from .weightmap import weight_map
+import importlib
 
-__all__ = ["IGNORE", "SegmentationLoss", "DeepSupervisionLoss", "cross_entropy", "soft_dice", "focal", "soft_iou",
-           "ms_ssim_loss", "unet3p_hybrid", "PatchSampler", "TrainingImage",
-           "binary_target", "prepare_image", "touching_boundaries", "TrainingEvent", "TrainingResult",
-           "train_iter", "validate", "weight_map"]
+#: public name -> the submodule that holds it; imported on first use (PEP 562), so that
+#: ``napari_unet.training.finetune``'s settings and presets load without torch (a dock's
+#: controls read them on the Qt thread)
+_NAMES = {
+    **dict.fromkeys(["IGNORE", "SegmentationLoss", "DeepSupervisionLoss", "cross_entropy", "soft_dice", "focal",
+                     "soft_iou", "ms_ssim_loss", "unet3p_hybrid"], "losses"),
+    **dict.fromkeys(["PatchSampler", "TrainingImage", "binary_target", "prepare_image", "touching_boundaries"],
+                    "patches"),
+    **dict.fromkeys(["TrainingEvent", "TrainingResult", "train_iter", "validate"], "trainer"),
+    "weight_map": "weightmap",
+}
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

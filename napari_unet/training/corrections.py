@@ -22,7 +22,7 @@ DEFAULT_OBJECT_DIAMETER = 30.0
 def check_corrections(triples: Sequence, spatial_dims: int) -> list[tuple]:
     """``(image, labels, reviewed)`` triples checked (instance labels, a reviewed region of their
     shape; None = all reviewed), without the unreviewed ones, and cut into planes for 2D models."""
-    from .patches import image_channels_first
+    from ..inputs import image_channels_first
 
     if not triples:
         raise ValueError("The training set is empty: correct an image and add it first.")
@@ -221,7 +221,7 @@ def _resized(item, scale: float):
 
     if scale == 1:
         return item
-    from .patches import image_channels_first
+    from ..inputs import image_channels_first
 
     labels, image = np.asarray(item[1]), np.asarray(item[0])
     shape = scaled_shape(labels.shape, scale)

@@ -24,7 +24,6 @@ import numpy as np
 
 from ..catalog import SUFFIX, bundled_models, known_models, user_model_dir
 from ..trainingset import safe_name
-from . import trainer, validation
 from .corrections import DEFAULT_OBJECT_DIAMETER, PreparedCorrections, check_corrections, split_by_region, training_scale
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_OBJECT_DIAMETER", "LOSS_PRESETS", "FinetuneResult", "FinetuneRun", "FinetuneSettings",
@@ -98,8 +97,11 @@ class FinetuneSettings:
         kind = self.loss_spec()[1] if self.weights is None else (None if self.weights == "none" else self.weights)
         return weight_map_params(kind, self.w0, self.sigma)
 
-    def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool) -> "trainer.TrainSettings":
-        """The trainer's settings for this fine-tuning (``focus``: the base model's error maps are given)."""
+    def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool):
+        """The trainer's settings (:class:`~.trainer.TrainSettings`) for this fine-tuning (``focus``:
+        the base model's error maps are given)."""
+        from . import trainer
+
         return trainer.TrainSettings(
             patch_size=self.patch_size, batch_size=self.batch_size, lr=self.lr, epochs=self.epochs,
             minutes=self.minutes, steps_per_epoch=self.steps_per_epoch, seed=self.seed, normalization=normalization,
@@ -144,6 +146,8 @@ def _score_base(net, val, normalization, device, postprocess, target, stop, tune
     (both sides then choose their post-processing on the same data)."""
     from ..inference.postprocess import choose_postprocess, probabilities_to_labels
     from ..metrics import evaluate, mean_metrics
+
+    from . import validation
 
     items = list(validation.held_out_probabilities(net, val, normalization, device, target, stop))
     metrics = mean_metrics([evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
@@ -241,6 +245,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     training set from which nothing can be held out is refused before training.
     """
     from ..jobs import PredictionCancelled
+    from .trainer import TrainingEvent
 
     run = FinetuneRun(base, triples, settings or FinetuneSettings(), name, out_dir, path, overwrite, source, stop)
     if stop is not None and stop.is_set():
@@ -250,7 +255,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
         focus_maps = run.focus_maps()
     except PredictionCancelled:
         return run.stopped_early()
-    yield trainer.TrainingEvent(0, 0, float("nan"), run.baseline.get("ap50"), 0.0, None,
+    yield TrainingEvent(0, 0, float("nan"), run.baseline.get("ap50"), 0.0, None,
                                 validated=bool(run.baseline), val_metrics=run.baseline or None)
     result = yield from run.train(focus_maps, checkpoint, resume)
     return run.finish(result, keep_unvalidated)
@@ -292,6 +297,8 @@ class FinetuneRun:
         """Where the base model is wrong, for the sampler (with ``settings.focus``), or None."""
         if not (self.settings.focus > 0 and self.target == self.loaded.target):
             return None
+        from . import validation
+
         return validation.error_maps(self.net, self.data.train, self.loaded.normalization, self.settings.device,
                                      self.postprocess, self.target, stop=self.stop)
 
@@ -322,6 +329,8 @@ class FinetuneRun:
             self.net.set_out_channels(len(TARGETS[self.target]))
         settings = self.settings.train_settings(self.loaded.normalization, self.target, self.postprocess,
                                                 focus=focus_maps is not None)
+        from . import trainer
+
         gen = trainer.train_iter(self.net, self.data.train, self.data.val, settings, stop=self.stop, loss=self.loss,
                                  checkpoint=checkpoint, resume=resume, focus_maps=focus_maps)
         while True:
@@ -342,6 +351,8 @@ class FinetuneRun:
         stopped_by_user = stop is not None and stop.is_set()
         if result.metrics and data.val and not stopped_by_user:
             try:  # the post-processing for this model, chosen on the held-out regions (a few seconds)
+                from . import validation
+
                 self.postprocess, table = validation.tune_postprocess(
                     self.net.eval(), data.val, self.loaded.normalization, self.settings.device, self.target,
                     stop=stop)

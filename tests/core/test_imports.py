@@ -99,3 +99,18 @@ def test_jobs_module_is_light():
     loaded = _modules_after("import napari_unet.jobs")
     assert "torch" not in loaded and "numpy" not in loaded
     assert not {name.split(".")[0] for name in loaded} & set(GUI)
+
+
+def test_what_docks_read_on_the_qt_thread_imports_no_torch():
+    """The docks' controls read the fine-tuning presets and settings, and make their predictor caches,
+    on the Qt thread while the warm-up worker imports torch: importing torch there too would wait on
+    the import lock and freeze napari for the whole import. The command line's parser (``--help``)
+    must not pay for torch either."""
+    loaded = _modules_after("import napari_unet.training.finetune, napari_unet.training.resume, "
+                            "napari_unet.finetune, napari_unet.inference.predictor_cache\n"
+                            "from napari_unet.training.finetune import FinetuneSettings, LOSS_PRESETS\n"
+                            "FinetuneSettings().weight_map()\n"
+                            "from napari_unet.inference.predictor_cache import PredictorCache, PredictorSettings\n"
+                            "PredictorCache(2); PredictorSettings('unet')\n"
+                            "from napari_unet.cli.parser import build_parser; build_parser()")
+    assert "torch" not in loaded
