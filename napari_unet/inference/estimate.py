@@ -28,6 +28,7 @@ from ..jobs import Progress, run_to_end
 from ..scaling import MAX_SCALE, MIN_SCALE, median_diameter
 from .inputs import prepare_image
 from .predictor import Predictor, take_predictor_arguments
+from .predictor_cache import PredictorCache, PredictorSettings
 
 #: predictions at most this many passes
 MAX_PASSES = 6
@@ -63,6 +64,10 @@ def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(plane[..., top:top + side, left:left + side])
 
 
+#: the bundled size estimators' predictors, one per device (loaded on first use)
+_ESTIMATORS = PredictorCache(2)
+
+
 def _estimator(predictor: Predictor) -> Predictor:
     """The predictor whose passes estimate the size: the model's own, or the one its config names
     (``input.size_estimator``, a bundled model trained on the same data at the same object size:
@@ -75,7 +80,8 @@ def _estimator(predictor: Predictor) -> Predictor:
 
     if name not in bundled_models():
         return predictor  # a size estimator that is not installed: the model's own passes
-    return Predictor(name, device=str(predictor.device.device))
+    # loaded once per device, not again for every image of a batch or every click on Estimate
+    return _ESTIMATORS.get(PredictorSettings(name, device=str(predictor.device.device)))
 
 
 def shown_plane(shape, position, rgb: bool = False, channel_axis: int | None = None) -> int | None:

@@ -113,6 +113,8 @@ def test_a_model_may_measure_sizes_with_the_bundled_unet(nuclei, make_random_mod
                           random.path, "missing")
     assert _estimator(Predictor(delegating, device="cpu")).model.name == "unet"
     assert _estimator(Predictor(missing, device="cpu")).model.name == "missing"
+    # the estimator is loaded once, not for every image or click
+    assert _estimator(Predictor(delegating, device="cpu")) is _estimator(Predictor(delegating, device="cpu"))
     image = nuclei[0]
     assert estimate_diameter(delegating, image, device="cpu").diameter == \
         estimate_diameter("unet", image, device="cpu").diameter
