@@ -120,6 +120,23 @@ class JobWidget(DockContainer):
         self._stop.set()
         self.status.value = self.cancelling_message
 
+    def _check_inputs(self):
+        """Hook: what a new job needs from the controls (e.g. ``(layer, data, model)``), or
+        ``ValueError`` saying what is wrong."""
+        raise NotImplementedError
+
+    def _ready_to_start(self):
+        """What :meth:`_check_inputs` gives, for a new job, or None: a job runs, or the inputs are
+        refused (the message is shown)."""
+        if self.running:
+            return None
+        self.ensure_torch()
+        try:
+            return self._check_inputs()
+        except ValueError as exc:
+            self.report_error(str(exc))
+            return None
+
     def run_or_cancel(self, run) -> None:
         """A Run / Cancel button's click: ask the running job to stop, else ``run()``."""
         if self.running:

@@ -43,11 +43,11 @@ class PruningAndReview:
 
     def run_pruned(self):
         """Predict with U-Net++'s depth-k sub-network only; time it and score it (in a worker)."""
-        if self.running:
+        inputs = self._ready_to_start()
+        if inputs is None:
             return
-        self.ensure_torch()
+        layer, data, model = inputs
         try:
-            layer, data, model = self._inputs()
             truth, reviewed = self._corrections_data(self._spatial_shape(layer))
         except ValueError as exc:
             self.report_error(str(exc))

@@ -177,18 +177,6 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
         self.split.value = defaults["split_touching"]
         self._apply_object_size(config)
 
-    def _ready_to_start(self):
-        """``(layer, data, model)`` for a new job, or None (a job runs, or the inputs are refused:
-        the message is shown)."""
-        if self.running:
-            return None
-        self.ensure_torch()
-        try:
-            return self._check_inputs()
-        except ValueError as exc:
-            self.report_error(str(exc))
-            return None
-
     def _on_model_changed(self, *_):
         """Describe the chosen model and apply the post-processing it was tuned with (the fields
         show it at once, read from the file's header, before PyTorch has loaded)."""

@@ -222,7 +222,7 @@ class SupervisionWidget(PruningAndReview, JobWidget):
     def _on_run_clicked(self, *_):
         self.run_or_cancel(self.run)
 
-    def _inputs(self):
+    def _check_inputs(self):
         layer = self.image.value
         if layer is None:
             raise ValueError("There is no image layer: open an image (or File > Open Sample > napari-unet) first.")
@@ -268,14 +268,10 @@ class SupervisionWidget(PruningAndReview, JobWidget):
 
     def run(self):
         """Predict every depth of the chosen model on the chosen image (in a thread worker)."""
-        if self.running:
+        inputs = self._ready_to_start()
+        if inputs is None:
             return
-        self.ensure_torch()
-        try:
-            layer, data, model = self._inputs()
-        except ValueError as exc:
-            self.report_error(str(exc))
-            return
+        layer, data, model = inputs
         from ..inference.supervision import predict_depths_iter, score_depths
         from ..jobs import PredictionCancelled
 
