@@ -5,13 +5,18 @@ napari docks a magicgui widget's ``native``. For these docks that is a scroll ar
 controls, so a tall dock scrolls instead of growing napari's window: the four docks together fit
 a 1080-px screen (``tests/widgets/test_dock_layout.py``). Settings with good defaults go in a
 collapsed section (:meth:`DockContainer.add_section`).
+
+When a dock first appears beside others stacked in the same side of the window, the side's height
+is shared in proportion to what each dock's controls need (:func:`share_height`): napari gives a
+newly added dock five times the height of the one above it, which left Correct (or Segment)
+three rows high above Fine-tune.
 """
 
 from __future__ import annotations
 
 from magicgui.widgets import Container
-from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QWidget
 from superqt import QCollapsible
 
 
@@ -39,6 +44,63 @@ class _FitWidth(QObject):
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
         if event.type() == QEvent.Type.LayoutRequest:
             self.update()
+        return False
+
+
+def _wanted_height(dock: QDockWidget) -> int:
+    """The height ``dock`` needs to show its contents without scrolling (a scroll area's own
+    size hint stops at 24 lines of text, so for one the hint of what it scrolls)."""
+    inner = dock.widget()
+    if inner is None:
+        return dock.sizeHint().height()
+    scrolled = inner.widget() if isinstance(inner, QScrollArea) else None
+    needed = (scrolled if scrolled is not None else inner).sizeHint().height()
+    title = dock.sizeHint().height() - inner.sizeHint().height()  # the dock's title bar and margins
+    return max(needed, 1) + max(title, 0)
+
+
+def share_height(dock: QDockWidget) -> bool:
+    """Share the height of the window side ``dock`` is docked in among the docks stacked there, in
+    proportion to what each needs (:func:`_wanted_height`); docks in tabs count once, as the tab
+    shown. Returns False (nothing changed) for a floating dock or one outside a main window."""
+    main = dock.parentWidget()
+    if not isinstance(main, QMainWindow) or dock.isFloating() or not dock.isVisible():
+        return False
+    area = main.dockWidgetArea(dock)
+    stacked, seen = [], set()
+    for other in main.findChildren(QDockWidget):
+        if other.isFloating() or not other.isVisible() or main.dockWidgetArea(other) != area or id(other) in seen:
+            continue
+        seen.update(id(tab) for tab in main.tabifiedDockWidgets(other))
+        seen.add(id(other))
+        stacked.append(other)
+    if len(stacked) < 2 or area not in (Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea):
+        return False
+    main.resizeDocks(stacked, [_wanted_height(d) for d in stacked], Qt.Orientation.Vertical)
+    return True
+
+
+class _FirstShow(QObject):
+    """Shares the height once, after the dock's first show (a turn of the event loop later, once
+    napari has finished placing it)."""
+
+    def __init__(self, scroll):
+        super().__init__(scroll)
+        self._scroll = scroll
+        self.done = False
+
+    def share(self):
+        try:
+            dock = self._scroll.parentWidget()
+            if isinstance(dock, QDockWidget):
+                share_height(dock)
+        except RuntimeError:  # the dock was closed before the event loop came back to it
+            pass
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if not self.done and event.type() == QEvent.Type.Show:
+            self.done = True
+            QTimer.singleShot(0, self.share)
         return False
 
 
@@ -83,6 +145,8 @@ class DockContainer(Container):
         self._fit_width = _FitWidth(self.root_native_widget)
         self.controls.installEventFilter(self._fit_width)
         self._fit_width.update()
+        self._first_show = _FirstShow(self.root_native_widget)
+        self.root_native_widget.installEventFilter(self._first_show)
 
 
 class _SharedFolder:
