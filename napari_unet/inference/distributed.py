@@ -20,12 +20,12 @@ from typing import Iterator, Sequence
 from ..jobs import Progress, relay, run_to_end
 from . import large
 from .predictor import Predictor
-from .runners import (CONNECT_TIMEOUT, MAX_CACHED_MODELS, DaskRunner, LocalRunner, MemmapRef, cached_predictor,
+from .runners import (CONNECT_TIMEOUT, DaskRunner, LocalRunner, MemmapRef, cached_predictor,
                       model_loads)
 
 __all__ = ["FileJob", "FileResult", "segment_file", "segment_files_iter", "make_runner",
            # from .runners
-           "CONNECT_TIMEOUT", "MAX_CACHED_MODELS", "DaskRunner", "LocalRunner", "MemmapRef", "cached_predictor",
+           "CONNECT_TIMEOUT", "DaskRunner", "LocalRunner", "MemmapRef", "cached_predictor",
            "model_loads"]
 
 

@@ -55,8 +55,7 @@ from ..scaling import scaled_shape
 from . import quality
 from .blockplan import (BlockGrid, LargePlan, block_grid, block_side, chunk_shape, label_halo as checked_label_halo,
                         needs_blocks, postprocess_settings, prediction_halo, tiles_per_plane)
-from .blocktasks import (STAGE_MESSAGE, BlockLabels, SeamJoiner, label_block, label_passes, predict_block,
-                         predict_block_iter, relabel_block)
+from .blocktasks import STAGE_MESSAGE, label_passes, predict_block, predict_block_iter
 from .blockstores import BlockStores
 from .inputs import fit_normalizer, prepare_image
 from .lazyio import _check_output, _commit, _create_array, _drop_mapped_pages, _open_array, _open_source, as_lazy
@@ -76,10 +75,7 @@ DEFAULT_LABEL_HALO_3D = 32
 
 __all__ = ["DEFAULT_BLOCK_2D", "DEFAULT_BLOCK_3D", "DEFAULT_LABEL_HALO", "DEFAULT_LABEL_HALO_3D", "BlockProgress",
            "LargeSegmentation", "needs_blocks", "segment_to_zarr_iter", "segment_to_zarr",
-           "labels_from_probabilities_iter",
-           # the parts, importable from here as before the driver was split from them
-           "BlockGrid", "LargePlan", "chunk_shape", "BlockLabels", "SeamJoiner", "predict_block_iter",
-           "predict_block", "label_block", "relabel_block"]
+           "labels_from_probabilities_iter"]
 
 
 @dataclass

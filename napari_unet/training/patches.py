@@ -29,7 +29,7 @@ from .augment import Augmenter
 from .losses import IGNORE
 
 __all__ = ["touching_boundaries", "check_training_labels", "binary_target", "boundary_target", "TARGET_MAKERS",
-           "loss_weight_map", "TrainingImage", "as_channels_first", "as_chw", "colour_last", "colour_to_grey",
+           "loss_weight_map", "TrainingImage", "as_channels_first", "colour_last", "colour_to_grey",
            "image_channels_first", "prepare_image", "PatchSampler"]
 
 
@@ -152,11 +152,6 @@ class TrainingImage:
         self.counted = np.flatnonzero(~ignored) if ignored.any() else None
         if self.counted is not None and not self.counted.size:
             raise ValueError(f"Nothing of image {self.name or ''} is reviewed: mark the region you checked.")
-
-
-def as_chw(image: np.ndarray) -> np.ndarray:
-    """A 2D image ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``."""
-    return as_channels_first(image, 2)
 
 
 def _per_axis(size, spatial_dims: int, what: str) -> tuple[int, ...]:

@@ -9,7 +9,8 @@ import tifffile
 import torch
 import zarr
 
-from napari_unet.inference.large import BlockGrid, labels_from_probabilities_iter, segment_to_zarr, segment_to_zarr_iter  # noqa: E501
+from napari_unet.inference.blockplan import BlockGrid
+from napari_unet.inference.large import labels_from_probabilities_iter, segment_to_zarr, segment_to_zarr_iter
 from napari_unet.inference.lazyio import open_image, write_zarr
 from napari_unet.inference.postprocess import probabilities_to_labels
 from napari_unet.inference.predictor import PredictionCancelled, run_to_end
