@@ -85,12 +85,40 @@ class Pyramid:
         lead, (ys, xs) = region[:-2], region[-2:]
         ys, xs = (slice(*s.indices(n)[:2]) for s, n in zip((ys, xs), self.shape[-2:]))
         data = self._read(lead + (ys, xs))
-        for k, level in enumerate(self.coarse, start=1):
-            f = 2 ** k
-            # the level keeps the base's pixels at multiples of f: the first of them in the region
-            oy, ox = (-ys.start) % f, (-xs.start) % f
-            part = data[..., oy::f, ox::f]
-            if part.shape[-1] == 0 or part.shape[-2] == 0:
-                continue
-            y0, x0 = (ys.start + oy) // f, (xs.start + ox) // f
-            level[lead + (slice(y0, y0 + part.shape[-2]), slice(x0, x0 + part.shape[-1]))] = part
+        # an int of the region drops its axis from what is read: put it back as a slice of one
+        full = tuple(slice(*r.indices(n)[:2]) if isinstance(r, slice) else slice(int(r), int(r) + 1)
+                     for r, n in zip(lead, self.shape)) + (ys, xs)
+        data = np.expand_dims(data, tuple(i for i, r in enumerate(lead) if not isinstance(r, slice)))
+        factors = [(1,) * len(lead) + (2 ** k, 2 ** k) for k in range(1, len(self.coarse) + 1)]
+        write_coarse(self.coarse, full, data, factors)
+
+
+def coarse_factors(base_shape: Sequence[int], shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """The factor of each coarser level per axis: the ``f`` for which the base's size divided by
+    ``f`` and rounded up is the level's (as :func:`level_shapes` halves), else the rounded ratio."""
+    out = []
+    for shape in shapes:
+        factors = []
+        for b, n in zip(base_shape, shape):
+            b, n = int(b), max(int(n), 1)
+            exact = [f for f in range(max(1, b // n - 1), b // n + 3) if -(-b // f) == n]
+            factors.append(exact[0] if exact else max(1, round(b / n)))
+        out.append(tuple(factors))
+    return out
+
+
+def write_coarse(coarse: Sequence, region: Sequence[slice], data: np.ndarray,
+                 factors: Sequence[Sequence[int]]) -> None:
+    """Write ``data``, the base's values over ``region`` (one slice with a start and a step of 1 per
+    axis), into the coarser levels ``coarse``: level ``i`` keeps the base's pixels at multiples of
+    ``factors[i]`` (one per axis), nearest neighbour, so label ids stay ids."""
+    for level, factor in zip(coarse, factors):
+        take, starts = [], []
+        for s, f in zip(region, factor):
+            offset = (-s.start) % f  # the first pixel of the region at a multiple of f
+            take.append(slice(offset, None, f))
+            starts.append((s.start + offset) // f)
+        part = data[tuple(take)]
+        if 0 in part.shape:
+            continue
+        level[tuple(slice(a, a + n) for a, n in zip(starts, part.shape))] = part

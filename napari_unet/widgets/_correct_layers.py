@@ -13,6 +13,7 @@ from napari.layers import Image, Labels
 
 from .. import editing
 from .._reader import reviewed_colormap, training_set_layer_data
+from ..writeback import check_writable, region_checksum
 from ._layers import KEY, corrections_full_shape, current_plane, layer_meta
 
 
@@ -95,8 +96,10 @@ def editable_copy(viewer, source) -> tuple:
         region = editing.correction_region(full.shape, visible_box(viewer, source),
                                            current_plane(viewer, source, full.shape))
         translate = translate + np.asarray([s.start for s in region]) * np.asarray(source.scale, float)
-        meta.update(region=[[s.start, s.stop] for s in region], full_shape=list(full.shape))
-        full = full[region]
+        full = np.asarray(full[region])
+        # what the region held: writing the corrections back checks that nothing else changed it meanwhile
+        meta.update(region=[[s.start, s.stop] for s in region], full_shape=list(source_shape(source)),
+                    region_checksum=region_checksum(full))
     name = f"{source.name} corrected"
     i = 2
     while name in viewer.layers:
@@ -106,6 +109,32 @@ def editable_copy(viewer, source) -> tuple:
     viewer.layers.append(layer)
     source.visible = False  # the prediction stays as it was, out of the way
     return layer, region
+
+
+def source_shape(layer) -> tuple:
+    """The full-resolution shape of a (possibly multiscale) layer."""
+    return tuple((layer.data[0] if layer.multiscale else layer.data).shape)
+
+
+def labels_of_region(viewer, corrected):
+    """``(labels layer, its levels, region)``: what a region's corrections go back into; raises
+    ``ValueError`` when ``corrected`` is not a region of a large layer, that layer is gone or
+    changed shape, or its labels cannot be written."""
+    meta = layer_meta(corrected)
+    region = meta.get("region")
+    if not region:
+        raise ValueError(f"'{corrected.name}' holds the whole labels, not a region of a large layer: it is the "
+                         "corrected result itself (save it with File > Save Selected Layers).")
+    name = meta.get("from")
+    if name not in viewer.layers or not isinstance(viewer.layers[name], Labels):
+        raise ValueError(f"The labels '{name}' that '{corrected.name}' came from are no longer in the viewer: "
+                         "nothing to write into (the corrections stay in their layer).")
+    source = viewer.layers[name]
+    if list(source_shape(source)) != list(meta.get("full_shape", [])):
+        raise ValueError(f"'{name}' is not the shape it had when '{corrected.name}' was copied from it.")
+    levels = list(source.data) if source.multiscale else [source.data]
+    check_writable(levels)  # said at once, before any job starts
+    return source, levels, tuple(slice(int(a), int(b)) for a, b in region)
 
 
 def show_weights(viewer, weights: np.ndarray, name: str, corrected):

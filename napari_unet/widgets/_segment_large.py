@@ -99,11 +99,14 @@ def show_large_result(widget, ready: _LargeReady, layer, started: float):
     if live is None or live not in viewer.layers:  # removed by the user meanwhile (with its folder)
         widget.status.value = "the result layer was removed while it was being filled; the result was discarded."
         return
-    if not live.multiscale:  # napari paints single-scale layers only: now into the store itself
-        import zarr
+    import zarr
 
-        live.data = zarr.open_array(live.metadata[KEY]["store"], mode="r+")
+    store = zarr.open_array(live.metadata[KEY]["store"], mode="r+")  # written while it filled: writable now
+    if not live.multiscale:  # napari paints single-scale layers only: now into the store itself
+        live.data = store
         live.editable = True
+    else:  # Correct's 'Write into the full labels' writes corrected regions into it (its levels follow)
+        live.data = [store] + list(live.data[1:])
     live.refresh()
     viewer.layers.selection.active = live
     n = int(sum(result.n_objects))

@@ -11,6 +11,9 @@
 - "Show weight map" adds the U-Net paper's weight map of the corrections (w0, sigma in pixels
   or micrometres from the layer's scale), computed as the dock's job (a worker, napari's
   progress bar; :class:`~._base.JobWidget`).
+- A large layer is corrected region by region; "Write into the full labels" writes a corrected
+  region back into the labels it was copied from, as the dock's job
+  (:mod:`napari_unet.writeback`: new ids kept apart, coarse levels updated, refused when read-only).
 - "Add to training set" stores image + corrections + reviewed region in a training-set folder;
   from then on every edit is saved again (atomically) a second after the user stops editing,
   and once more, at once, when the viewer window closes (:mod:`._autosave`). A failed save (full
@@ -23,6 +26,7 @@ reviewed marks is :mod:`napari_unet.editing`'s.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import napari.viewer
@@ -43,8 +47,9 @@ TOOLS = ("paint (napari)", "delete object (click)", "merge objects (click two)",
 class CorrectWidget(JobWidget):
     """Dock widget for correcting masks and collecting them into a training set.
 
-    Its one job (:class:`~._base.JobWidget`) is the weight map; the saves of the edits run beside
-    it (:class:`~._autosave.Autosave`), never waiting for it."""
+    Its jobs (:class:`~._base.JobWidget`, one at a time) are the weight map and writing a corrected
+    region back into large labels; the saves of the edits run beside them
+    (:class:`~._autosave.Autosave`), never waiting for them."""
 
     job_name = "Weight map"
 
@@ -93,11 +98,14 @@ class CorrectWidget(JobWidget):
                                                     "index.json), shared with the Fine-tune dock.")
         self.plane_only = CheckBox(text="Only the current plane (stacks)", value=False)
         self.add_button = PushButton(text="Add to training set")
+        self.write_button = PushButton(text="Write into the full labels",
+                                       tooltip="A region of a large labels layer: write the corrected region back into "
+                                               "the labels it was copied from (new objects get new ids).")
         self.open_button = PushButton(text="Open training set")
         self.status = Label(label="")
         wrap(self.status)
         self.extend([self.source, self.correct_button, self.draw_button, self.tool, self.review_whole, self.review_plane,
-                     self.review_view, self.review_clear, self.folder, self.add_button])
+                     self.review_view, self.review_clear, self.folder, self.add_button, self.write_button])
         self.add_section("Clean-up, weight map, training set", [
             self.min_size, self.remove_small_button, self.relabel_button, self.w0, self.sigma, self.sigma_unit,
             self.weight_button, self.plane_only, self.open_button])
@@ -111,6 +119,7 @@ class CorrectWidget(JobWidget):
                 (self.review_whole, self.mark_reviewed, ("image",)), (self.review_plane, self.mark_reviewed, ("plane",)),
                 (self.review_view, self.mark_reviewed, ("view",)), (self.review_clear, self.mark_reviewed, ("clear",)),
                 (self.weight_button, self.show_weight_map, ()), (self.add_button, self.add_to_training_set, ()),
+                (self.write_button, self.write_back, ()),
                 (self.open_button, self.open_training_set, ())):
             button.changed.connect(lambda *_, action=action, args=args: self._guard(action, *args))
         self.tool.changed.connect(self._on_tool_changed)
@@ -323,6 +332,7 @@ class CorrectWidget(JobWidget):
 
             return loss_weight_map_planes(labels, spacing=spacing, **params)
 
+        self.job_name = "Weight map"
         self.start_job(job, lambda weights: self._show_weights(weights, name, corrected), "napari-unet: weight map")
         self.status.value = "computing the weight map…"
         return self._worker
@@ -342,6 +352,48 @@ class CorrectWidget(JobWidget):
         layers.show_weights(self._viewer, weights, name, corrected)
         self.status.value = (f"weight map: {weights.min():.2f} .. {weights.max():.2f} (w0 {self.w0.value:g}, "
                              f"sigma {self.sigma.value:g} {'µm' if self.sigma_unit.value != 'pixels' else 'px'})")
+
+    # -- writing a corrected region back ----------------------------------------------------
+    def write_back(self):
+        """Write a corrected region of a large labels layer back into that layer's labels (and its
+        coarser levels) as the dock's job; returns its worker (None while another job runs)."""
+        if self.job_running:
+            self.status.value = "still busy with the previous job…"
+            return None
+        corrected = self.corrected_layer()
+        source, levels, region = layers.labels_of_region(self._viewer, corrected)
+        values = np.asarray(corrected.data).copy()
+        checksum = _meta(corrected).get("region_checksum")
+        stop = threading.Event()
+
+        def job():
+            from ..jobs import PredictionCancelled
+            from ..writeback import write_back_iter
+
+            try:
+                return (yield from write_back_iter(levels, region, values, checksum, stop))
+            except PredictionCancelled:  # the dock closed before the write began: nothing was written
+                return None
+
+        self.job_name = "Writing the corrections"
+        self.start_job(job, lambda result: self._written(result, corrected, source, region),
+                       "napari-unet: writing corrections", stop=stop)
+        self.status.value = f"writing '{corrected.name}' into '{source.name}'…"
+        return self._worker
+
+    def _written(self, result, corrected, source, region):
+        if result is None:
+            return
+        if result.renumbered and corrected in self._viewer.layers:  # the layer shows the ids the labels got
+            corrected.data = editing.editable_labels(result.labels)
+        corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": result.checksum}
+        source.refresh()
+        where = ", ".join(f"{s.start}:{s.stop}" for s in region)
+        pairs = [f"{a} -> {b}" for a, b in result.renumbered.items()]
+        renumbered = ("; new objects renumbered " + ", ".join(pairs[:5])
+                      + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")) if pairs else ""
+        self.status.value = (f"Wrote '{corrected.name}' into '{source.name}' [{where}]: {result.changed_pixels} "
+                             f"pixels changed{renumbered}.")
 
     # -- training set ----------------------------------------------------------------------
     def training_set(self, create: bool = True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.ndimage import distance_transform_edt as ndi_distance
 
 from napari_unet.trainingset import TrainingSet
 
@@ -250,3 +251,79 @@ def test_a_large_lazy_stack_is_corrected_one_plane_region_at_a_time(correct_widg
     assert corrected.translate[0] == 2
     region = tuple(slice(a, b) for a, b in corrected.metadata["napari_unet"]["region"])
     np.testing.assert_array_equal(corrected.data, stack[region])
+
+
+def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_levels(correct_widget, click, qtbot,
+                                                                                  monkeypatch, tmp_path):
+    """Correct a region of a zarr-backed multiscale result, then 'Write into the full labels': the
+    store holds the edit, a new object gets an id above every other, the coarse levels follow."""
+    import zarr
+
+    from napari_unet import editing
+    from napari_unet.inference.pyramid import Pyramid
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    monkeypatch.setattr(editing, "REGION_PIXELS", 160 * 160)
+    viewer, widget = correct_widget
+    _, truth = fluorescent_nuclei((400, 480), 60, seed=3)
+    store = zarr.create(shape=truth.shape, chunks=(128, 128), dtype=np.int32, store=str(tmp_path / "labels.zarr"))
+    store[:] = truth
+    pyramid = Pyramid(store, tmp_path / "pyramid", min_side=100)
+    pyramid.update((slice(None), slice(None)))
+    pred = viewer.add_labels(pyramid.levels, name="slide labels", metadata={"napari_unet": {"kind": "labels"}})
+    assert pred.multiscale and len(pyramid.levels) == 4
+    widget.source.value = pred
+    click(widget.correct_button)
+    corrected = viewer.layers["slide labels corrected"]
+    region = tuple(slice(a, b) for a, b in corrected.metadata["napari_unet"]["region"])
+    data = np.asarray(corrected.data)
+    gone = int(np.unique(data[data > 0])[0])
+    widget.tool.value = "delete object (click)"
+    widget.click(corrected, np.argwhere(data == gone)[0].astype(float))
+    free = np.argwhere(ndi_distance(np.asarray(corrected.data) == 0) > 6)
+    empty, fresh = tuple(free[0]), tuple(free[-1])  # background, away from objects
+    elsewhere = int(np.setdiff1d(np.unique(truth), np.unique(truth[region]))[-1])  # an id outside the region
+    corrected.paint(empty, elsewhere)  # napari's brush, with an id picked in the label box
+    corrected.paint(fresh, corrected.selected_label)  # and with the fresh id Correct picked
+    assert corrected.selected_label == truth.max() + 1
+    click(widget.write_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert "Wrote 'slide labels corrected' into 'slide labels'" in widget.status.value, widget.status.value
+    stored = np.asarray(store[:])
+    new_id = int(truth.max()) + 2  # above the fresh id, which is free and stays
+    assert stored[region][empty] == new_id and np.asarray(corrected.data)[empty] == new_id
+    assert stored[region][fresh] == truth.max() + 1
+    assert gone not in stored[region]
+    outside = np.ones(truth.shape, bool)
+    outside[region] = False
+    np.testing.assert_array_equal(stored[outside], truth[outside])
+    for k, level in enumerate(pyramid.levels[1:], start=1):
+        np.testing.assert_array_equal(np.asarray(level[:]), stored[:: 2 ** k, :: 2 ** k])
+    # a second edit of the same region goes back too (the region is now what was written)
+    corrected.paint(empty, 0)
+    click(widget.write_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert np.asarray(store[:])[region][empty] == 0, widget.status.value
+
+
+def test_writing_back_is_refused_with_a_message_for_read_only_or_whole_labels(correct_widget, click, monkeypatch):
+    from napari_unet import editing
+
+    da = pytest.importorskip("dask.array")
+    monkeypatch.setattr(editing, "REGION_PIXELS", 100 * 100)
+    viewer, widget = correct_widget
+    stack = np.zeros((4, 120, 90), np.int32)
+    stack[2, 10:30, 10:30] = 5
+    pred = viewer.add_labels(da.from_array(stack, chunks=(1, 60, 45)), name="lazy labels")
+    widget.source.value = pred
+    click(widget.correct_button)
+    corrected = viewer.layers["lazy labels corrected"]
+    corrected.data_setitem(np.nonzero(np.asarray(corrected.data) == 5), 0)
+    click(widget.write_button)
+    assert not widget.running and "read-only" in widget.status.value and stack[2, 20, 20] == 5
+    # a small layer's corrected copy is the whole result: nothing to write back into
+    pred = viewer.add_labels(stack[2].copy(), name="small labels")
+    widget.source.value = pred
+    click(widget.correct_button)
+    click(widget.write_button)
+    assert "holds the whole labels" in widget.status.value

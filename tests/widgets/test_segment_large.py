@@ -67,6 +67,9 @@ def test_a_dask_layer_becomes_a_zarr_labels_layer_filled_while_it_runs(tiny_in_l
     for k, level in enumerate(labels.data):  # every pyramid level is the finished labels, subsampled
         assert np.array_equal(np.asarray(level), full[:, :: 2 ** k, :: 2 ** k]), k
     assert tuple(labels.scale) == (3.0, 0.5, 0.5)
+    from napari_unet.writeback import writable
+
+    assert all(writable(level) for level in labels.data)  # Correct can write corrected regions back into it
     assert max(np.prod(shape) for shape in reads) <= 100 * 100  # the image was read chunk by chunk
 
     probs = viewer.layers["lazy [tiny] probabilities"]
