@@ -8,13 +8,14 @@ back into the labels it came from, so that the full-size result holds every corr
   store) or when they changed under the region since it was copied (another correction written
   over it meanwhile: the checksum taken at the copy, :func:`region_checksum`, no longer matches);
 - objects that are new in the region (ids that were not in it when it was copied) keep their id
-  when no object of the labels has it, else get one above every id (found by one pass over the
-  labels, :func:`max_label_iter`), so two objects never share an id;
+  when it is above every id of the labels, else get one above them all (found by one pass over
+  the labels, :func:`max_label_iter`), so two objects never share an id;
 - the coarser levels of a multiscale layer are rewritten over the region (each keeps the base's
   pixels at multiples of its factor, as :class:`~napari_unet.inference.pyramid.Pyramid` makes them).
 
 A zarr store is written chunk by chunk (each chunk replaced whole), so a crash during a write
-leaves every chunk either as it was or corrected; the corrected layer is kept either way.
+leaves every chunk either as it was or corrected; the corrected layer is kept either way, and a
+write that failed partway says so (:class:`PartialWrite`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,30 @@ def max_label_iter(labels, stop: threading.Event | None = None) -> Iterator[Prog
     return largest
 
 
+CHANGED = ("The labels under this region changed since you pressed Correct (another correction was written over "
+           "it?): nothing was written. Your corrected layer is kept; press Correct again on the labels to get their "
+           "current state.")
+
+
+class PartialWrite(ValueError):
+    """Writing failed after it began: the region may hold part of the corrections (the caller may
+    let the next write go ahead without the checksum, since the region is then neither state)."""
+
+
+def _normalised(region, shape) -> tuple:
+    """``region`` as one ``slice(start, stop)`` per axis of ``shape`` (steps of 1 only)."""
+    region = tuple(region)
+    if len(region) != len(shape) or any(not isinstance(s, slice) for s in region):
+        raise ValueError(f"The region {region} does not index labels of {len(shape)} axes.")
+    out = []
+    for s, n in zip(region, shape):
+        start, stop, step = s.indices(int(n))
+        if step != 1 or stop < start:
+            raise ValueError(f"The region {region} is not a box of the labels.")
+        out.append(slice(start, stop))
+    return tuple(out)
+
+
 @dataclass
 class WriteBack:
     """What :func:`write_back_iter` wrote: ``labels``, the region's values as written (new objects
@@ -97,16 +122,15 @@ def write_back_iter(levels: Sequence, region: Sequence[slice], corrected, checks
 
     ``checksum``: :func:`region_checksum` of the region when it was copied (None: not checked).
     Raises ``ValueError`` (nothing written) when a level cannot be written, the region changed
-    since the copy, the shapes disagree or the new ids do not fit the labels' integer type.
+    since the copy (checked again just before writing), the shapes disagree or the new ids do not
+    fit the labels' integer type; :class:`PartialWrite` when writing failed after it began.
     Cancelling (``stop``) is possible until the write starts.
     """
     levels = list(levels)
     base = levels[0]
-    region = tuple(region)
+    region = _normalised(region, base.shape)
     corrected = np.asarray(corrected)
-    if len(region) != base.ndim or any(not isinstance(s, slice) for s in region):
-        raise ValueError(f"The region {region} does not index labels of {base.ndim} axes.")
-    shape = tuple(len(range(*s.indices(n))) for s, n in zip(region, base.shape))
+    shape = tuple(s.stop - s.start for s in region)
     if corrected.shape != shape:
         raise ValueError(f"The corrected layer is {corrected.shape}, the region it came from {shape}: "
                          "it was resized or cropped, so it cannot go back in place.")
@@ -115,32 +139,40 @@ def write_back_iter(levels: Sequence, region: Sequence[slice], corrected, checks
     check_writable(levels)
     current = np.asarray(base[region])
     if checksum is not None and region_checksum(current) != checksum:
-        raise ValueError("The labels under this region changed since you pressed Correct (another correction was "
-                         "written over it?): nothing was written. Your corrected layer is kept; press Correct "
-                         "again on the labels to get their current state.")
+        raise ValueError(CHANGED)
     new_ids = np.setdiff1d(np.unique(corrected), np.unique(current))
     new_ids = new_ids[new_ids > 0]
     values = corrected.astype(np.int64)
     renumbered: dict = {}
+    top = 0
     if new_ids.size:  # ids taken elsewhere in the labels move above every id: no two objects share one
         top = yield from max_label_iter(base, stop)
         top = max(top, int(current.max(initial=0)))
         taken = new_ids[new_ids <= top]  # new ids above every id of the labels are free: they stay
-        start = max(top, int(new_ids.max())) + 1
-        limit = int(np.iinfo(base.dtype).max) if np.issubdtype(base.dtype, np.integer) else 2 ** 53
-        if start - 1 + taken.size > limit:
-            raise ValueError(f"The labels' type ({base.dtype}) has no room for {new_ids.size} more ids above "
-                             f"{top}: nothing was written.")
         if taken.size:
+            start = max(top, int(new_ids.max())) + 1
             targets = np.arange(start, start + taken.size, dtype=np.int64)
             renumbered = {int(a): int(b) for a, b in zip(taken, targets)}
             position = np.minimum(np.searchsorted(taken, values), taken.size - 1)
             is_taken = taken[position] == values
             values[is_taken] = targets[position[is_taken]]
+    limit = min(int(np.iinfo(level.dtype).max) if np.issubdtype(level.dtype, np.integer) else 2 ** 53
+                for level in levels)
+    if int(values.max(initial=0)) > limit:
+        raise ValueError(f"The labels' type ({base.dtype}) has no room for the new objects' ids above {top} "
+                         f"(at most {limit}): nothing was written.")
     written = values.astype(base.dtype)
     raise_if_stopped(stop)
+    # the id search may take minutes: the region must still be what it was (an editable store may be painted)
+    if not np.array_equal(np.asarray(base[region]), current):
+        raise ValueError(CHANGED)
     yield Progress(0, 1, "writing the corrected region")
-    base[region] = written
-    write_coarse(levels[1:], region, written, coarse_factors(base.shape, [lv.shape for lv in levels[1:]]))
+    try:
+        base[region] = written
+        write_coarse(levels[1:], region, written, coarse_factors(base.shape, [lv.shape for lv in levels[1:]]))
+    except Exception as exc:
+        raise PartialWrite(f"Writing into the labels failed partway ({type(exc).__name__}: {exc}): the region may "
+                           "be partly written. Your corrected layer is kept: write it again once the cause is "
+                           "fixed (e.g. disk space).") from exc
     yield Progress(1, 1, "writing the corrected region")
     return WriteBack(written, renumbered, region_checksum(written), int(np.count_nonzero(written != current)))

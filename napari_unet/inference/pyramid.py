@@ -86,23 +86,35 @@ class Pyramid:
         ys, xs = (slice(*s.indices(n)[:2]) for s, n in zip((ys, xs), self.shape[-2:]))
         data = self._read(lead + (ys, xs))
         # an int of the region drops its axis from what is read: put it back as a slice of one
-        full = tuple(slice(*r.indices(n)[:2]) if isinstance(r, slice) else slice(int(r), int(r) + 1)
+        full = tuple(slice(*r.indices(n)[:2]) if isinstance(r, slice) else slice(int(r) % n, int(r) % n + 1)
                      for r, n in zip(lead, self.shape)) + (ys, xs)
         data = np.expand_dims(data, tuple(i for i, r in enumerate(lead) if not isinstance(r, slice)))
         factors = [(1,) * len(lead) + (2 ** k, 2 ** k) for k in range(1, len(self.coarse) + 1)]
         write_coarse(self.coarse, full, data, factors)
 
 
+def _factors(b: int, n: int) -> set:
+    """The factors ``f`` that make ``b`` pixels ``n`` (rounded up, as :func:`level_shapes`, or down)."""
+    n = max(int(n), 1)
+    return {f for f in range(max(1, b // (n + 1)), b // max(n - 1, 1) + 2) if -(-b // f) == n or b // f == n}
+
+
+def _pick(options: set, b: int, n: int) -> int:
+    """The power of two among ``options`` (a pyramid's), else the smallest, else the rounded ratio."""
+    powers = sorted(f for f in options if f & (f - 1) == 0)
+    return powers[0] if powers else (min(options) if options else max(1, round(b / max(n, 1))))
+
+
 def coarse_factors(base_shape: Sequence[int], shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """The factor of each coarser level per axis: the ``f`` for which the base's size divided by
-    ``f`` and rounded up is the level's (as :func:`level_shapes` halves), else the rounded ratio."""
+    """The factor of each coarser level per axis, from the shapes: the one factor of the last two
+    axes that gives both sizes (a short side alone allows several), the others axis by axis."""
     out = []
     for shape in shapes:
-        factors = []
-        for b, n in zip(base_shape, shape):
-            b, n = int(b), max(int(n), 1)
-            exact = [f for f in range(max(1, b // n - 1), b // n + 3) if -(-b // f) == n]
-            factors.append(exact[0] if exact else max(1, round(b / n)))
+        options = [_factors(int(b), int(n)) for b, n in zip(base_shape, shape)]
+        factors = [_pick(o, int(b), int(n)) for o, b, n in zip(options, base_shape, shape)]
+        both = options[-1] & options[-2] if len(options) >= 2 else set()
+        if both:
+            factors[-2:] = [_pick(both, 0, 1)] * 2
         out.append(tuple(factors))
     return out
 

@@ -127,8 +127,8 @@ def labels_of_region(viewer, corrected):
                          "corrected result itself (save it with File > Save Selected Layers).")
     name = meta.get("from")
     if name not in viewer.layers or not isinstance(viewer.layers[name], Labels):
-        raise ValueError(f"The labels '{name}' that '{corrected.name}' came from are no longer in the viewer: "
-                         "nothing to write into (the corrections stay in their layer).")
+        raise ValueError(f"The labels '{name}' that '{corrected.name}' came from are no longer in the viewer "
+                         "(removed or renamed?): nothing to write into (the corrections stay in their layer).")
     source = viewer.layers[name]
     if list(source_shape(source)) != list(meta.get("full_shape", [])):
         raise ValueError(f"'{name}' is not the shape it had when '{corrected.name}' was copied from it.")

@@ -59,6 +59,7 @@ class CorrectWidget(JobWidget):
         self._torch_ready = True
         self._clicks: list = []  # pending click positions of a two-click tool
         self._hooked: dict[int, tuple] = {}  # id of a watched layer -> (layer, its event callbacks)
+        self._writing = None  # (corrected layer, labels layer, outcome) while a write into large labels runs
         self._build_controls()
         # edits of layers linked to a training set are saved a second after the last one, and on closing
         self.autosave = Autosave(viewer, self.lifetime, self._say, self.report_error, self.native)
@@ -228,6 +229,8 @@ class CorrectWidget(JobWidget):
             layer = event.source[event.index]
         except (IndexError, TypeError, AttributeError):
             return
+        if self._writing is not None and layer is self._writing[1] and self._stop is not None:
+            self._stop.set()  # its store may go with it: the write stops before it begins
         if id(layer) not in self._hooked:
             return
         if self.autosave.dirty:
@@ -296,6 +299,10 @@ class CorrectWidget(JobWidget):
 
     def relabel(self):
         layer = self.corrected_layer()
+        if _meta(layer).get("region"):
+            raise ValueError(f"'{layer.name}' is a region of large labels: numbering its objects 1..N would give "
+                             "them ids of other objects of those labels (and cut objects at the region's edge "
+                             "from their other part). Relabel the full labels instead.")
         self.apply(layer, editing.relabel_sequential(np.asarray(layer.data)))
 
     # -- reviewed region -------------------------------------------------------------------
@@ -356,7 +363,8 @@ class CorrectWidget(JobWidget):
     # -- writing a corrected region back ----------------------------------------------------
     def write_back(self):
         """Write a corrected region of a large labels layer back into that layer's labels (and its
-        coarser levels) as the dock's job; returns its worker (None while another job runs)."""
+        coarser levels) as the dock's job; returns its worker (None while another job runs). The
+        corrected layer takes no edits meanwhile (what it holds is what is written)."""
         if self.job_running:
             self.status.value = "still busy with the previous job…"
             return None
@@ -364,18 +372,23 @@ class CorrectWidget(JobWidget):
         source, levels, region = layers.labels_of_region(self._viewer, corrected)
         values = np.asarray(corrected.data).copy()
         checksum = _meta(corrected).get("region_checksum")
-        stop = threading.Event()
+        stop, outcome = threading.Event(), {}
 
         def job():
             from ..jobs import PredictionCancelled
-            from ..writeback import write_back_iter
+            from ..writeback import PartialWrite, write_back_iter
 
             try:
                 return (yield from write_back_iter(levels, region, values, checksum, stop))
-            except PredictionCancelled:  # the dock closed before the write began: nothing was written
+            except PredictionCancelled:  # the dock or the labels closed before the write began: nothing written
                 return None
+            except PartialWrite:
+                outcome["partial"] = True
+                raise
 
         self.job_name = "Writing the corrections"
+        self._writing = (corrected, source, outcome)
+        corrected.editable = False
         self.start_job(job, lambda result: self._written(result, corrected, source, region),
                        "napari-unet: writing corrections", stop=stop)
         self.status.value = f"writing '{corrected.name}' into '{source.name}'…"
@@ -386,14 +399,26 @@ class CorrectWidget(JobWidget):
             return
         if result.renumbered and corrected in self._viewer.layers:  # the layer shows the ids the labels got
             corrected.data = editing.editable_labels(result.labels)
+            corrected.selected_label = result.renumbered.get(int(corrected.selected_label), corrected.selected_label)
         corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": result.checksum}
         source.refresh()
         where = ", ".join(f"{s.start}:{s.stop}" for s in region)
         pairs = [f"{a} -> {b}" for a, b in result.renumbered.items()]
         renumbered = ("; new objects renumbered " + ", ".join(pairs[:5])
                       + (f" and {len(pairs) - 5} more" if len(pairs) > 5 else "")) if pairs else ""
+        temporary = (" They are a temporary store: save the layer to keep them."
+                     if _meta(source).get("temporary") else "")
         self.status.value = (f"Wrote '{corrected.name}' into '{source.name}' [{where}]: {result.changed_pixels} "
-                             f"pixels changed{renumbered}.")
+                             f"pixels changed{renumbered}.{temporary}")
+
+    def _on_job_finished(self):
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        corrected, _, outcome = writing
+        corrected.editable = True
+        if outcome.get("partial"):  # the region is neither its old state nor the new one: let the next write go
+            corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": None}
 
     # -- training set ----------------------------------------------------------------------
     def training_set(self, create: bool = True):

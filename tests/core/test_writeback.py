@@ -122,3 +122,43 @@ def test_the_id_search_stops_when_cancelled_and_nothing_is_written(tmp_path):
         next(gen)
     assert np.array_equal(np.asarray(levels[0][:]), data)
     assert run_to_end(max_label_iter(levels[0])) == data.max()
+
+
+def test_a_change_during_the_id_search_stops_the_write(tmp_path):
+    levels, data = _labels(tmp_path, shape=(1, 4200, 300))
+    region = (slice(0, 1), slice(None, 100), slice(0, 100))  # an open start is the array's edge
+    copy = np.asarray(levels[0][region]).copy()
+    copy[0, 80:90, 80:90] = 1  # id 1 is in the region: not new; 12345 is
+    copy[0, 60:70, 60:70] = 12345
+    gen = write_back_iter(levels, region, copy, region_checksum(levels[0][region]))
+    next(gen)  # the id search has begun
+    levels[0][0, 25, 25] = 0  # someone paints the region meanwhile
+    with pytest.raises(ValueError, match="changed since you pressed Correct"):
+        run_to_end(gen)
+    assert int(levels[0][0, 65, 65]) == data[0, 65, 65]
+    with pytest.raises(ValueError, match="not a box"):
+        run_to_end(write_back_iter(levels, (slice(0, 1), slice(0, 100, 2), slice(0, 100)), copy[:, ::2], None))
+
+
+def test_a_write_that_fails_partway_says_so(tmp_path, monkeypatch):
+    from napari_unet import writeback
+
+    levels, _ = _labels(tmp_path, shape=(1, 1300, 700))
+    region = (slice(0, 1), slice(0, 100), slice(0, 100))
+    copy = np.asarray(levels[0][region]).copy()
+    copy[0, :30, :30] = 0
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writeback, "write_coarse", full_disk)
+    with pytest.raises(writeback.PartialWrite, match="No space left.*partly written"):
+        run_to_end(write_back_iter(levels, region, copy, region_checksum(levels[0][region])))
+
+
+def test_the_factors_of_a_strip_s_levels_are_the_pyramid_s():
+    from napari_unet.inference.pyramid import coarse_factors, level_shapes
+
+    shape = (1, 100, 20000)  # the short side alone allows several factors per level
+    assert coarse_factors(shape, level_shapes(shape)) == [(1, 2 ** k, 2 ** k) for k in range(1, 6)]
+    assert coarse_factors((7, 4096, 4096), [(4, 2048, 2048)]) == [(2, 2, 2)]  # a 3D pyramid halves Z too

@@ -287,7 +287,9 @@ def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_leve
     corrected.paint(fresh, corrected.selected_label)  # and with the fresh id Correct picked
     assert corrected.selected_label == truth.max() + 1
     click(widget.write_button)
+    assert widget.running and not corrected.editable  # what it holds is what gets written: no edits meanwhile
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert corrected.editable
     assert "Wrote 'slide labels corrected' into 'slide labels'" in widget.status.value, widget.status.value
     stored = np.asarray(store[:])
     new_id = int(truth.max()) + 2  # above the fresh id, which is free and stays
@@ -321,6 +323,8 @@ def test_writing_back_is_refused_with_a_message_for_read_only_or_whole_labels(co
     corrected.data_setitem(np.nonzero(np.asarray(corrected.data) == 5), 0)
     click(widget.write_button)
     assert not widget.running and "read-only" in widget.status.value and stack[2, 20, 20] == 5
+    click(widget.relabel_button)  # 1..N would reuse ids of objects outside the region
+    assert "is a region of large labels" in widget.status.value
     # a small layer's corrected copy is the whole result: nothing to write back into
     pred = viewer.add_labels(stack[2].copy(), name="small labels")
     widget.source.value = pred
