@@ -15,7 +15,7 @@ three rows high above Fine-tune.
 from __future__ import annotations
 
 from magicgui.widgets import Container
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QScrollArea, QWidget
 from superqt import QCollapsible
 
@@ -81,8 +81,9 @@ def share_height(dock: QDockWidget) -> bool:
 
 
 class _FirstShow(QObject):
-    """Shares the height once, after the dock's first show (a turn of the event loop later, once
-    napari has finished placing it)."""
+    """Shares the height once, when the dock first shows: napari has placed it by then (its own
+    split is set when it adds the dock; the dock shows at the next turn of the event loop). A
+    zero-time timer from here did not always fire before the first paint, so it is done at once."""
 
     def __init__(self, scroll):
         super().__init__(scroll)
@@ -100,7 +101,7 @@ class _FirstShow(QObject):
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
         if not self.done and event.type() == QEvent.Type.Show:
             self.done = True
-            QTimer.singleShot(0, self.share)
+            self.share()
         return False
 
 

@@ -49,7 +49,7 @@ def test_docks_stacked_on_one_side_share_its_height_by_what_they_need(make_napar
     for name in ("Segment", "Correct", "Fine-tune"):  # one after the other, as from the Plugins menu
         dock, _ = viewer.window.add_plugin_dock_widget("napari-unet", name)
         docks.append(dock)
-        qtbot.wait(50)  # each shares the height a turn of the event loop after it shows
+        qtbot.wait(50)  # each shares the height when it first shows
 
     def fill():  # each dock's height over what it needs to show everything
         return [d.height() / _wanted_height(d) for d in docks]
