@@ -29,6 +29,7 @@ from napari_unet.modelfile import read_config  # noqa: E402
 from napari_unet.models import available_models, build_model, get_spec  # noqa: E402
 
 START, END = "<!-- models-table:start -->", "<!-- models-table:end -->"
+SIZED = ", the objects' size given"
 
 
 def flops(net, x) -> float:
@@ -82,13 +83,15 @@ def rows(threads: int, repeats: int):
 
 
 def pruned_rows(threads: int, repeats: int, data: Path):
-    """U-Net++ bundled weights pruned to each depth: CPU ms per 512x512 and held-out DSB AP@0.5."""
+    """U-Net++ bundled weights pruned to each depth: CPU ms per 512x512 and held-out DSB AP@0.5
+    (images resized to the model's object size from their true masks, when it declares one)."""
     import tifffile
 
-    from napari_unet.inference.postprocess import probabilities_to_labels
-    from napari_unet.inference.predictor import predict
+    from napari_unet.inference.predictor import Predictor, run_to_end
+    from napari_unet.inference.segment import segment_iter
     from napari_unet.metrics import evaluate, mean_metrics
     from napari_unet.modelfile import load_model
+    from napari_unet.scaling import median_diameter
 
     if "unet++" not in bundled_models():
         return []
@@ -104,12 +107,13 @@ def pruned_rows(threads: int, repeats: int, data: Path):
     for depth in range(1, model.net.depth + 1):
         model.net.set_prune_depth(depth)
         ms = cpu_ms(model.net, x, repeats)
-        ap = mean_metrics([evaluate(lab, probabilities_to_labels(predict(model, im, device="cpu").probabilities,
-                                                                 **model.postprocess)) for im, lab in pairs])["ap50"] \
-            if pairs else float("nan")
+        predictor = Predictor(model, device="cpu")
+        ap = mean_metrics([evaluate(lab, run_to_end(segment_iter(
+            model, im, predictor=predictor, diameter=median_diameter(lab) if model.object_diameter else None)).labels)
+            for im, lab in pairs])["ap50"] if pairs else float("nan")
         out.append((depth, ms, ap))
     model.net.set_prune_depth(None)
-    return out
+    return out, len(pairs), bool(model.object_diameter)
 
 
 def table(measured, threads: int) -> str:
@@ -130,11 +134,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nuclei_dsb2018"))
     args = parser.parse_args(argv)
     text = table(rows(args.threads, args.repeats), args.threads)
-    pruned = pruned_rows(args.threads, args.repeats, Path(args.data))
+    pruned, n_images, sized = pruned_rows(args.threads, args.repeats, Path(args.data)) or ([], 0, False)
     if pruned:
         full = pruned[-1][1]
         text += ("\n\nU-Net++ pruned at depth k (`prune_depth=k`, bundled weights; CPU ms per 512x512 and AP@0.5 "
-                 "on the 12 held-out DSB2018 images):\n\n| depth k | CPU ms | speed-up | AP@0.5 |\n|---|---|---|---|\n")
+                 f"on the {n_images} held-out DSB2018 images{SIZED if sized else ''}):\n\n"
+                 "| depth k | CPU ms | speed-up | AP@0.5 |\n|---|---|---|---|\n")
         text += "\n".join(f"| {k} | {ms:.0f} | {full / ms:.1f}x | {ap:.3f} |" for k, ms, ap in pruned)
     print(text)
     if args.write:

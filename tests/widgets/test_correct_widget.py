@@ -234,15 +234,20 @@ def test_a_multiscale_layer_is_corrected_region_by_region_never_copied_whole(cor
     np.testing.assert_array_equal(triple[1], corrected.data)
 
 
-def test_a_large_lazy_stack_is_corrected_one_plane_region_at_a_time(correct_widget, click, monkeypatch):
+def _lazy_stack(viewer, monkeypatch):
+    """``(stack, layer)``: a dask-backed 4-plane labels layer, larger than the (lowered) region limit."""
     from napari_unet import editing
 
     da = pytest.importorskip("dask.array")
     monkeypatch.setattr(editing, "REGION_PIXELS", 100 * 100)
-    viewer, widget = correct_widget
     stack = np.zeros((4, 120, 90), np.int32)
     stack[2, 10:30, 10:30] = 5
-    pred = viewer.add_labels(da.from_array(stack, chunks=(1, 60, 45)), name="lazy labels")
+    return stack, viewer.add_labels(da.from_array(stack, chunks=(1, 60, 45)), name="lazy labels")
+
+
+def test_a_large_lazy_stack_is_corrected_one_plane_region_at_a_time(correct_widget, click, monkeypatch):
+    viewer, widget = correct_widget
+    stack, pred = _lazy_stack(viewer, monkeypatch)
     viewer.dims.set_point(0, 2)
     widget.source.value = pred
     click(widget.correct_button)
@@ -309,14 +314,8 @@ def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_leve
 
 
 def test_writing_back_is_refused_with_a_message_for_read_only_or_whole_labels(correct_widget, click, monkeypatch):
-    from napari_unet import editing
-
-    da = pytest.importorskip("dask.array")
-    monkeypatch.setattr(editing, "REGION_PIXELS", 100 * 100)
     viewer, widget = correct_widget
-    stack = np.zeros((4, 120, 90), np.int32)
-    stack[2, 10:30, 10:30] = 5
-    pred = viewer.add_labels(da.from_array(stack, chunks=(1, 60, 45)), name="lazy labels")
+    stack, pred = _lazy_stack(viewer, monkeypatch)
     widget.source.value = pred
     click(widget.correct_button)
     corrected = viewer.layers["lazy labels corrected"]
