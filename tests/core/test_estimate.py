@@ -46,7 +46,7 @@ def test_estimate_follows_the_objects_size(sized, nuclei, factor):
     assert 1 <= len(est.passes) <= 4 and "objects of" in est.describe()
 
 
-def test_segmenting_estimates_when_no_size_is_given(sized, nuclei):
+def test_segmenting_estimates_when_no_size_is_given(sized, nuclei, tiny_model):
     image, labels = nuclei
     big = resize_image(image.astype(np.float32), scaled_shape(image.shape, 2.5))
     seg = run_to_end(segment_iter(sized, big))
@@ -58,7 +58,7 @@ def test_segmenting_estimates_when_no_size_is_given(sized, nuclei):
     with pytest.raises(ValueError, match="number of pixels or 'auto'"):
         run_to_end(segment_iter(sized, big, diameter="large"))
     # a model that declares no size ignores "auto", and one cannot estimate with it
-    plain = load_model("unet++")
+    plain = tiny_model  # random weights, no object size declared
     assert run_to_end(segment_iter(plain, image, diameter="auto")).size_estimate is None
     with pytest.raises(ValueError, match="declares no object size"):
         estimate_diameter(plain, image)

@@ -144,7 +144,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 
 def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(finetune_widget, click, qtbot,
-                                                                            monkeypatch):
+                                                                            monkeypatch, tiny_in_list):
     from napari_unet.training import finetune
     from napari_unet.training import validation
 
@@ -164,8 +164,9 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
                                                                        "split_touching": True}, [(None, 0.7)]))
     viewer, widget = finetune_widget
     _corrections(viewer, click)
+    widget.refresh_models()
     models_before = set(user_models())
-    widget.model.value = "unet++"  # a base that declares no object size (one that estimates sizes would still be
+    widget.model.value = tiny_in_list  # a base that declares no object size (one that estimates sizes would still be
     widget.minutes.value = 0.2  # saved, made for the corrections' size: test_finetune_keep.py)
     assert widget.only_if_better.value  # the default
     click(widget.train_button)

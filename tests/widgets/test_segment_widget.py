@@ -227,7 +227,7 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     assert len(late) < 20, late
 
 
-def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_and_wait, click):
+def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_and_wait, click, tiny_in_list):
     """A model fine-tuned at 20 px for objects of 40 px: the field shows 40 and is editable, Measure
     on labels reads the objects of a labels layer, and a run resizes the image (labels keep its
     size). A model that declares no size leaves the field off."""
@@ -245,7 +245,7 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     viewer, widget = segment_widget
     widget.refresh_models()
     viewer.add_image(np.random.default_rng(0).random((120, 160)).astype(np.float32), name="img")
-    widget.model.value = "unet++"  # a bundled model that declares no object size
+    widget.model.value = tiny_in_list  # a model that declares no object size
     assert not widget.diameter.enabled and not widget.measure_button.enabled
     widget.model.value = "sized"
     assert widget.diameter.enabled and widget.diameter.value == 40
@@ -268,7 +268,8 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     assert widget.last_result.size_estimate is not None and "object size estimated" in widget.status.value
 
 
-def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_and_wait, click, qtbot):
+def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_and_wait, click, qtbot,
+                                                            tiny_in_list):
     """A model that works at one size but was made for no particular objects: the field shows
     'auto', Estimate from image fills it from first passes, and Run with 'auto' estimates first."""
     import tifffile
@@ -296,7 +297,8 @@ def test_object_size_auto_and_estimate_for_a_general_model(segment_widget, run_a
     run_and_wait(widget)
     assert "object size estimated: objects of" in widget.status.value
     assert widget.last_result.prediction.scale < 0.7
-    widget.model.value = "unet++"  # a model that declares no size: no estimate to make
+    widget.refresh_models()
+    widget.model.value = tiny_in_list  # a model that declares no size: no estimate to make
     assert not widget.estimate_button.enabled
     widget.model.value = "unet"  # the default: a general model, 'auto' from the start
     assert widget.estimate_button.enabled and widget.diameter.native.text() == "auto"
