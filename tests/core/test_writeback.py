@@ -40,8 +40,8 @@ def test_a_corrected_region_goes_back_with_new_objects_numbered_above_every_id(t
     levels, data = _labels(tmp_path)
     region = correction_region(levels[0].shape, (slice(1000, 1500), slice(700, 1400)), (1,), limit=500 * 700)
     assert region[0] == slice(1, 2)
-    copy = np.asarray(levels[0][region]).astype(np.uint16)
-    before = region_checksum(copy)
+    copy = np.asarray(levels[0][region]).astype(np.uint16)  # the editable layer's type
+    before = region_checksum(levels[0][region])  # taken on the labels as read, as Correct does
     elsewhere = int(data[0, 20, 20])  # an id of the other plane: painting with it here makes a new object
     copy[0, 10:40, 10:40] = 0  # an object erased
     copy[0, 300:340, 100:140] = elsewhere  # a missing object drawn with an id used elsewhere
