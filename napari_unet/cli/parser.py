@@ -77,7 +77,9 @@ def _add_train(sub) -> None:
     p.add_argument("--training-set", metavar="DIR",
                    help="instead of --images/--masks: a training-set folder of the Correct widget (its reviewed "
                         "regions are honoured: pixels nobody reviewed are ignored)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model file to write (.safetensors)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the model file to write (.safetensors); an existing one is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (when the new model is written)")
     budget = p.add_mutually_exclusive_group()
     d = FinetuneSettings()  # the one set of defaults, shared with the Fine-tune widget
     budget.add_argument("--minutes", type=float, default=None, help=f"wall-time budget (default {d.minutes:g})")

@@ -3,6 +3,7 @@ by block (zarr outputs, a dask cluster)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,10 +21,12 @@ def cmd_predict(args) -> int:
     if fmt == "zarr" or args.scheduler:
         return _predict_in_blocks(args, inputs, fmt)
     outdir = _output_folder(Path(args.output))
-    for path in inputs:  # before any work: an output name taken by a folder cannot be written
-        for name in (f"{path.stem}.tif",) + ((f"{path.stem}_probabilities.tif",) if args.probabilities else ()):
-            if (outdir / name).is_dir():
-                raise UsageError(f"cannot write {outdir / name}: a folder has that name; choose another -o folder")
+    outputs = [(path, outdir / name) for path in inputs
+               for name in (f"{path.stem}.tif",) + ((f"{path.stem}_probabilities.tif",) if args.probabilities else ())]
+    _check_outputs(inputs, outputs)
+    for _, target in outputs:  # before any work: an output name taken by a folder cannot be written
+        if target.is_dir():
+            raise UsageError(f"cannot write {target}: a folder has that name; choose another -o folder")
     predictor = _predictor(args)
     print(f"model {predictor.model.name} on {predictor.device}")
     failed = []
@@ -38,6 +41,37 @@ def cmd_predict(args) -> int:
         print(f"napari-unet: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); {rest}",
               file=sys.stderr)
     return EXIT_USAGE if failed else 0
+
+
+def _check_outputs(inputs: list[Path], outputs: list[tuple[Path, Path]]) -> None:
+    """Refuse, before any work, outputs that would replace an input or each other (``outputs``:
+    pairs of input and output path): ``-o .`` in the images' own folder, or ``a/img.tif`` and
+    ``b/img.png`` into one folder, must not lose anybody's data. Links count as the file they
+    point to."""
+    sources = {}
+    for path in inputs:
+        if _identity(path) is not None:
+            sources[_identity(path)] = path
+        sources[os.path.normcase(os.path.realpath(path))] = path
+    taken: dict[str, Path] = {}
+    for source, target in outputs:
+        k = os.path.normcase(os.path.realpath(target))
+        hit = sources.get(k) or sources.get(_identity(target))
+        if hit is not None:
+            raise UsageError(f"{target} would overwrite the input {hit}: choose another -o folder")
+        if k in taken and taken[k] != source:
+            raise UsageError(f"{taken[k]} and {source} would both be written to {target}: predict them into "
+                             "different -o folders, or rename one")
+        taken[k] = source
+
+
+def _identity(path: Path):
+    """The file's (device, inode), or None when it does not exist (yet)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _output_folder(outdir: Path) -> Path:
@@ -152,7 +186,7 @@ def _file_jobs(args, inputs: list[Path], fmt: str) -> list:
         _output_folder(out)
         labels = [out / f"{p.stem}.{fmt}" for p in inputs]
         probabilities = [out / f"{p.stem}_probabilities.{fmt}" for p in inputs]
-    if len(set(labels)) < len(labels):
-        raise UsageError("two inputs have the same name: their outputs would overwrite each other")
+    _check_outputs(inputs, [(i, t) for i, lab, prob in zip(inputs, labels, probabilities)
+                            for t in ((lab, prob) if args.probabilities else (lab,))])
     return [FileJob(str(i.resolve()), str(lab.resolve()), str(prob.resolve()) if args.probabilities else None, fmt)
             for i, lab, prob in zip(inputs, labels, probabilities)]

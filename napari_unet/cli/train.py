@@ -22,6 +22,8 @@ SAME_NAME = ("minutes", "epochs", "loss", "target", "w0", "sigma", "patience", "
 def cmd_train(args) -> int:
     """``napari-unet train``: settings from the arguments, run, report (0 when a model was written)."""
     out = _model_path(args.output)
+    if out.exists() and not (args.overwrite or args.resume):
+        raise UsageError(f"{out} already exists: choose another -o, or pass --overwrite to replace it")
     items, data = _training_data(args)
     base = load_model(args.model)
     settings = train_settings(args)

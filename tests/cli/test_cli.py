@@ -33,13 +33,13 @@ def test_predict_writes_labels_and_probabilities(tmp_path, make_random_model, ca
 
 
 @pytest.mark.parametrize("make_args,message", [
-    (lambda t, m: ["predict", str(m), str(t / "missing.tif"), "-o", str(t)], "input not found"),
-    (lambda t, m: ["predict", str(t / "bad.pt"), str(t / "img.tif"), "-o", str(t)], "pickle"),
-    (lambda t, m: ["predict", "no-such-model", str(t / "img.tif"), "-o", str(t)], "neither a bundled model"),
-    (lambda t, m: ["predict", str(m), str(t / "corrupt.tif"), "-o", str(t)], "cannot read the image"),
-    (lambda t, m: ["predict", str(m), str(t / "img4d.tif"), "-o", str(t)], "Slice the data"),
+    (lambda t, m: ["predict", str(m), str(t / "missing.tif"), "-o", str(t / "out")], "input not found"),
+    (lambda t, m: ["predict", str(t / "bad.pt"), str(t / "img.tif"), "-o", str(t / "out")], "pickle"),
+    (lambda t, m: ["predict", "no-such-model", str(t / "img.tif"), "-o", str(t / "out")], "neither a bundled model"),
+    (lambda t, m: ["predict", str(m), str(t / "corrupt.tif"), "-o", str(t / "out")], "cannot read the image"),
+    (lambda t, m: ["predict", str(m), str(t / "img4d.tif"), "-o", str(t / "out")], "Slice the data"),
     (lambda t, m: ["predict", str(m), str(t / "img.tif"), "-o", str(t / "img.tif" / "x")], "cannot create"),
-    (lambda t, m: ["predict", str(m), str(t / "img.tif"), "-o", str(t), "--device", "tpu"], "Unknown device"),
+    (lambda t, m: ["predict", str(m), str(t / "img.tif"), "-o", str(t / "out"), "--device", "tpu"], "Unknown device"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, make_random_model, capsys, make_args, message):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint8))

@@ -189,6 +189,35 @@ def test_predict_output_name_taken_by_a_folder(tmp_path, cli_models, capsys):
     assert "cannot write" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_predict_never_writes_over_an_input(tmp_path, cli_models, capsys, fmt):
+    """``-o`` the images' own folder: ``img.tif`` would be replaced by its labels; and two inputs
+    of the same stem would overwrite each other. Both are refused before any work."""
+    tifffile.imwrite(tmp_path / "img.tif", np.full((32, 32), 7, np.uint8))
+    np.save(tmp_path / "other.npy", np.zeros((32, 32), np.uint8))
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "sub" / "img.npy", np.zeros((32, 32), np.uint8))
+    before = _snapshot(tmp_path)
+    model = str(cli_models["grey"])
+    fmt_args = ["--format", fmt]
+    if fmt == "tif":  # the labels of img.tif are img.tif in its own folder
+        assert main(["predict", model, str(tmp_path / "img.tif"), "-o", str(tmp_path), *fmt_args]) == 2
+        assert re.search(r"img\.tif would overwrite the input .*img\.tif: choose another -o folder",
+                         _one_error_line(capsys))
+    else:  # a zarr output named as the input store
+        zarr = pytest.importorskip("zarr")
+        zarr.open(str(tmp_path / "in.zarr"), mode="w", shape=(32, 32), dtype="uint8")
+        before = _snapshot(tmp_path)
+        assert main(["predict", model, str(tmp_path / "in.zarr"), "-o", str(tmp_path / "in.zarr")]) == 2
+        assert "would overwrite the input" in _one_error_line(capsys)
+    out = tmp_path / "out"
+    assert main(["predict", model, str(tmp_path / "img.tif"), str(tmp_path / "sub" / "img.npy"), "-o", str(out),
+                 *fmt_args]) == 2
+    assert re.search(r"img\.tif and .*img\.npy would both be written to .*img\.", _one_error_line(capsys))
+    assert not out.exists() or not any(out.iterdir())
+    assert _snapshot(tmp_path) == before
+
+
 # -- evaluate ---------------------------------------------------------------------------------
 GT = np.zeros((32, 32), np.int32)
 GT[2:10, 2:10], GT[12:20, 12:20] = 1, 2
@@ -248,6 +277,8 @@ REFUSED_TRAIN = [
     ("base-model-pickle", lambda t: None, "pickle", lambda t: t / "model", r"pickle.*never unpickles"),
     ("output-under-a-file", lambda t: (t / "a-file").write_text("mine"), "grey",
      lambda t: t / "a-file" / "model", r"cannot write the model"),
+    ("output-exists", lambda t: (t / "model.safetensors").write_text("mine"), "grey", lambda t: t / "model",
+     r"model\.safetensors already exists: choose another -o, or pass --overwrite"),
     ("rgb-images-one-channel-model",
      lambda t: [tifffile.imwrite(p, np.stack([tifffile.imread(p)] * 3, axis=-1)) for p in (t / "images").iterdir()],
      "grey", lambda t: t / "model", None),
@@ -281,3 +312,10 @@ def test_a_npy_too_large_for_memory_is_refused_before_it_is_read(tmp_path, cli_m
     assert re.search(r"slide\.npy: The image .* is too large to segment in one piece.*--format zarr", err), err
     assert "1 of 2 inputs failed (slide.npy); the others were written" in err
     assert (out / "small.tif").is_file() and not (out / "slide.tif").exists()  # the batch went on
+
+
+def test_train_overwrite_replaces_an_existing_model(train_folders, cli_models, capsys, one_thread):
+    out = train_folders / "again.safetensors"
+    out.write_text("an older model")
+    assert main(_train_args(train_folders, cli_models["grey"], out) + ["--overwrite"]) == 0, capsys.readouterr().err
+    assert out.read_bytes()[:8] != b"an older"  # a model file now
