@@ -130,6 +130,7 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
         events.removed.connect(self._on_layer_removed)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        self._on_active_layer()
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)  # a fine-tuned model shows up at once
@@ -157,7 +158,10 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
     def _refresh_layers(self, *_):
         self.image.reset_choices()
         self.channels.reset_choices()
-        self._on_active_layer()
+        # a layer added, removed or moved leaves the user's choice alone (napari announces a new
+        # layer before it makes it active: following the active layer here would switch to another)
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[-1]  # the top-most image
 
     def _on_active_layer(self, *_):
         active = self._viewer.layers.selection.active

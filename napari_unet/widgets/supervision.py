@@ -145,6 +145,7 @@ class SupervisionWidget(PruningAndReview, JobWidget):
             event.connect(self._refresh_layers)
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        self._on_active_layer()
         from ..catalog import on_models_changed
 
         on_models_changed(self.refresh_models)
@@ -179,7 +180,10 @@ class SupervisionWidget(PruningAndReview, JobWidget):
     def _refresh_layers(self, *_):
         self.image.reset_choices()
         self.corrections.reset_choices()
-        self._on_active_layer()
+        # a layer added, removed or moved leaves the user's choice alone (napari announces a new
+        # layer before it makes it active: following the active layer here would switch to another)
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[-1]  # the top-most image
         self._default_corrections()
 
     def _on_active_layer(self, *_):

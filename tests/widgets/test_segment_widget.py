@@ -59,6 +59,24 @@ def test_rerun_updates_its_own_layer_but_never_the_users_edits(tiny_in_list, seg
     assert np.array_equal(first.data, edited)
 
 
+def test_the_chosen_image_stays_chosen_when_the_result_layer_is_added(tiny_in_list, segment_widget, run_and_wait):
+    """The user picks image A while B is the active layer: adding A's result must not switch the
+    box to B, so that Run again segments A again."""
+    viewer, widget = segment_widget
+    rng = np.random.default_rng(1)
+    a = viewer.add_image(rng.random((64, 64)).astype(np.float32), name="A")
+    viewer.add_image(rng.random((64, 64)).astype(np.float32), name="B")  # B is active
+    widget.model.value = tiny_in_list
+    widget.image.value = a
+    run_and_wait(widget)
+    assert widget.image.value is a
+    widget.threshold.value = 0.6
+    run_and_wait(widget)
+    assert layer_names(viewer) == ["A", "B", "A [tiny] labels"]  # A's result updated, no result for B
+    viewer.layers.selection.active = viewer.layers["B"]  # choosing a layer in the list still picks it
+    assert widget.image.value is viewer.layers["B"]
+
+
 def test_each_model_gets_its_own_result_layer(segment_widget, run_and_wait):
     """The two 2.5D models once shared the stem 'unet-2' and the second run overwrote the first's
     layer: names carry the model's full name, and a layer is only updated by its own model."""
