@@ -1,6 +1,7 @@
 """Training checkpoints that a run resumes from: weights, optimizer, where it stood, random state.
 
-One safetensors file (never a pickle), written atomically after every epoch by
+One safetensors file (never a pickle), written atomically after every epoch (and where a
+stopped run stops) by
 :func:`~napari_unet.training.trainer.train_iter` when given ``checkpoint=``:
 
 * tensors ``model/<name>`` (the weights now), ``best/<name>`` (the best validated weights, if

@@ -117,11 +117,12 @@ class Run:
         self.best.update(state=saved_best, metrics=saved.best_metrics, step=saved.best_step, ap=saved.best_ap)
         self.val_ap = self.history[-1][1]["ap50"] if self.history else None
 
-    def save_checkpoint(self) -> None:
-        """The run's state after an epoch; a failed write (a full disk) only ends resuming from here."""
+    def save_checkpoint(self, now: bool = False) -> None:
+        """The run's state after an epoch (``now``: at once, as a stopped run leaves it); a failed
+        write (a full disk) only ends resuming from here."""
         from .checkpoint import TrainingState, save_checkpoint
 
-        if self.checkpoint is None or self.step % self.s.steps_per_epoch:
+        if self.checkpoint is None or not self.step or (self.step % self.s.steps_per_epoch and not now):
             return
         best = self.best
         state = TrainingState(self.step, time.perf_counter() - self.start, self.batch_size, best["step"], best["ap"],
@@ -145,7 +146,7 @@ class Run:
             if progress >= 1.0:
                 return "finished" if self.total_steps and self.step >= self.total_steps else "time budget"
             if self.stop is not None and self.stop.is_set():
-                return "stopped by user"
+                return self.stopped()
             factor = _lr_factor(self.step, progress, s.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = s.lr * factor
@@ -154,7 +155,7 @@ class Run:
             if outcome == "retry":
                 continue
             if outcome:
-                return outcome
+                return self.stopped() if outcome == "stopped by user" else outcome
             self.optimizer.step()
             tuner.after_step()
             self.step += 1
@@ -166,13 +167,19 @@ class Run:
                 metrics = self.validate()
                 self.last_validation = time.perf_counter()
                 if metrics is None:
-                    return "stopped by user"
+                    return self.stopped()
                 improved = self.best["step"] == self.step
             self.save_checkpoint()
             yield self.event(float(value.detach()), s.lr * factor, metrics, parts, improved)
             if s.patience is not None and metrics is not None and \
                     sum(step > self.best["step"] for step, _ in self.history) >= s.patience:
                 return f"early stop: no better validation AP@0.5 in {s.patience} validations"
+
+    def stopped(self) -> str:
+        """Stopped between steps (Cancel, napari closing, Ctrl-C): the state is saved as it is, so
+        that a resumed run goes on from here rather than from the last epoch."""
+        self.save_checkpoint(now=True)
+        return "stopped by user"
 
     def train_step(self):
         """The forward and backward pass of one step: ``(outcome, loss, parts)``, where outcome is

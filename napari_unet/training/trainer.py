@@ -199,8 +199,9 @@ def train_iter(net, train_pairs: Sequence, val_pairs: Sequence = (), settings: T
         focus_maps: one boolean map (or None) per training pair, e.g. where the base model was
             wrong (:func:`~napari_unet.training.focus.error_map`); ``focus_bias`` of the patches
             are placed on one of its pixels.
-        checkpoint: a file to write after every epoch (atomically): weights, AdamW state, step,
-            time spent, best weights and validation history, random state (see :mod:`.checkpoint`).
+        checkpoint: a file to write after every epoch and when stopped (atomically): weights,
+            AdamW state, step, time spent, best weights and validation history, random state
+            (see :mod:`.checkpoint`).
         resume: continue from ``checkpoint`` where it stood (same data and settings; ``epochs`` /
             ``minutes`` count the whole run, the part before included).
 

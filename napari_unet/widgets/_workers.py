@@ -8,11 +8,12 @@ job when its dock or napari closes.
 * **One warm-up.** :func:`warm_up` imports what a first run needs once per process, however
   many docks open, and tells every dock that asked when it is done.
 * **Every job ends with its dock.** :class:`Lifetime` belongs to a dock: when the dock's Qt
-  widget is destroyed (dock removed, viewer closed) it sets the stop events of the dock's jobs
-  and drops their callbacks (they would touch deleted widgets). When the application quits, or
-  the interpreter exits (a script that closes its viewer), :func:`shutdown` stops every job and
-  waits for the workers to finish their clean-up, so no thread is left emitting signals from
-  objects that Python is tearing down (that aborted the process).
+  widget is destroyed or taken out of the window (dock closed, viewer closed) it sets the stop
+  events of the dock's jobs and drops their callbacks (they would touch deleted widgets). When
+  the application quits, or the interpreter exits (a script that closes its viewer),
+  :func:`shutdown` stops every job and waits for the workers to finish their clean-up, so no
+  thread is left emitting signals from objects that Python is tearing down (that aborted the
+  process).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import threading
 import time
 from typing import Callable
 
-from qtpy.QtCore import QThread, QThreadPool, QTimer
+from qtpy.QtCore import QEvent, QObject, QThread, QThreadPool, QTimer
 from qtpy.QtWidgets import QApplication
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,20 @@ def pool() -> QThreadPool:
 class Lifetime:
     """Whether a dock is still open; the stop events of its jobs.
 
-    ``attach(native)`` ties it to the dock's Qt widget: when that widget is destroyed, every job
-    of the dock is asked to stop and its callbacks are dropped.
+    ``attach(native)`` ties it to the dock's Qt widget: when that widget is destroyed or taken out
+    of its dock (napari's close button), every job of the dock is asked to stop and its callbacks
+    are dropped.
     """
 
     def __init__(self):
         self.closed = False
         self._stops: set[threading.Event] = set()
 
-    def attach(self, native) -> None:
+    def attach(self, native, removal: bool = True) -> None:
+        """Close with ``native``'s end: destroyed, or (``removal``) taken out of its dock."""
         native.destroyed.connect(self._destroyed_callback())
+        if removal:
+            self._removal_watch = _RemovalWatch(native, self)
 
     def _destroyed_callback(self):
         lifetime = self  # the closure holds this object, never the dying widget
@@ -137,6 +142,29 @@ class Lifetime:
             if not self.closed and callback is not None:
                 return callback(*args)
         return guarded
+
+
+class _RemovalWatch(QObject):
+    """Closes a :class:`Lifetime` when its dock's widget is taken out of the window.
+
+    napari's x on a dock's title bar (``remove_dock_widget``) unparents the plugin's widget and
+    deletes only the dock around it: the widget lives on while its jobs' callbacks hold it, so
+    ``destroyed`` never comes, and a run went on unseen (and a second one could start from the
+    dock opened again). A widget that had a parent and loses it is such a removal."""
+
+    def __init__(self, native, lifetime: Lifetime):
+        super().__init__(native)  # a child of the widget: it goes with it
+        self._lifetime = lifetime
+        self._had_parent = native.parent() is not None
+        native.installEventFilter(self)
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._had_parent = True
+            elif self._had_parent:
+                self._lifetime.close()
+        return False
 
 
 def start(job, *, lifetime: Lifetime | None = None, stop: threading.Event | None = None,

@@ -36,6 +36,7 @@ from napari.utils.notifications import show_info
 
 from .. import editing
 from . import _correct_layers as layers
+from . import _workers
 from ._autosave import Autosave
 from ._base import JobWidget, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
@@ -62,7 +63,10 @@ class CorrectWidget(JobWidget):
         self._writing = None  # (corrected layer, labels layer, outcome) while a write into large labels runs
         self._build_controls()
         # edits of layers linked to a training set are saved a second after the last one, and on closing
-        self.autosave = Autosave(viewer, self.lifetime, self._say, self.report_error, self.native)
+        # saving goes on when the dock is closed (its layers still take edits); it ends with napari
+        saves = _workers.Lifetime()
+        saves.attach(self.native, removal=False)
+        self.autosave = Autosave(viewer, saves, self._say, self.report_error, self.native)
         self._connect_controls()
         events = viewer.layers.events
         for event in (events.inserted, events.removed):

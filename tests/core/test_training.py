@@ -269,9 +269,11 @@ def test_early_stopping_and_improved_events(nuclei_pairs, one_thread):
     assert [e.step for e in events if e.improved] == [2]
 
 
-def test_a_resumed_run_takes_the_same_steps_as_one_that_never_stopped(nuclei_pairs, tmp_path):
-    """Checkpoint after every epoch; a 3-epoch run stopped after epoch 2 and resumed ends with the
-    weights and best model of an uninterrupted run (same steps, learning rates and patches)."""
+@pytest.mark.parametrize("stopped_at", [8, 6])
+def test_a_resumed_run_takes_the_same_steps_as_one_that_never_stopped(nuclei_pairs, tmp_path, stopped_at):
+    """Checkpoint after every epoch, and where a run is stopped; a 3-epoch run stopped after
+    epoch 2 (or in its middle: napari closed) and resumed ends with the weights and best model of
+    an uninterrupted run (same steps, learning rates and patches)."""
     torch.manual_seed(0)
     start = build_model("unet", features=(4, 8))
     settings = dict(patch_size=64, batch_size=2, steps_per_epoch=4, seed=3, device="cpu", warmup_steps=2,
@@ -281,12 +283,12 @@ def test_a_resumed_run_takes_the_same_steps_as_one_that_never_stopped(nuclei_pai
                                   checkpoint=tmp_path / "straight.safetensors", **settings))
     part, stop = copy.deepcopy(start), threading.Event()  # stopped (or killed) after epoch 2
     run_to_end(train_iter(part, nuclei_pairs[:3], nuclei_pairs[3:], epochs=3, checkpoint=tmp_path / "run.safetensors",
-                          stop=stop, **settings), lambda e: e.step == 8 and stop.set())
+                          stop=stop, **settings), lambda e: e.step == stopped_at and stop.set())
     resumed = copy.deepcopy(start)  # a fresh process: only the checkpoint carries the run over
     events = []
     result = run_to_end(train_iter(resumed, nuclei_pairs[:3], nuclei_pairs[3:], epochs=3, resume=True,
                                    checkpoint=tmp_path / "run.safetensors", **settings), events.append)
-    assert [e.step for e in events if e.loss == e.loss] == [9, 10, 11, 12]  # only the third epoch ran
+    assert [e.step for e in events if e.loss == e.loss] == list(range(stopped_at + 1, 13))  # only what was left
     assert result.steps == whole.steps == 12 and result.best_step == whole.best_step
     assert [s for s, _ in result.history] == [s for s, _ in whole.history] == [4, 8, 12]
     for key, value in whole.state.items():

@@ -117,6 +117,25 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, t
     np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
 
 
+def test_edits_are_still_saved_after_the_dock_is_closed(make_napari_viewer, click, qtbot, tmp_path):
+    """Closing the Correct panel (its x) stops its jobs, not the saving of the layers it linked to
+    the training set: the user may go on painting with napari's own brush."""
+    viewer = make_napari_viewer()
+    dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    _, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    click(widget.review_whole)
+    click(widget.add_button)
+    entry = TrainingSet(tmp_path / "set", create=False).entries[0].name
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    dock_widget.title.close_button.click()
+    assert widget.lifetime.closed  # the dock's own jobs would stop
+    corrected.paint((10, 10), 77)  # napari's brush, the panel closed
+    qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
+
+
 def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widget, click):
     viewer, widget = correct_widget
     image, pred = _prediction(viewer)

@@ -88,3 +88,34 @@ def test_clearing_the_layers_after_correcting_then_docking(tmp_path):
     """Correct a result, remove every layer, dock another widget (reported to segfault in vispy)."""
     report = run_scenario("clear_layers_then_dock", tmp_path)
     assert any("docked Fine-tune" in s for s in report["steps"]), report
+
+
+@pytest.mark.parametrize("name", ["Segment", "Fine-tune", "Correct", "Deep supervision"])
+def test_closing_a_dock_with_its_close_button_stops_its_job(make_napari_viewer, qtbot, name):
+    """napari's x on a dock's title bar takes the dock out of the window without destroying the
+    plugin's widget: its job must stop anyway (no invisible run on the CPU, no second run when the
+    dock is opened again), and its callbacks must not touch the widget after."""
+    import threading
+    import time
+
+    from napari_unet.jobs import Progress
+
+    viewer = make_napari_viewer()
+    dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-unet", name)
+    qtbot.waitUntil(lambda: widget._torch_ready, timeout=60_000)
+    ended = threading.Event()
+
+    def job():
+        try:
+            while not widget._stop.is_set():
+                yield Progress(0, 1, "working")
+                time.sleep(0.02)
+        finally:
+            ended.set()
+
+    stop = widget.start_job(job, lambda *_: None, "a long job")
+    assert widget.job_running
+    dock_widget.title.close_button.click()  # the user closes the panel
+    qtbot.waitUntil(ended.is_set, timeout=10_000)
+    assert stop.is_set() and widget.lifetime.closed
+    assert name not in [n.split(" (")[0] for n in viewer.window._wrapped_dock_widgets]
