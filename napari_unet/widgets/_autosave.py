@@ -43,7 +43,9 @@ class Autosave:
         self._viewer = viewer
         self._lifetime = lifetime
         self._say, self._report_error = say, report_error
-        self.dirty: set[int] = set()  # ids of corrected layers with unsaved edits
+        # the corrected layers with unsaved edits, by napari's unique_id (a dock's viewer is napari's
+        # proxy, whose layers[name] is a new wrapper each time: id() of a layer is not the layer)
+        self.dirty: set = set()
         self.timer = QTimer()
         self.timer.setSingleShot(True)
         self.timer.setInterval(AUTOSAVE_MS)
@@ -68,20 +70,20 @@ class Autosave:
             meta = layer_meta(layer)
         if "entry" not in meta:
             return
-        self.dirty.add(id(layer))
+        self.dirty.add(layer.unique_id)
         self.timer.start()  # restarts: saves a second after the last edit
 
     def _snapshot(self):
         """Copies of the edited layers (on the Qt thread), their ids, and a function that writes them."""
         jobs, ids = [], []
         for layer in list(self._viewer.layers):
-            if id(layer) not in self.dirty:
-                continue
             meta = layer_meta(layer)
+            if layer.unique_id not in self.dirty or "entry" not in meta:
+                continue
             reviewed = self._viewer.layers[meta["reviewed"]] if meta.get("reviewed") in self._viewer.layers else None
             jobs.append((meta["training_set"], meta["entry"], np.array(layer.data, copy=True),
                          None if reviewed is None else np.asarray(reviewed.data) > 0))
-            ids.append(id(layer))
+            ids.append(layer.unique_id)
         self.dirty.clear()
         self._snapshots += 1
         number = self._snapshots

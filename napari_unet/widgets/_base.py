@@ -61,6 +61,10 @@ class JobWidget(DockContainer):
     def __init__(self, viewer, warm_up: bool = True):
         super().__init__()
         self._viewer = viewer
+        if viewer is not None:
+            from ._layers import follow_renames
+
+            follow_renames(viewer)  # the links between layers survive the user renaming one
         self._worker = None
         self._stop: threading.Event | None = None
         self._progress = None

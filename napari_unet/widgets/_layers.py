@@ -12,6 +12,7 @@ import atexit
 import hashlib
 import shutil
 import tempfile
+import weakref
 
 import numpy as np
 
@@ -30,6 +31,49 @@ def layer_meta(layer) -> dict:
     """The plugin's metadata of a layer (``{}`` for layers the plugin did not make)."""
     meta = layer.metadata.get(KEY)
     return meta if isinstance(meta, dict) else {}
+
+
+#: the keys of the plugin's metadata that name another layer of the viewer
+LINK_KEYS = ("source", "from", "reviewed", "corrections")
+#: layers whose renames are followed -> (their name before a rename, the handler)
+_followed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def follow_renames(viewer) -> None:
+    """Keep the plugin's links between layers (layer names, :data:`LINK_KEYS`) when the user
+    renames a layer: a renamed corrected layer keeps its reviewed region (and its autosave), a
+    renamed image keeps its results and corrections. Docks call it; each layer is followed once.
+
+    (A dock's viewer is napari's proxy, which hands out a new wrapper at each ``layers[name]``:
+    layers are known here as iteration and events give them, the layers themselves.)"""
+    layers = viewer.layers
+
+    def renamed(event):
+        layer = event.source  # (the handler holds no layer: the table's keys stay weak)
+        old = _followed[layer][0] if layer in _followed else None
+        _followed[layer] = (layer.name, renamed)
+        if old is None or old == layer.name:
+            return
+        for other in layers:
+            meta = layer_meta(other)
+            for key in LINK_KEYS:
+                if meta.get(key) == old:
+                    meta[key] = layer.name
+
+    def watch(layer):
+        if layer not in _followed:
+            _followed[layer] = (layer.name, renamed)
+            layer.events.name.connect(renamed)
+
+    def removed(event):
+        entry = _followed.pop(event.value, None)
+        if entry is not None:
+            event.value.events.name.disconnect(entry[1])
+
+    for layer in layers:
+        watch(layer)
+    layers.events.inserted.connect(lambda event: watch(event.value))
+    layers.events.removed.connect(removed)
 
 
 def layer_kind(layer) -> str:

@@ -136,6 +136,36 @@ def test_edits_are_still_saved_after_the_dock_is_closed(make_napari_viewer, clic
     qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
 
 
+def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path):
+    """The user renames the corrected layer, its reviewed layer and the image: the reviewed marks
+    still go to the same layer (no new empty one), and edits are still saved into the entry;
+    reviewed marks alone are saved too (they were not: the dock's viewer is napari's proxy, and
+    the layer it handed out for the reviewed layer's owner was a new wrapper each time)."""
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    click(widget.review_whole)
+    click(widget.add_button)
+    entry = TrainingSet(tmp_path / "set", create=False).entries[0].name
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    reviewed = viewer.layers["nuclei [unet] labels corrected reviewed"]
+    corrected.name, reviewed.name, image.name = "my cells", "my review", "my image"
+    n_layers = len(viewer.layers)
+    click(widget.review_clear)  # to the renamed reviewed layer, not to a new one
+    assert len(viewer.layers) == n_layers and not reviewed.data.any()
+    qtbot.waitUntil(lambda: not TrainingSet(tmp_path / "set", create=False).load(entry)[2].any(), timeout=10_000)
+    viewer.layers.selection.active = corrected
+    click(widget.review_whole)
+    corrected.paint((10, 10), 77)
+    qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
+    assert TrainingSet(tmp_path / "set", create=False).load(entry)[2].all() and reviewed.data.all()
+    from napari_unet.widgets._correct_layers import source_image
+
+    assert source_image(viewer, corrected) is image
+
+
 def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widget, click):
     viewer, widget = correct_widget
     image, pred = _prediction(viewer)
