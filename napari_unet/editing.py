@@ -194,12 +194,20 @@ def relabel_sequential(labels) -> Edit:
     mapping = {int(old): new for new, old in enumerate(ids, start=1) if int(old) != new}
     if not mapping:
         return Edit((np.array([], int),) * labels.ndim, np.array([], labels.dtype), "labels already run 1..N")
+    return renumber(labels, mapping, f"relabelled {ids.size} objects 1..{ids.size}")
+
+
+def renumber(labels, mapping: dict[int, int], message: str = "") -> Edit:
+    """Give the objects of ids ``mapping``'s keys its values (all at once: ids may swap)."""
+    labels = _check(labels)
+    if not mapping:
+        return Edit((np.array([], int),) * labels.ndim, np.array([], labels.dtype), message)
     lut_keys = np.array(list(mapping), dtype=np.int64)
     mask = np.isin(labels, lut_keys)
     old = labels[mask]
     sorter = np.argsort(lut_keys)
     values = np.array(list(mapping.values()), dtype=labels.dtype)[sorter][np.searchsorted(lut_keys[sorter], old)]
-    return Edit(np.nonzero(mask), values, f"relabelled {ids.size} objects 1..{ids.size}")
+    return Edit(np.nonzero(mask), values, message)
 
 
 # -- correcting a part of a large layer ------------------------------------------------------

@@ -367,8 +367,9 @@ class CorrectWidget(JobWidget):
     # -- writing a corrected region back ----------------------------------------------------
     def write_back(self):
         """Write a corrected region of a large labels layer back into that layer's labels (and its
-        coarser levels) as the dock's job; returns its worker (None while another job runs). The
-        corrected layer takes no edits meanwhile (what it holds is what is written)."""
+        coarser levels) as the dock's job; returns its worker (None while another job runs). What
+        the corrected layer holds when the job starts is written; edits made meanwhile stay in
+        the layer (and its undo history), for the next write."""
         if self.job_running:
             self.status.value = "still busy with the previous job…"
             return None
@@ -392,7 +393,6 @@ class CorrectWidget(JobWidget):
 
         self.job_name = "Writing the corrections"
         self._writing = (corrected, source, outcome)
-        corrected.editable = False
         self.start_job(job, lambda result: self._written(result, corrected, source, region),
                        "napari-unet: writing corrections", stop=stop)
         self.status.value = f"writing '{corrected.name}' into '{source.name}'…"
@@ -402,7 +402,8 @@ class CorrectWidget(JobWidget):
         if result is None:
             return
         if result.renumbered and corrected in self._viewer.layers:  # the layer shows the ids the labels got
-            corrected.data = editing.editable_labels(result.labels)
+            # on what the layer holds now (edits made during the write kept), as one undoable step
+            self.apply(corrected, editing.renumber(np.asarray(corrected.data), result.renumbered))
             corrected.selected_label = result.renumbered.get(int(corrected.selected_label), corrected.selected_label)
         corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": result.checksum}
         source.refresh()
@@ -420,7 +421,6 @@ class CorrectWidget(JobWidget):
         if writing is None:
             return
         corrected, _, outcome = writing
-        corrected.editable = True
         if outcome.get("partial"):  # the region is neither its old state nor the new one: let the next write go
             corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": None}
 

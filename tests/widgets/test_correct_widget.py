@@ -341,10 +341,20 @@ def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_leve
     corrected.paint(fresh, corrected.selected_label)  # and with the fresh id Correct picked
     assert corrected.selected_label == truth.max() + 1
     click(widget.write_button)
-    assert widget.running and not corrected.editable  # what it holds is what gets written: no edits meanwhile
+    assert widget.running
+    # the user goes on editing during the write: the edit stays in the layer, with its undo history
+    second = int([i for i in np.unique(data[data > 0]) if i != gone][-1])
+    widget.click(corrected, np.argwhere(np.asarray(corrected.data) == second)[0].astype(float))
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
-    assert corrected.editable
+    assert corrected.editable and second not in np.asarray(corrected.data)
     assert "Wrote 'slide labels corrected' into 'slide labels'" in widget.status.value, widget.status.value
+    assert second in np.asarray(store[:])[region]  # what the layer held at the click was written
+    corrected.undo()  # the renumbering is one step of the history...
+    assert np.asarray(corrected.data)[empty] == elsewhere
+    corrected.undo()  # ...and the edit made during the write is still there before it
+    assert second in np.asarray(corrected.data)
+    corrected.redo()
+    corrected.redo()
     stored = np.asarray(store[:])
     new_id = int(truth.max()) + 2  # above the fresh id, which is free and stays
     assert stored[region][empty] == new_id and np.asarray(corrected.data)[empty] == new_id
@@ -360,6 +370,7 @@ def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_leve
     click(widget.write_button)
     qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
     assert np.asarray(store[:])[region][empty] == 0, widget.status.value
+    assert second not in np.asarray(store[:])[region]  # the edit made during the first write went too
 
 
 def test_writing_back_is_refused_with_a_message_for_read_only_or_whole_labels(correct_widget, click, monkeypatch):
