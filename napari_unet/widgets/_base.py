@@ -94,10 +94,17 @@ class JobWidget(DockContainer):
         return self._worker is not None
 
     def start_job(self, job, on_result, description: str, total: int = 0,
-                  stop: threading.Event | None = None):
+                  stop: threading.Event | None = None, **texts):
         """Run the generator function ``job`` in a thread worker; its yielded events go to
         :meth:`_on_progress`, its return value to ``on_result`` (Qt thread), errors to the status
-        line and napari's notifications. ``stop`` (a new event if None) is what Cancel sets."""
+        line and napari's notifications. ``stop`` (a new event if None) is what Cancel sets.
+        ``texts`` (``job_name``, ``cancelled_message``, ``cancelling_message``) replace the dock's
+        own for this job only (an export run by a dock says that it is an export)."""
+        for key, value in texts.items():
+            if key not in ("job_name", "cancelled_message", "cancelling_message"):
+                raise TypeError(f"start_job() got an unexpected keyword argument {key!r}")
+            setattr(self, key, value)
+        self._job_texts = tuple(texts)
         self._stop = stop or threading.Event()
         self._progress = progress(total=total, desc=description)
         self._worker = _workers.start(
@@ -186,6 +193,9 @@ class JobWidget(DockContainer):
         self._on_job_finished()
         if self.cancelled and self.cancelled_message:
             self.status.value = self.cancelled_message
+        for key in getattr(self, "_job_texts", ()):  # the dock's own texts again
+            self.__dict__.pop(key, None)
+        self._job_texts = ()
 
     def _on_job_started(self):
         """Hook: the job has started (turn Run into Cancel...)."""

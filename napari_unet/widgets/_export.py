@@ -59,6 +59,7 @@ def export_in_background(dock, model, name: str) -> None:
         dock.status.value = f"exported '{name}' to {out}: bioimageio.core's model test passed"
         show_info(f"napari-unet: '{name}' exported to BioImage.IO ({out}).")
 
-    dock.start_job(job, done, f"napari-unet: exporting {name} to BioImage.IO", stop=stop)
+    dock.start_job(job, done, f"napari-unet: exporting {name} to BioImage.IO", stop=stop, job_name="The export",
+                   cancelled_message="export cancelled: nothing was written", cancelling_message="cancelling the export…")
     dock.status.value = f"exporting '{name}' to BioImage.IO (tracing the network, then bioimageio.core tests " \
                         "the package)…"

@@ -310,7 +310,6 @@ class FinetuneWidget(JobWidget):
         self._started = time.perf_counter()
         self._budget = settings.minutes * 60 if settings.minutes else None
         self.plot.clear()
-        self.train_button.text = "Cancel"
         self.run_button.enabled = False
         self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
         self.status.value = f"preparing {len(triples)} image(s) and scoring the base model…"
@@ -347,6 +346,9 @@ class FinetuneWidget(JobWidget):
         notify_models_changed()
         self.run_button.enabled = True
         show_info(f"napari-unet: fine-tuned model '{result.name}' saved.")
+
+    def _on_job_started(self):
+        self.train_button.text = "Cancel"  # whatever runs (training, an export): the button stops it
 
     def _on_job_finished(self):
         self.train_button.text = "Train"

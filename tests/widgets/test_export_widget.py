@@ -62,3 +62,22 @@ def test_without_bioimageio_core_the_button_says_how_to_install(segment_widget, 
     assert 'pip install "napari-unet[bioimageio]"' in _export.export_button().tooltip
     click(widget.export_button)
     assert 'pip install "napari-unet[bioimageio]"' in widget.status.value and not widget.job_running
+
+
+def test_finetune_dock_button_says_cancel_during_an_export_and_cancels_it(tiny_in_list, finetune_widget, qtbot,
+                                                                         click, monkeypatch, tmp_path):
+    """The Train button says Cancel while an export runs, and clicking it cancels the export
+    (with the export's words), not starting a training run nor saying 'the best model is kept'."""
+    viewer, widget = finetune_widget
+    widget.model.value = tiny_in_list
+    target = tmp_path / "base.zip"
+    _save_dialog_returns(monkeypatch, target)
+    click(widget.export_button)
+    assert widget.job_running and widget.train_button.text == "Cancel"
+    click(widget.train_button)
+    assert widget.status.value == "cancelling the export…"
+    qtbot.waitUntil(lambda: not widget.job_running, timeout=120_000)
+    assert widget.train_button.text == "Train" and widget.job_name == "Fine-tuning"
+    if not target.exists():  # cancelled before the end (else the export was quicker than the click)
+        assert widget.status.value == "export cancelled: nothing was written"
+    assert widget.cancelling_message == "stopping (the best model so far is kept)…"
