@@ -118,15 +118,19 @@ def segment_large_iter(predictor, data, settings: dict, stop: threading.Event | 
     if probabilities_folder is not None:
         yield Progress(last.done, last.total, "preparing the probabilities layer")
         levels = foreground_levels(result.probabilities, tuple(result.labels.shape), predictor.model.spatial_dims,
-                                   probabilities_folder)
+                                   probabilities_folder, stop=stop)
     return LargeRun(result, levels)
 
 
-def foreground_levels(store, shape: tuple, spatial_dims: int, folder, block: int | None = None) -> list:
+def foreground_levels(store, shape: tuple, spatial_dims: int, folder, block: int | None = None,
+                      stop: threading.Event | None = None) -> list:
     """The foreground probability of a large run's ``store`` (``(*planes, [K,] *spatial)``; the
     sum of the classes when there are several) as levels for a viewer: one lazy (dask) array of
     ``shape`` (the labels' shape), or with a pyramid under ``folder`` (written here, ``block``
-    pixels at a time, default :data:`~.large.DEFAULT_BLOCK_2D`) when the planes are large."""
+    pixels at a time, default :data:`~.large.DEFAULT_BLOCK_2D`) when the planes are large.
+    ``stop`` set: :class:`~napari_unet.jobs.PredictionCancelled` between two blocks."""
+    from ..jobs import PredictionCancelled
+
     import dask.array as da
 
     axis = len(shape) - spatial_dims if store.ndim > len(shape) else None  # the class axis, if any
@@ -149,5 +153,7 @@ def foreground_levels(store, shape: tuple, spatial_dims: int, folder, block: int
     for lead in np.ndindex(*shape[:-2]):
         for y in range(0, shape[-2], block):
             for x in range(0, shape[-1], block):
+                if stop is not None and stop.is_set():
+                    raise PredictionCancelled("cancelled while the probabilities' levels were written")
                 pyramid.update(tuple(slice(i, i + 1) for i in lead) + (slice(y, y + block), slice(x, x + block)))
     return pyramid.levels

@@ -74,6 +74,15 @@ def large_job(predictor, data, settings: dict, stop, want_probabilities: bool, n
         raise
 
 
+def discard_probabilities(ready: _LargeReady) -> None:
+    """A large result that is not shown: its probabilities' temporary folder goes at once (not
+    when napari exits: it can hold gigabytes)."""
+    if ready.probabilities is not None:
+        folder = ready.probabilities.metadata.get(KEY, {}).get("temporary")
+        if folder:
+            release_temporary(folder)
+
+
 def show_live(widget, event):
     """A progress event of a large run on the Qt thread: the first one's labels layer goes into the
     viewer; later ones refresh it now and then. Returns the plain progress event."""
@@ -97,6 +106,7 @@ def show_large_result(widget, ready: _LargeReady, layer, started: float):
     widget._live = None
     widget.last_result = result
     if live is None or live not in viewer.layers:  # removed by the user meanwhile (with its folder)
+        discard_probabilities(ready)
         widget.status.value = "the result layer was removed while it was being filled; the result was discarded."
         return
     import zarr

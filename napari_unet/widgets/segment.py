@@ -33,7 +33,7 @@ from ._dock import wrap
 from ._layers import (KEY, build_layer, layer_kind, layer_meta, model_label, move_below, put_layer,
                       release_temporary, spatial_transform)
 from ._object_size import ObjectSizeControls
-from ._segment_large import _LargeReady, large_job, show_large_result, show_live
+from ._segment_large import _LargeReady, discard_probabilities, large_job, show_large_result, show_live
 
 TILE_SIZES = ("auto", "256", "512", "768", "1024", "2048")
 NO_CHANNELS = "none (grey)"
@@ -341,7 +341,11 @@ class SegmentWidget(ObjectSizeControls, JobWidget):
 
     def _on_result(self, ready, layer, started):
         self._job_done = True
-        if ready is None or self.cancelled:
+        if ready is None:
+            return
+        if self.cancelled:  # (a large run's labels layer goes in _on_job_finished, its folder with it)
+            if isinstance(ready, _LargeReady):
+                discard_probabilities(ready)
             return
         if isinstance(ready, _LargeReady):
             show_large_result(self, ready, layer, started)

@@ -82,3 +82,18 @@ def test_without_a_folder_no_probabilities_are_kept(tmp_path):
     image = fluorescent_nuclei(shape=(96, 96), n_nuclei=5, seed=2)[0]
     run = run_to_end(segment_large_iter(Predictor(str(model), device="cpu"), image, {}))
     assert run.probabilities is None and run.segmentation.probabilities is None
+
+
+def test_foreground_levels_stop_between_blocks(tmp_path, monkeypatch):
+    import threading
+
+    from napari_unet.inference import pyramid as pyramid_module
+    from napari_unet.inference.largeview import foreground_levels
+    from napari_unet.jobs import PredictionCancelled
+
+    monkeypatch.setattr(pyramid_module, "PYRAMID_ABOVE", 64)
+    store = zarr.open(str(tmp_path / "p.zarr"), mode="w", shape=(200, 240), chunks=(64, 64), dtype="f4")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PredictionCancelled):
+        foreground_levels(store, (200, 240), 2, tmp_path / "levels", block=64, stop=stop)

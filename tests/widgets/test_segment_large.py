@@ -100,6 +100,40 @@ def test_cancelling_a_large_run_leaves_no_layer_and_no_folder(tiny_in_list, segm
     assert "lazy [tiny] labels" in viewer.layers
 
 
+def test_cancelling_at_the_very_end_leaves_no_probabilities_folder(tiny_in_list, segment_widget, qtbot, click,
+                                                                   small_blocks, monkeypatch):
+    """Cancel clicked when the job has just finished (its probabilities' pyramid written): the
+    result is discarded and its temporary folder goes at once, not when napari exits."""
+    import threading
+
+    from napari_unet.widgets import segment
+
+    viewer, widget = segment_widget
+    _add_lazy(viewer, _nuclei_stack(), [])
+    widget.model.value = tiny_in_list
+    widget.tile_size.value = "256"
+    widget.add_probabilities.value = True
+    ended, release, folders = threading.Event(), threading.Event(), []
+    real = segment.large_job
+
+    def ends_then_waits(*args, **kwargs):
+        ready = yield from real(*args, **kwargs)
+        folders.append(Path(ready.probabilities.metadata["napari_unet"]["temporary"]))
+        ended.set()
+        release.wait(30)
+        return ready
+
+    monkeypatch.setattr(segment, "large_job", ends_then_waits)
+    click(widget.run_button)
+    qtbot.waitUntil(ended.is_set, timeout=60_000)
+    assert folders[0].is_dir()
+    click(widget.run_button)  # Cancel
+    release.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert [layer.name for layer in viewer.layers] == ["lazy"]
+    assert not folders[0].exists()
+
+
 def test_a_finished_single_scale_layer_takes_brush_strokes_into_its_store(tiny_in_list, segment_widget,
                                                                          run_and_wait):
     viewer, widget = segment_widget
