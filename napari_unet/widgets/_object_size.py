@@ -21,6 +21,10 @@ DIAMETER_HELP = ("Typical diameter of the objects in this image, in pixels. The 
                  "image at each run (a few small first passes).")
 
 
+#: "Measure on labels" reads labels larger than this (pixels), or not in memory, in a worker
+MEASURE_ON_THE_QT_THREAD = 4096 * 4096
+
+
 class ObjectSizeControls:
     """The object-size controls and actions of the Segment dock (mixed into its widget, whose image,
     channels, device and tiles, status line, predictor and jobs they use)."""
@@ -68,12 +72,24 @@ class ObjectSizeControls:
             self.report_error("No labels layer to measure: select one (corrections or an earlier result) first.")
             return
         layer = candidates[0]
-        diameter = median_diameter(np.asarray(layer.data))
-        if diameter is None:
-            self.report_error(f"'{layer.name}' has no object of 16 pixels or more to measure.")
+        data, name = layer.data, layer.name
+
+        def measured(diameter):
+            if diameter is None:
+                self.report_error(f"'{name}' has no object of 16 pixels or more to measure.")
+                return
+            self.diameter.value = round(diameter, 1)
+            self.status.value = f"object size {diameter:.1f} px: the median diameter of the objects in '{name}'"
+
+        if isinstance(data, np.ndarray) and data.size <= MEASURE_ON_THE_QT_THREAD:
+            measured(median_diameter(data))  # in memory and small: at once
             return
-        self.diameter.value = round(diameter, 1)
-        self.status.value = f"object size {diameter:.1f} px: the median diameter of the objects in '{layer.name}'"
+        if self.running:  # a store (a large result): read in a worker, never on the Qt thread
+            self.status.value = "still busy with the previous job…"
+            return
+        self.start_job(lambda: median_diameter(np.asarray(data)), measured, f"napari-unet: measuring {name}",
+                       job_name="Measuring the objects", cancelled_message="cancelled: the object size was not changed")
+        self.status.value = f"measuring the objects in '{name}' (reading the labels)…"
 
     def estimate_object_size(self, *_):
         """Set the object size from first passes of the model on the chosen image (a job)."""

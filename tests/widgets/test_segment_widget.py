@@ -245,7 +245,8 @@ print(json.dumps(sorted(set(sys.modules) - before)))
     assert len(late) < 20, late
 
 
-def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_and_wait, click, tiny_in_list):
+def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_and_wait, click, tiny_in_list,
+                                                           qtbot):
     """A model fine-tuned at 20 px for objects of 40 px: the field shows 40 and is editable, Measure
     on labels reads the objects of a labels layer, and a run resizes the image (labels keep its
     size). A model that declares no size leaves the field off."""
@@ -274,6 +275,17 @@ def test_object_size_resizes_for_a_model_that_declares_one(segment_widget, run_a
     viewer.add_labels(discs, name="my objects")
     click(widget.measure_button)
     assert widget.diameter.value == pytest.approx(20, abs=0.5) and "my objects" in widget.status.value
+    # labels in a store (a large result) are read and measured in a worker, not on the Qt thread
+    zarr = pytest.importorskip("zarr")
+    store = zarr.zeros(discs.shape, chunks=(64, 64), dtype=np.int32)
+    store[:] = np.where(discs > 0, discs + 10, 0)
+    viewer.add_labels(store, name="stored objects")
+    widget.diameter.value = 33
+    click(widget.measure_button)
+    assert widget.job_running and "measuring the objects in 'stored objects'" in widget.status.value
+    qtbot.waitUntil(lambda: not widget.job_running, timeout=30_000)
+    assert widget.diameter.value == pytest.approx(20, abs=0.5) and "stored objects" in widget.status.value
+    assert widget.job_name == "Segmentation"
     widget.diameter.value = 80  # objects of 80 px: the network sees the image at a quarter of its size
     widget.image.value = viewer.layers["img"]
     run_and_wait(widget)
