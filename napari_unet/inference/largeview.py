@@ -129,9 +129,9 @@ def foreground_levels(store, shape: tuple, spatial_dims: int, folder, block: int
     ``shape`` (the labels' shape), or with a pyramid under ``folder`` (written here, ``block``
     pixels at a time, default :data:`~.large.DEFAULT_BLOCK_2D`) when the planes are large.
     ``stop`` set: :class:`~napari_unet.jobs.PredictionCancelled` between two blocks."""
-    from ..jobs import PredictionCancelled
-
     import dask.array as da
+
+    from ..jobs import PredictionCancelled
 
     axis = len(shape) - spatial_dims if store.ndim > len(shape) else None  # the class axis, if any
 

@@ -60,6 +60,7 @@ def export_in_background(dock, model, name: str) -> None:
         show_info(f"napari-unet: '{name}' exported to BioImage.IO ({out}).")
 
     dock.start_job(job, done, f"napari-unet: exporting {name} to BioImage.IO", stop=stop, job_name="The export",
-                   cancelled_message="export cancelled: nothing was written", cancelling_message="cancelling the export…")
+                   cancelled_message="export cancelled: nothing was written",
+                   cancelling_message="cancelling the export…")
     dock.status.value = f"exporting '{name}' to BioImage.IO (tracing the network, then bioimageio.core tests " \
                         "the package)…"

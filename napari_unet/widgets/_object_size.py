@@ -87,8 +87,10 @@ class ObjectSizeControls:
         if self.running:  # a store (a large result): read in a worker, never on the Qt thread
             self.status.value = "still busy with the previous job…"
             return
-        self.start_job(lambda: median_diameter(np.asarray(data)), measured, f"napari-unet: measuring {name}",
-                       job_name="Measuring the objects", cancelled_message="cancelled: the object size was not changed")
+        self.start_job(lambda: median_diameter(np.asarray(data)),
+                       lambda diameter: None if self.cancelled else measured(diameter),
+                       f"napari-unet: measuring {name}", job_name="Measuring the objects",
+                       cancelled_message="cancelled: the object size was not changed")
         self.status.value = f"measuring the objects in '{name}' (reading the labels)…"
 
     def estimate_object_size(self, *_):
