@@ -106,6 +106,7 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
     ``model`` is a bundled name or a model file (workers load it once each); ``predictor`` (this
     process's) gives the model's geometry and runs the work when ``runner`` is local.
     """
+    from ..io import marks_rgb
     from .inputs import prepare_image
     from .lazyio import _check_output, _shape_probe, open_image
 
@@ -117,8 +118,9 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
     whole, blocked = [], []
     for job in jobs:  # every input and output checked before any work
         try:
+            # a file that says it is colour (RGB TIFF, PNG) is colour here too, as in segment_file
             prepared = prepare_image(_shape_probe(open_image(job.image)), lm.spatial_dims, lm.in_channels,
-                                     options.get("channel_axis"))
+                                     options.get("channel_axis"), rgb=marks_rgb(job.image, options.get("channel_axis")))
             if job.fmt == "zarr":
                 for path in (job.labels, job.probabilities):
                     if path is not None:
@@ -141,6 +143,7 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
         gen = large.segment_to_zarr_iter(str(model) if not runner.local else lm, job.image, job.labels,
                                          job.probabilities, predictor=predictor, runner=runner,
                                          channel_axis=options.get("channel_axis"),
+                                         rgb=marks_rgb(job.image, options.get("channel_axis")),
                                          block_size=options.get("block_size"), label_halo=options.get("label_halo"),
                                          threshold=options.get("threshold"), min_size=options.get("min_size"),
                                          split_touching=options.get("split_touching"), torch_threads=torch_threads,

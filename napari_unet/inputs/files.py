@@ -66,7 +66,9 @@ def _open_zarr(path: Path):
     if hasattr(node, "shape"):
         return node
     # a group: its one array, or the full-resolution level of an OME-Zarr image
-    multiscales = node.attrs.get("multiscales") if hasattr(node, "attrs") else None
+    attrs = node.attrs if hasattr(node, "attrs") else {}
+    # OME-Zarr up to 0.4 keeps "multiscales" at the top of the attributes, 0.5 under "ome"
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
     keys = sorted(node.array_keys())
     if multiscales:
         key = multiscales[0]["datasets"][0]["path"]
@@ -81,16 +83,42 @@ def _open_zarr(path: Path):
 def _open_tiff(path: Path):
     import tifffile
 
+    if planar_rgb(path):  # colour planes first: read whole, colour last (as the file says it is colour)
+        return _read_tiff(path)
     try:
         return tifffile.memmap(str(path), mode="r")
     except (ValueError, OSError):  # compressed or tiled: go through tifffile's zarr store
         pass
     import zarr
 
-    try:
-        return zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
+    try:  # the full resolution of the first series (a pyramidal OME-TIFF's store is a group of levels)
+        return zarr.open(tifffile.imread(str(path), aszarr=True, series=0, level=0), mode="r")
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the image ({exc}).") from None
+
+
+def planar_rgb(path: Path) -> bool:
+    """An RGB TIFF that stores its colour planes one after the other (``planarconfig`` separate):
+    tifffile gives it colour first."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return (page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
+                    and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE)
+    except Exception:  # unreadable: the reader says so
+        return False
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """A TIFF read whole; an RGB one with its colour last (as every colour image here)."""
+    import tifffile
+
+    image = tifffile.imread(path)
+    if planar_rgb(path):
+        image = np.moveaxis(image, -3, -1)
+    return image
 
 
 def _read_other(path: Path):
@@ -123,9 +151,7 @@ def read_image(path: str | os.PathLike):
         if path.is_dir():  # a .zarr store
             image = read_whole(path)
         elif path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
-            image = tifffile.imread(path)
+            image = _read_tiff(path)
         else:
             image = _read_other(path)
     except Exception as exc:  # a corrupt or unsupported image file
