@@ -172,8 +172,11 @@ class TrainingSet:
         elif create:
             if self.folder.exists() and not self.folder.is_dir():
                 raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
-            if self.folder.exists() and any(p.name not in ("images", "masks", "reviewed", LOCK_FILE)
-                                            for p in self.folder.iterdir()):
+            # (a folder with files of its own, also in images/ or masks/ as datasets have them: an entry
+            # of the same name would overwrite one)
+            if self.folder.exists() and any(
+                    p.name not in ("images", "masks", "reviewed", LOCK_FILE) or (p.is_dir() and any(p.iterdir()))
+                    for p in self.folder.iterdir()):
                 raise ValueError(f"{self.folder} holds other files: choose an empty or new folder for a new "
                                  "training set, so nothing of yours is overwritten.")
             try:
@@ -240,12 +243,14 @@ class TrainingSet:
         raise KeyError(f"No entry {name!r} in the training set {self.folder}: it has {', '.join(self.names()) or 'none'}.")
 
     def unique_name(self, base: str) -> str:
+        """``base`` made file-name-safe, with ``-2``, ``-3``... when taken. Names that differ only in
+        case are taken too: macOS and Windows file systems would give them the same files."""
         base = safe_name(base)
-        taken = set(self.names())
-        if base not in taken:
+        taken = {name.casefold() for name in self.names()}
+        if base.casefold() not in taken:
             return base
         i = 2
-        while f"{base}-{i}" in taken:
+        while f"{base}-{i}".casefold() in taken:
             i += 1
         return f"{base}-{i}"
 
@@ -320,8 +325,11 @@ class TrainingSet:
             self._write_index()
             for rel in entry.files.values():
                 path = self.folder / rel
-                if path.exists():
-                    path.replace(path.with_name(path.name + ".removed"))
+                if path.exists():  # never over the files of an entry removed before under the same name
+                    kept, i = path.with_name(path.name + ".removed"), 2
+                    while kept.exists():
+                        kept, i = path.with_name(f"{path.name}.removed-{i}"), i + 1
+                    path.replace(kept)
 
     def load(self, name: str):
         """``(image, labels, reviewed bool)`` of entry ``name``."""

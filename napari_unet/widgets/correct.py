@@ -444,7 +444,6 @@ class CorrectWidget(JobWidget):
             raise ValueError("Nothing is marked as reviewed: mark the whole image, a plane, the visible area, or "
                              "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
         image = image_for_corrections(image_layer, _meta(corrected))
-        channel_axis = image.ndim - 1 if image_layer.rgb else None
         name = corrected.name
         if self.plane_only.value and labels.ndim > 2:
             lead = current_plane(self._viewer, corrected, labels.shape)
@@ -453,6 +452,7 @@ class CorrectWidget(JobWidget):
             name = f"{name} plane {'-'.join(map(str, lead))}"
             if not region.any():
                 raise ValueError("Nothing of the current plane is marked as reviewed.")
+        channel_axis = image.ndim - 1 if image_layer.rgb else None  # (colour last, after any plane is taken)
         ts = self.training_set()
         entry = ts.add(image, labels, region, name=name, source=f"layer {image_layer.name}",
                        channel_axis=channel_axis)

@@ -36,6 +36,36 @@ def test_add_update_reload(tmp_path):
     assert index["format"] == "napari-unet-training-set" and len(index["entries"]) == 2
 
 
+def test_names_differing_in_case_and_removed_entries_never_share_files(tmp_path):
+    """macOS and Windows file systems do not tell 'Cells' from 'cells': the second gets its own
+    name. Removing an entry twice under the same name keeps both removals' files."""
+    image, labels = fluorescent_nuclei((32, 40), 3, seed=4)
+    ts = TrainingSet(tmp_path / "set")
+    assert ts.add(image, labels, name="Cells corrected").name == "Cells_corrected"
+    assert ts.add(image, labels + (labels > 0), name="cells corrected").name == "cells_corrected-2"
+    for value in (1, 2):
+        ts.add(image, np.full(labels.shape, value, np.int32), name="again")
+        ts.remove("again")
+    kept = sorted(p.name for p in (tmp_path / "set" / "masks").iterdir() if p.name.startswith("again"))
+    assert kept == ["again.tif.removed", "again.tif.removed-2"]
+    import tifffile
+
+    assert {int(tifffile.imread(tmp_path / "set" / "masks" / name).max()) for name in kept} == {1, 2}
+
+
+def test_a_folder_of_the_users_images_and_masks_is_not_taken_for_an_empty_one(tmp_path):
+    import tifffile
+
+    image, labels = fluorescent_nuclei((32, 32), 3, seed=5)
+    for kind, array in (("images", image), ("masks", labels)):
+        (tmp_path / "data" / kind).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "data" / kind / "cells.tif", array)
+    with pytest.raises(ValueError, match="holds other files"):
+        TrainingSet(tmp_path / "data")
+    (tmp_path / "fresh" / "images").mkdir(parents=True)  # empty folders are fine
+    assert len(TrainingSet(tmp_path / "fresh")) == 0
+
+
 def test_channel_axis_and_bad_input(tmp_path):
     image, labels = fluorescent_nuclei((32, 32), 3, seed=2)
     rgb = np.stack([image] * 3, axis=-1)

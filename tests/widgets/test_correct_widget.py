@@ -166,6 +166,30 @@ def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path)
     assert source_image(viewer, corrected) is image
 
 
+def test_one_plane_of_a_colour_stack_goes_into_the_training_set(correct_widget, click, tmp_path):
+    """'Current plane only' on a time-lapse of RGB frames: the plane shown is stored, in colour."""
+    viewer, widget = correct_widget
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (3, 48, 56, 3), dtype=np.uint8)
+    image = viewer.add_image(frames, name="movie", rgb=True)
+    labels = np.zeros((3, 48, 56), np.int32)
+    labels[:, 10:20, 10:20] = 1
+    pred = viewer.add_labels(labels, name="movie [unet] labels",
+                             metadata={"napari_unet": {"kind": "labels", "source": image.name}})
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    viewer.dims.set_point(0, 1)
+    click(widget.review_plane)
+    widget.plane_only.value = True
+    click(widget.add_button)
+    ts = TrainingSet(tmp_path / "set", create=False)
+    assert len(ts) == 1, widget.status.value
+    stored, masks, reviewed = ts.load(ts.entries[0].name)
+    np.testing.assert_array_equal(stored, frames[1])
+    assert masks.shape == (48, 56) and reviewed.all()
+
+
 def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widget, click):
     viewer, widget = correct_widget
     image, pred = _prediction(viewer)
