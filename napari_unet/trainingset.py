@@ -72,6 +72,11 @@ class FolderLock:
         self._depth += 1
         return self
 
+    @property
+    def held(self) -> bool:
+        """This process holds the OS lock on the folder (other processes wait for it)."""
+        return self._fd is not None
+
     def __exit__(self, *exc):
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
@@ -206,13 +211,20 @@ class TrainingSet:
 
     def _remove_unfinished(self) -> None:
         """Remove revision files that no index entry points to: an update killed before its index
-        write (under the lock, so never another process's update in progress)."""
+        write. Under the lock that is never another process's update in progress; where the file
+        system has no locks (some network shares), only files older than an hour go."""
+        import time
+
+        from .io import STALE_TEMP_SECONDS
+
         kept = {rel for e in self.entries for rel in e.files.values()}
+        now = time.time()
         for kind in ("masks", "reviewed"):
             for path in (self.folder / kind).glob("*@*.tif"):
                 if f"{kind}/{path.name}" not in kept:
                     try:
-                        path.unlink()
+                        if self._lock.held or now - path.stat().st_mtime > STALE_TEMP_SECONDS:
+                            path.unlink()
                     except OSError:
                         pass
 

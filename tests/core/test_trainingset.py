@@ -153,3 +153,23 @@ def test_two_processes_adding_to_one_folder_lose_no_entry(tmp_path):
         assert w.exitcode == 0
     assert sorted(TrainingSet(tmp_path / "set", create=False).names()) == sorted(
         f"w{w}-{i}" for w in range(2) for i in range(20))
+
+
+def test_without_file_locks_an_update_in_flight_elsewhere_is_not_removed(tmp_path, monkeypatch):
+    """On a share without locks, opening the folder must not delete a revision another process
+    has just written and is about to put in the index; an hour-old one is an abandoned update."""
+    import time
+
+    from napari_unet import trainingset
+
+    image, labels = fluorescent_nuclei((32, 32), 3, seed=6)
+    TrainingSet(tmp_path / "set").add(image, labels, name="cells")
+    in_flight, abandoned = (tmp_path / "set" / "masks" / f"cells@{n}.tif" for n in (7, 3))
+    in_flight.write_bytes(b"new revision")
+    abandoned.write_bytes(b"old revision")
+    old = time.time() - 2 * 3600
+    os.utime(abandoned, (old, old))
+    monkeypatch.setattr(trainingset, "_lock_file", lambda path: None)  # a file system with no locks
+    monkeypatch.setattr(trainingset, "_locks", {})
+    TrainingSet(tmp_path / "set", create=False)
+    assert in_flight.exists() and not abandoned.exists()
