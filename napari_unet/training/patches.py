@@ -212,6 +212,7 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
         raise ValueError(f"Unknown target {target!r}: choose one of {', '.join(TARGET_MAKERS)}.")
     x = fit_normalizer(chw, normalization)(chw)
     target = TARGET_MAKERS[target](labels)
+    unreviewed = None
     if reviewed is not None:
         reviewed = np.asarray(reviewed)
         if reviewed.shape != labels.shape:
@@ -219,10 +220,14 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
                              f"{' (' + name + ')' if name else ''}.")
         if not reviewed.any():
             raise ValueError(f"Nothing of image {name or ''} is marked as reviewed: mark the region you checked.")
-        target[~reviewed.astype(bool)] = IGNORE
+        unreviewed = ~reviewed.astype(bool)
     weights = None
     if weight_map is not None:
-        weights = loss_weight_map(labels, target, **weight_map)
+        # on every object (those just outside the reviewed region still separate their neighbours);
+        # the unreviewed pixels are left out of the class balance
+        weights = loss_weight_map(labels, target, **{**weight_map, "ignore_mask": unreviewed})
+    if unreviewed is not None:
+        target[unreviewed] = IGNORE
     elif gap_weight != 1.0:
         weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
     pad = [(0, max(0, m - n)) for m, n in zip(_per_axis(min_size, labels.ndim, "min_size"), labels.shape)]

@@ -225,3 +225,25 @@ def test_bad_labels(labels, message):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         weight_map(np.zeros((4, 4), np.int32), **kwargs)
+
+
+def test_the_loss_weight_map_of_a_partly_reviewed_image():
+    """Objects just outside the reviewed region still separate their reviewed neighbours, and the
+    unreviewed pixels do not count in the class balance (they are ignored by the loss)."""
+    from napari_unet.modelfile import DEFAULT_NORMALIZATION
+    from napari_unet.training.patches import prepare_image
+
+    labels = np.zeros((40, 60), np.int64)
+    labels[10:30, 5:25] = 1  # reviewed
+    labels[10:30, 31:51] = 2  # outside the reviewed region, 6 px to the right of object 1
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[:, :30] = True
+    image = labels.astype(np.float32)
+    params = {"w0": 10.0, "sigma": 5.0, "class_weights": "balanced"}
+    part = prepare_image(image, labels, DEFAULT_NORMALIZATION, weight_map=params, reviewed=reviewed).weights
+    whole = prepare_image(image, labels, DEFAULT_NORMALIZATION, weight_map=params).weights
+    gap = (20, 28)  # reviewed background between the two objects
+    assert part[gap] > 4.0 and part[gap] == pytest.approx(whole[gap], rel=1e-3)  # 1 + 10 exp(-(4+3)²/50)
+    # class balance over the reviewed pixels only: 400 object pixels of 1200, background weighs 1
+    assert part[20, 10] == pytest.approx(800 / 400, rel=1e-3)
+    assert (part[~reviewed] == 0).all()
