@@ -27,22 +27,47 @@ NO_RESIZE = 0.05
 MIN_SCALE, MAX_SCALE = 1 / 16, 8.0
 
 
-def median_diameter(labels, mask=None) -> float | None:
+def median_diameter(labels, mask=None, whole: bool = False) -> float | None:
     """The diameter (pixels) of a disc with the median object area of ``labels`` (instance ids,
     2D, or a stack of 2D planes: areas are counted per plane); ``mask`` limits the pixels counted
-    (the reviewed region). None when there is no object of at least :data:`MIN_OBJECT_PIXELS`."""
+    (the reviewed region). None when there is no object of at least :data:`MIN_OBJECT_PIXELS`.
+
+    ``whole``: leave out the objects cut by the edge of the image or of ``mask`` (their area is a
+    part of theirs: a reviewed window of 160 px over discs of 68 px measured 43 px), unless no
+    other object is left."""
     labels = np.asarray(labels)
     if mask is not None:
-        labels = np.where(np.asarray(mask, bool), labels, 0)
+        mask = np.asarray(mask, bool)
+        labels = np.where(mask, labels, 0)
     planes = labels.reshape((-1,) + labels.shape[-2:])
-    areas = []
-    for plane in planes:
-        counts = np.bincount(plane.ravel().astype(np.int64))[1:]
-        areas.append(counts[counts >= MIN_OBJECT_PIXELS])
+    masks = [None] * len(planes) if mask is None else np.broadcast_to(mask, labels.shape).reshape(planes.shape)
+    areas, uncut = [], []
+    for plane, inside in zip(planes, masks):
+        counts = np.bincount(plane.ravel().astype(np.int64))
+        counts[0] = 0
+        big = counts >= MIN_OBJECT_PIXELS
+        areas.append(counts[big])
+        if whole:
+            cut = np.zeros(counts.size, bool)
+            cut[_cut_ids(plane, inside)] = True
+            uncut.append(counts[big & ~cut])
     areas = np.concatenate(areas) if areas else np.zeros(0)
+    if whole and uncut and np.concatenate(uncut).size:
+        areas = np.concatenate(uncut)
     if areas.size == 0:
         return None
     return float(2.0 * math.sqrt(float(np.median(areas)) / math.pi))
+
+
+def _cut_ids(plane: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
+    """The ids on the edge of ``plane`` or of the region ``inside`` (True = counted)."""
+    from scipy import ndimage as ndi
+
+    edge = np.zeros(plane.shape, bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if inside is not None:
+        edge |= inside & ~ndi.binary_erosion(inside, border_value=1)
+    return np.unique(plane[edge]).astype(np.int64)
 
 
 def check_diameter(value, what: str = "object diameter") -> float | None:

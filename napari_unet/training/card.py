@@ -21,6 +21,8 @@ def finetuned_config(run, stopped: str, metrics: dict, best_step: int, steps: in
         # the base's weights, validated (and their post-processing tuned) at the corrections' object
         # size: the saved model is for objects of that size, as a fine-tuned one would be
         sizes = (loaded.object_diameter, data.diameter)
+    elif not base_weights:  # trained on the images as they are (resizing off): predicts them so too
+        sizes = (None, None)
     else:  # the base's own object size, if it declares one
         sizes = (loaded.object_diameter, loaded.config["input"].get("image_object_diameter"))
     return make_config(weights_net if base_weights else run.net, loaded.config["architecture"], run.target,

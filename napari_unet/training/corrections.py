@@ -162,17 +162,21 @@ def _strip(triple, fraction: float, min_side: int):
 
 def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 64, whole_from: int = 4):
     """``(train, val)``: with ``whole_from`` or more images every 4th image (at least one) is held
-    out whole; with fewer, a strip at the far end of every image's reviewed region (the last
-    ``fraction`` of it along its longer axis, at least ``min_side`` pixels, fully reviewed) becomes
-    validation and is cut off the training image, so no training patch ever overlaps a validation
-    pixel. When no image allows a strip (small or sparsely reviewed images) and there are two or
+    out whole (cut to its reviewed region's box); with fewer, a strip at the far end of every
+    image's reviewed region (the last ``fraction`` of it along its longer axis, at least
+    ``min_side`` pixels, fully reviewed) becomes validation and is cut off the training image, so
+    no training patch ever overlaps a validation pixel. When no image allows a strip (small or sparsely reviewed images) and there are two or
     more, the first is held out whole. Validation items are ``(image, labels)`` (labels 0 where
     not reviewed); an empty ``val`` means nothing could be held out."""
     triples = list(triples)
 
     def whole(held):
         train = [t for i, t in enumerate(triples) if i not in held]
-        val = [(t[0], np.where(t[2], t[1], 0)) for i, t in enumerate(triples) if i in held]
+        val = []
+        for i in sorted(held):  # cut to the reviewed region's box: objects found outside it are no errors
+            if np.asarray(triples[i][2]).any():
+                image, lab, rev = _crop(triples[i], _reviewed_box(triples[i][2]))
+                val.append((image, np.where(rev, lab, 0)))
         return train, val
 
     if len(triples) >= max(2, whole_from):
@@ -199,7 +203,8 @@ def training_scale(settings, loaded, triples) -> tuple[float, float | None, floa
 
     if not settings.resize or loaded.spatial_dims != 2:
         return 1.0, None, None
-    per_image = [d for d in (median_diameter(lab, r) for _, lab, r in triples) if d is not None]
+    # objects cut by the edge of a reviewed region (or of the image) are measured only where none is whole
+    per_image = [d for d in (median_diameter(lab, r, whole=True) for _, lab, r in triples) if d is not None]
     if not per_image:
         return 1.0, None, None
     diameter = float(np.median(per_image))

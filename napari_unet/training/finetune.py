@@ -353,10 +353,16 @@ class FinetuneRun:
             try:  # the post-processing for this model, chosen on the held-out regions (a few seconds)
                 from . import validation
 
-                self.postprocess, table = validation.tune_postprocess(
+                tuned, table = validation.tune_postprocess(
                     self.net.eval(), data.val, self.loaded.normalization, self.settings.device, self.target,
                     stop=stop)
-                self.tuned = round(max(score for _, score in table), 4)
+                score = round(max(score for _, score in table), 4)
+                # the grid's best only where it beats the settings validated during training (its
+                # minimum sizes follow the objects' size and may miss those settings)
+                if score > result.metrics["ap50"]:
+                    self.postprocess, self.tuned = tuned, score
+                else:
+                    self.postprocess, self.tuned = self.loaded.postprocess, round(result.metrics["ap50"], 4)
             except PredictionCancelled:
                 self.postprocess = self.loaded.postprocess
         discarded, best = "", None

@@ -36,6 +36,20 @@ def test_median_diameter_is_the_equivalent_disc_and_ignores_fragments_and_unrevi
     assert median_diameter(np.stack([labels, labels])) == pytest.approx(30, abs=1)
 
 
+def test_objects_cut_by_the_reviewed_window_are_left_out_of_the_whole_size():
+    """A reviewed window over discs of 68 px that cuts most of them (as 'Mark visible area
+    reviewed' does): their parts are not objects of the size measured, when whole ones remain."""
+    labels = discs((400, 400), [(y, x) for y in (50, 130, 210, 290) for x in (50, 130, 210, 290)], 34)
+    window = np.zeros(labels.shape, bool)
+    window[100:260, 100:260] = True  # one whole disc (130, 130) ... and cut ones around
+    assert median_diameter(labels) == pytest.approx(68, abs=1)
+    assert median_diameter(labels, window) < 60  # the cut parts pull the median down
+    assert median_diameter(labels, window, whole=True) == pytest.approx(68, abs=1)
+    only_cut = np.zeros(labels.shape, bool)
+    only_cut[40:60, :] = True  # nothing whole: every part counts, as before
+    assert median_diameter(labels, only_cut, whole=True) == median_diameter(labels, only_cut)
+
+
 def test_scale_for_and_check_diameter():
     assert scale_for(30, 60) == 0.5 and scale_for(None, 60) == 1.0 and scale_for(30, None) == 1.0
     assert scale_for(30, 31) == 1.0  # within 5 %: not worth a resampling pass
@@ -186,6 +200,14 @@ def test_fine_tuning_shrinks_large_objects_and_the_model_remembers_it(make_rando
     result = run_to_end(finetune.finetune_iter(str(base), triples, _settings(resize=False), out_dir=tmp_path,
                                                name="native"))
     assert all(max(s) == 256 for s in seen[0][0]) and load_model(result.path).object_diameter is None
+    # resize=False from a base made for objects of 30 px: trained on the images as they are, the
+    # model takes them as they are (it did ask for the size and shrank them to 30 px)
+    seen.clear()
+    sized = run_to_end(finetune.finetune_iter(str(result.path.with_name("shrunk.safetensors")), triples,
+                                              _settings(resize=False, validate=False), out_dir=tmp_path,
+                                              name="sized-native"))
+    assert all(max(s) == 256 for s in seen[0][0])
+    assert load_model(sized.path).object_diameter is None and load_model(sized.path).scale() == 1
 
 
 def test_small_objects_are_not_enlarged_by_default(make_random_model, nuclei_sample, tmp_path, one_thread):

@@ -353,8 +353,14 @@ def test_validation_split_three_images_all_train_four_hold_one_out_whole():
         np.testing.assert_array_equal(np.concatenate([image, v_image], 1), full)
         np.testing.assert_array_equal(np.concatenate([labels, v_labels], 1), full_labels)
     train, val = split_by_region(triples, 0.25)
-    assert len(train) == 3 and len(val) == 1 and val[0][0] is triples[0][0]
+    assert len(train) == 3 and len(val) == 1 and np.array_equal(val[0][0], triples[0][0])
     assert all(t[0].shape == (200, 300) for t in train)
+    # held out whole, but reviewed only in a box (the visible area): scored in that box only, so the
+    # objects a model finds in the unreviewed rest are not counted as false positives
+    boxed = [(im, lab, np.pad(np.ones((120, 150), bool), ((30, 50), (100, 50)))) for im, lab, _ in triples]
+    train, val = split_by_region(boxed, 0.25)
+    assert len(val) == 1 and val[0][0].shape == (120, 150)
+    np.testing.assert_array_equal(val[0][1], triples[0][1][30:150, 100:250])
     # a reviewed box (the left 200 x 200): its strip is held out, the rest of the image trains
     partly = [(im, lab, np.pad(np.ones((200, 200), bool), ((0, 0), (0, 100)))) for im, lab, _ in triples[:2]]
     train, val = split_by_region(partly, 0.25)
