@@ -19,7 +19,7 @@ from ..trainingset import check_labels
 DEFAULT_OBJECT_DIAMETER = 30.0
 
 
-def check_corrections(triples: Sequence, spatial_dims: int) -> list[tuple]:
+def check_corrections(triples: Sequence, spatial_dims: int) -> "Corrections":
     """``(image, labels, reviewed)`` triples checked (instance labels, a reviewed region of their
     shape; None = all reviewed), without the unreviewed ones, and cut into planes for 2D models."""
     from ..inputs import image_channels_first
@@ -104,13 +104,25 @@ def _fit_image(image, labels: np.ndarray, in_channels: int, labels_name: str, im
                      f"{channels}: choose a base model made for {channels}-channel images.")
 
 
-def _planes(triples: Sequence, spatial_dims: int) -> list[tuple]:
+class Corrections(list):
+    """Checked ``(image, labels, reviewed)`` triples; ``groups[i]``: the corrected image (or stack)
+    triple ``i`` comes from. The planes of one stack are one group: neighbouring planes hold
+    nearly the same objects, so validation holds out whole groups, never one plane of a stack
+    whose neighbours train."""
+
+    def __init__(self, triples=(), groups=None):
+        super().__init__(triples)
+        self.groups = list(range(len(self))) if groups is None else list(groups)
+
+
+def _planes(triples: Sequence, spatial_dims: int) -> Corrections:
     """2D models train on the planes of stacks: every plane with reviewed pixels."""
-    out = []
-    for image, labels, reviewed in triples:
+    out, groups = [], []
+    for group, (image, labels, reviewed) in enumerate(triples):
         labels = np.asarray(labels)
         if labels.ndim == spatial_dims:
             out.append((image, labels, reviewed))
+            groups.append(group)
             continue
         if spatial_dims == 2 and labels.ndim == 3:
             image = np.asarray(image)
@@ -118,11 +130,12 @@ def _planes(triples: Sequence, spatial_dims: int) -> list[tuple]:
             for z in range(labels.shape[0]):
                 if reviewed[z].any():
                     out.append((image[:, z] if chw else image[z], labels[z], reviewed[z]))
+                    groups.append(group)
             continue
         raise ValueError(f"Labels of {labels.ndim} dimensions do not fit a {spatial_dims}D model: "
                          + ("choose a 2D base model (e.g. unet), or correct a stack (Z, Y, X)." if spatial_dims == 3
                             else "choose a 3D base model (e.g. unet-3d) for volumes, or correct single planes."))
-    return out
+    return Corrections(out, groups)
 
 
 def _crop(triple, region):
@@ -162,12 +175,15 @@ def _strip(triple, fraction: float, min_side: int):
 
 def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 64, whole_from: int = 4):
     """``(train, val)``: with ``whole_from`` or more images every 4th image (at least one) is held
-    out whole (cut to its reviewed region's box); with fewer, a strip at the far end of every
-    image's reviewed region (the last ``fraction`` of it along its longer axis, at least
-    ``min_side`` pixels, fully reviewed) becomes validation and is cut off the training image, so
-    no training patch ever overlaps a validation pixel. When no image allows a strip (small or sparsely reviewed images) and there are two or
-    more, the first is held out whole. Validation items are ``(image, labels)`` (labels 0 where
-    not reviewed); an empty ``val`` means nothing could be held out."""
+    out whole, cut to its reviewed region's box (an image is a :class:`Corrections` group where
+    ``triples`` has them: every plane of a held-out stack goes); with fewer, a strip at the far
+    end of every image's reviewed region (the last ``fraction`` of it along its longer axis, at
+    least ``min_side`` pixels, fully reviewed) becomes validation and is cut off the training
+    image, so no training patch ever overlaps a validation pixel. When no image allows a strip
+    (small or sparsely reviewed images) and there are two or more, the first is held out whole.
+    Validation items are ``(image, labels)`` (labels 0 where not reviewed); an empty ``val``
+    means nothing could be held out."""
+    groups = list(getattr(triples, "groups", range(len(triples))))
     triples = list(triples)
 
     def whole(held):
@@ -179,8 +195,10 @@ def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 6
                 val.append((image, np.where(rev, lab, 0)))
         return train, val
 
-    if len(triples) >= max(2, whole_from):
-        return whole(set(range(0, len(triples), 4)))
+    order = list(dict.fromkeys(groups))  # the images, in the order given
+    if len(order) >= max(2, whole_from):
+        held = set(order[::4])
+        return whole({i for i, g in enumerate(groups) if g in held})
     train, val = [], []
     for t in triples:
         cut = _strip(t, fraction, min_side) if np.asarray(t[2]).any() else None
@@ -189,8 +207,8 @@ def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 6
         else:
             train.append(cut[0])
             val.append(cut[1])
-    if not val and len(triples) >= 2:
-        return whole({0})
+    if not val and len(triples) >= 2:  # the first image (all its planes, when another image is left)
+        return whole({i for i, g in enumerate(groups) if g == groups[0]} if len(order) >= 2 else {0})
     return train, val
 
 

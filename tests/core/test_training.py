@@ -374,6 +374,26 @@ def test_validation_split_three_images_all_train_four_hold_one_out_whole():
     assert split_by_region([(triples[0][0][:100, :100], triples[0][1][:100, :100], np.ones((100, 100), bool))])[1] == []
 
 
+def test_the_planes_of_a_stack_are_held_out_together():
+    """A 2D model fine-tuned on stacks: a plane is never validated while its neighbours (nearly the
+    same objects) train. Four stacks: every plane of the first is held out, none of the others."""
+    from napari_unet.training.corrections import check_corrections, split_by_region
+
+    rng = np.random.default_rng(8)
+    stacks = [(rng.random((5, 96, 96)), rng.integers(0, 4, (5, 96, 96)).astype(np.int32) + 10 * k, None)
+              for k in range(4)]
+    checked = check_corrections(stacks, 2)
+    assert len(checked) == 20 and checked.groups == [g for g in range(4) for _ in range(5)]
+    train, val = split_by_region(checked, 0.25)
+    assert len(val) == 5 and len(train) == 15
+    assert all(v[1].max() < 10 for v in val) and all(t[1].min() >= 10 for t in train)
+    # one stack alone: a strip of every plane (the same rows of each), never a whole plane
+    one = [(rng.random((5, 160, 160)), rng.integers(0, 4, (5, 160, 160)).astype(np.int32), None)]
+    train, val = split_by_region(check_corrections(one, 2), 0.25)
+    assert len(val) == 5 and all(v[0].shape == (64, 160) for v in val)
+    assert all(t[0].shape == (96, 160) for t in train)
+
+
 def test_error_map_marks_missed_merged_and_invented_objects():
     from napari_unet.training.focus import error_map
 
