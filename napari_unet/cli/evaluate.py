@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, load_model, pairs, read_labels
+from .common import UsageError, load_model, read_labels
 
 #: The scores ``evaluate`` prints, per image and their mean.
 SCORES = ["ap50", "f1", "mean_iou", "dice", "foreground_iou"]
@@ -15,15 +15,51 @@ def cmd_evaluate(args) -> int:
     from ..metrics import evaluate, mean_metrics
 
     rows = []
-    for pred_path, gt_path in pairs(Path(args.pred), Path(args.gt), masks_label="ground truth"):
+    for pred_path, gt_path in evaluation_pairs(Path(args.pred), Path(args.gt)):
         gt = read_labels(gt_path)
-        rows.append((pred_path.name, evaluate(gt, read_labels(pred_path, gt.shape))))
+        rows.append((gt_path.name, evaluate(gt, read_labels(pred_path, gt.shape))))
     print(f"{'image':<32s} " + " ".join(f"{k:>14s}" for k in SCORES))
     for name, m in rows:
         print(f"{name:<32s} " + " ".join(f"{m[k]:14.4f}" for k in SCORES))
     mean = mean_metrics([m for _, m in rows])
     print(f"{'mean':<32s} " + " ".join(f"{mean[k]:14.4f}" for k in SCORES))
     return 0
+
+
+def evaluation_pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
+    """``(prediction, ground truth)`` files matched by name without the extension (``predict``
+    writes ``<stem>.tif`` whatever the image's format), every ground-truth image with one
+    (``UsageError`` naming those without: a mean over fewer images would look better than it is);
+    ``predict --probabilities``' ``<stem>_probabilities`` files and predictions without ground
+    truth (said on stderr) are not scored."""
+    import sys
+
+    from .common import IMAGE_SUFFIXES
+
+    found = {}
+    for folder in (pred_dir, gt_dir):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such folder")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                       and not (folder == pred_dir and p.stem.endswith("_probabilities")))
+        by_stem = {}
+        for path in files:
+            if path.stem in by_stem:
+                raise UsageError(f"{by_stem[path.stem].name} and {path.name} in {folder} have the same name: keep one")
+            by_stem[path.stem] = path
+        found[folder] = by_stem
+    preds, truths = found[pred_dir], found[gt_dir]
+    if not truths:
+        raise UsageError(f"{gt_dir}: no ground truth (.tif, .png, .npy) in this folder")
+    missing = [truths[s].name for s in truths if s not in preds]
+    if missing:
+        raise UsageError(f"no prediction with the name of {len(missing)} ground-truth image(s) in {pred_dir}: "
+                         f"{', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+    extra = [preds[s].name for s in preds if s not in truths]
+    if extra:
+        print(f"napari-unet: {len(extra)} prediction(s) without ground truth are not scored: "
+              f"{', '.join(extra[:3])}{'...' if len(extra) > 3 else ''}", file=sys.stderr)
+    return [(preds[s], truths[s]) for s in truths]
 
 
 def cmd_models(args) -> int:

@@ -136,6 +136,8 @@ class PruningAndReview:
             return next_region(disagreement, spatial_dims, reviewed, visited)
 
         def done(region):
+            if self.cancelled:  # Cancel: the view stays where it is, the region is not marked visited
+                return
             if region is None:
                 self.status.value = "every region where the depths disagree is reviewed (or visited)"
                 show_info("napari-unet: nothing left to review where the depths disagree.")

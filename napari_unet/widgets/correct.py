@@ -354,7 +354,8 @@ class CorrectWidget(JobWidget):
         from ..training.finetune import FinetuneSettings
         from .finetune import FinetuneWidget
 
-        docks = [w for w in list(FinetuneWidget.instances) if w._viewer is self._viewer]
+        # (each dock gets its own proxy of the viewer: compare the viewers behind them)
+        docks = [w for w in list(FinetuneWidget.instances) if _unwrapped(w._viewer) is _unwrapped(self._viewer)]
         settings = docks[-1].settings() if docks else FinetuneSettings()
         params = settings.weight_map() or FinetuneSettings().weight_map()
         return params["class_weights"]
@@ -473,3 +474,8 @@ class CorrectWidget(JobWidget):
         self._viewer.layers.selection.active = corrections[-1]
         self.status.value = f"Opened {len(added) // 3} image(s) from {ts.folder}; edits are saved as you go."
         return ts
+
+
+def _unwrapped(viewer):
+    """The viewer behind napari's proxy of it (a plugin dock's ``viewer``)."""
+    return getattr(viewer, "__wrapped__", viewer)

@@ -352,6 +352,8 @@ class FinetuneWidget(JobWidget):
 
     def _on_job_finished(self):
         self.train_button.text = "Train"
+        # (a run that failed or saved nothing leaves the previous model runnable)
+        self.run_button.enabled = self.last_result is not None and self.last_result.path is not None
 
     def export_model(self, *_):
         """Export the last fine-tuned model (else the chosen base model) as a BioImage.IO package (asks where;
@@ -370,6 +372,9 @@ class FinetuneWidget(JobWidget):
         if self.last_result is None or self.last_result.path is None:
             return None
         _, segment = self._viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+        if segment.running:  # its fields stay as they are: the user sees what the next click runs
+            self.status.value = "The Segment dock is still busy: run the new model there when it is done."
+            return segment
         segment.refresh_models()
         segment.model.value = self.last_result.name
         segment.run()

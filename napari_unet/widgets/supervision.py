@@ -194,13 +194,19 @@ class SupervisionWidget(PruningAndReview, JobWidget):
             self.image.value = self.image.choices[-1]
 
     def _default_corrections(self):
-        """Pick the Correct widget's layer for this image when the user has not chosen one."""
-        if self.corrections.value is not None or self.image.value is None:
+        """Pick the Correct widget's layer for this image when the user has not chosen one, or when
+        the one chosen corrects another image (never score an image against another's objects)."""
+        if self.image.value is None:
+            return
+        chosen = self.corrections.value
+        if chosen is not None and _meta(chosen).get("source") in (None, "", self.image.value.name):
             return
         for layer in self._viewer.layers:
             if _meta(layer).get("kind") == "corrections" and _meta(layer).get("source") == self.image.value.name:
                 self.corrections.value = layer
                 return
+        if chosen is not None:  # another image's: none rather than the wrong ones
+            self.corrections.value = None
 
     def _on_model_changed(self, *_):
         if not self._torch_ready or not self.model.value:
@@ -240,6 +246,10 @@ class SupervisionWidget(PruningAndReview, JobWidget):
         layer = self.corrections.value
         if layer is None or layer not in self._viewer.layers:
             return None, None
+        source = _meta(layer).get("source")
+        if source and self.image.value is not None and source != self.image.value.name:
+            raise ValueError(f"'{layer.name}' corrects '{source}', not '{self.image.value.name}': choose the "
+                             "corrections of this image (or none).")
         truth = np.array(layer.data)
         if truth.shape != tuple(shape):
             raise ValueError(f"'{layer.name}' has shape {truth.shape} but the prediction {tuple(shape)}: choose the "
@@ -368,6 +378,8 @@ class SupervisionWidget(PruningAndReview, JobWidget):
             return score_depths(depths, truth, reviewed, **load_model(model).postprocess)
 
         def done(scores):
+            if self.cancelled:  # Cancel: the table stays as it was
+                return
             self.last_scores = scores
             self._fill_scores(scores)
             self.status.value = "scores updated"

@@ -278,3 +278,24 @@ def test_export_errors_are_one_line_and_exit_code_2(tmp_path, make_random_model,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "valid padding" in err
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_evaluate_pairs_by_name_after_predict_with_probabilities(tmp_path, capsys):
+    """``predict -o out/ --probabilities`` then ``evaluate --pred out/``: the probability maps are
+    not predictions, ground truth named like the images (a.png) pairs with a.tif, and a
+    prediction without ground truth is said and left out."""
+    from skimage.io import imsave
+
+    truth = np.zeros((32, 32), np.uint8)
+    truth[4:12, 4:12], truth[16:28, 16:28] = 1, 2
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "out").mkdir()
+    imsave(tmp_path / "gt" / "a.png", truth, check_contrast=False)
+    tifffile.imwrite(tmp_path / "out" / "a.tif", truth.astype(np.int32))
+    tifffile.imwrite(tmp_path / "out" / "a_probabilities.tif", (truth > 0).astype(np.float32))
+    tifffile.imwrite(tmp_path / "out" / "b.tif", truth.astype(np.int32))
+    assert main(["evaluate", "--pred", str(tmp_path / "out"), "--gt", str(tmp_path / "gt")]) == 0
+    captured = capsys.readouterr()
+    assert "1 prediction(s) without ground truth are not scored: b.tif" in captured.err
+    rows = [line.split() for line in captured.out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["a.png", "mean"] and float(rows[0][1]) == 1.0

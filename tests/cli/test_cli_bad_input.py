@@ -228,7 +228,8 @@ REFUSED_EVALUATE = [
     ("prediction-other-shape", lambda g, p: tifffile.imwrite(p / "a.tif", GT[:16]), r"differs"),
     ("negative-labels", lambda g, p: tifffile.imwrite(p / "a.tif", -GT), r"negative"),
     ("fractional-labels", lambda g, p: tifffile.imwrite(p / "a.tif", GT * 0.5), r"integer instance labels"),
-    ("ground-truth-missing", lambda g, p: (g / "a.tif").unlink(), r"no ground truth with the name of 1 image"),
+    ("ground-truth-missing", lambda g, p: (g / "a.tif").unlink(), r"gt: no ground truth"),
+    ("prediction-missing", lambda g, p: (p / "a.tif").unlink(), r"no prediction with the name of 1 ground-truth"),
 ]
 
 
