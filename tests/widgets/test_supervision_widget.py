@@ -107,3 +107,25 @@ def test_cancel_changes_nothing_and_bad_input_is_reported(supervision_widget, qt
     assert not widget.running and "choose the corrections of this image" in widget.status.value
     click(widget.next_button)
     assert "Run all depths first" in widget.status.value
+
+
+def test_the_corrections_follow_the_image(supervision_widget):
+    """Choosing another image never leaves the previous image's corrections chosen: a score of one
+    image against another's objects would be near 0 with a best row starred all the same."""
+    viewer, widget = supervision_widget
+    rng = np.random.default_rng(0)
+    for name in ("img1", "img2"):
+        viewer.add_image(rng.random((64, 64)).astype(np.float32), name=name)
+        viewer.add_labels(np.zeros((64, 64), np.int32), name=f"{name} corrected",
+                          metadata={"napari_unet": {"kind": "corrections", "source": name}})
+    widget.image.value = viewer.layers["img2"]
+    assert widget.corrections.value.name == "img2 corrected"
+    widget.image.value = viewer.layers["img1"]
+    assert widget.corrections.value.name == "img1 corrected"
+    widget.corrections.value = viewer.layers["img2 corrected"]  # chosen by hand: refused at the run
+    with pytest.raises(ValueError, match="corrects 'img2', not 'img1'"):
+        widget._corrections_data((64, 64))
+    viewer.layers.remove("img1 corrected")
+    widget.image.value = viewer.layers["img2"]
+    widget.image.value = viewer.layers["img1"]  # no corrections of its own: none rather than img2's
+    assert widget.corrections.value is None
