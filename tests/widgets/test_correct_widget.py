@@ -117,19 +117,24 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, t
     np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
 
 
+def _corrected_and_added(viewer, widget, click, folder):
+    """A prediction corrected, reviewed whole and added to the training set ``folder``:
+    ``(image layer, entry name, corrected layer)``."""
+    image, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(folder)
+    click(widget.correct_button)
+    click(widget.review_whole)
+    click(widget.add_button)
+    return image, TrainingSet(folder, create=False).entries[0].name, viewer.layers["nuclei [unet] labels corrected"]
+
+
 def test_edits_are_still_saved_after_the_dock_is_closed(make_napari_viewer, click, qtbot, tmp_path):
     """Closing the Correct panel (its x) stops its jobs, not the saving of the layers it linked to
     the training set: the user may go on painting with napari's own brush."""
     viewer = make_napari_viewer()
     dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
-    _, pred = _prediction(viewer)
-    widget.source.value = pred
-    widget.folder.value = str(tmp_path / "set")
-    click(widget.correct_button)
-    click(widget.review_whole)
-    click(widget.add_button)
-    entry = TrainingSet(tmp_path / "set", create=False).entries[0].name
-    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    _, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set")
     dock_widget.title.close_button.click()
     assert widget.lifetime.closed  # the dock's own jobs would stop
     corrected.paint((10, 10), 77)  # napari's brush, the panel closed
@@ -142,14 +147,7 @@ def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path)
     reviewed marks alone are saved too (they were not: the dock's viewer is napari's proxy, and
     the layer it handed out for the reviewed layer's owner was a new wrapper each time)."""
     viewer, widget = correct_widget
-    image, pred = _prediction(viewer)
-    widget.source.value = pred
-    widget.folder.value = str(tmp_path / "set")
-    click(widget.correct_button)
-    click(widget.review_whole)
-    click(widget.add_button)
-    entry = TrainingSet(tmp_path / "set", create=False).entries[0].name
-    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    image, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set")
     reviewed = viewer.layers["nuclei [unet] labels corrected reviewed"]
     corrected.name, reviewed.name, image.name = "my cells", "my review", "my image"
     n_layers = len(viewer.layers)
