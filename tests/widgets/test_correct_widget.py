@@ -412,3 +412,14 @@ def test_writing_back_is_refused_with_a_message_for_read_only_or_whole_labels(co
     click(widget.correct_button)
     click(widget.write_button)
     assert "holds the whole labels" in widget.status.value
+
+
+def test_the_weight_map_shown_is_the_fine_tune_docks_loss(make_napari_viewer):
+    """Correct shows the weight map the Fine-tune dock of the same viewer trains with (each dock
+    gets its own proxy of the viewer: they were never found equal, so the default was shown)."""
+    viewer = make_napari_viewer()
+    _, correct = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    _, finetune = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    assert correct._loss_class_weights() is None  # the default loss: the border term alone
+    finetune.loss.value = "weight-map CE (U-Net paper)"
+    assert correct._loss_class_weights() == "balanced"
