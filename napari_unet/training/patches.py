@@ -226,10 +226,10 @@ def prepare_image(image: np.ndarray, labels: np.ndarray, normalization: dict,
         # on every object (those just outside the reviewed region still separate their neighbours);
         # the unreviewed pixels are left out of the class balance
         weights = loss_weight_map(labels, target, **{**weight_map, "ignore_mask": unreviewed})
-    if unreviewed is not None:
-        target[unreviewed] = IGNORE
     elif gap_weight != 1.0:
         weights = np.where(touching_boundaries(labels.astype(np.int64)), np.float32(gap_weight), np.float32(1.0))
+    if unreviewed is not None:
+        target[unreviewed] = IGNORE
     pad = [(0, max(0, m - n)) for m, n in zip(_per_axis(min_size, labels.ndim, "min_size"), labels.shape)]
     if any(p[1] for p in pad):
         x = np.pad(x, [(0, 0)] + pad, mode="reflect")

@@ -82,6 +82,18 @@ def test_binary_target_separates_touching_objects():
     assert (target[labels == 0] == 0).all()
     weighted = prepare_image(labels.astype(np.float32), labels, DEFAULT_NORMALIZATION, gap_weight=5.0)
     assert (weighted.weights[2:10, 5:7] == 5.0).all() and weighted.weights.sum() == labels.size + 4 * 16
+    # the same with a reviewed region (gap weights kept, unreviewed pixels ignored by the target)
+    reviewed = np.ones(labels.shape, bool)
+    reviewed[:, -2:] = False
+    part = prepare_image(labels.astype(np.float32), labels, DEFAULT_NORMALIZATION, gap_weight=5.0, reviewed=reviewed)
+    np.testing.assert_array_equal(part.weights, weighted.weights)
+    assert (part.target[:, -2:] == IGNORE).all()
+    # the paper's weight map instead, with or without a reviewed region
+    params = {"w0": 10.0, "sigma": 5.0, "class_weights": None}
+    for given in (None, reviewed):
+        mapped = prepare_image(labels.astype(np.float32), labels, DEFAULT_NORMALIZATION, weight_map=params,
+                               reviewed=given)
+        assert mapped.weights[5, 5] > 8.0  # the separation term in the gap
 
 
 @pytest.fixture(scope="module")
