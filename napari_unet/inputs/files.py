@@ -104,21 +104,27 @@ def planar_rgb(path: Path) -> bool:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            return (page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
-                    and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE)
+            return _planar(tif)
     except Exception:  # unreadable: the reader says so
         return False
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """A TIFF read whole; an RGB one with its colour last (as every colour image here)."""
+def _planar(tif) -> bool:
     import tifffile
 
-    image = tifffile.imread(path)
-    if planar_rgb(path):
-        image = np.moveaxis(image, -3, -1)
-    return image
+    page = tif.pages.first
+    return (page.photometric == tifffile.PHOTOMETRIC.RGB and page.samplesperpixel in (3, 4)
+            and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """A TIFF read whole (one opening of the file); an RGB one with its colour last (as every
+    colour image here)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        image = tif.asarray()
+        return np.moveaxis(image, -3, -1) if _planar(tif) else image
 
 
 def _read_other(path: Path):

@@ -35,23 +35,28 @@ def layer_meta(layer) -> dict:
 
 #: the keys of the plugin's metadata that name another layer of the viewer
 LINK_KEYS = ("source", "from", "reviewed", "corrections")
-#: layers whose renames are followed -> (their name before a rename, the handler)
-_followed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_following: weakref.WeakSet = weakref.WeakSet()  # the (real) layer lists whose renames are followed
+
+
+def real_viewer(viewer):
+    """The viewer behind napari's proxy of it: each plugin dock gets its own ``PublicOnlyProxy``,
+    whose ``layers[name]`` is a new wrapper at every call (so ``is`` and ``id()`` mislead)."""
+    return getattr(viewer, "__wrapped__", viewer)
 
 
 def follow_renames(viewer) -> None:
     """Keep the plugin's links between layers (layer names, :data:`LINK_KEYS`) when the user
     renames a layer: a renamed corrected layer keeps its reviewed region (and its autosave), a
-    renamed image keeps its results and corrections. Docks call it; each layer is followed once.
-
-    (A dock's viewer is napari's proxy, which hands out a new wrapper at each ``layers[name]``:
-    layers are known here as iteration and events give them, the layers themselves.)"""
-    layers = viewer.layers
+    renamed image keeps its results and corrections. Once per viewer, whichever dock asks first."""
+    layers = real_viewer(viewer).layers
+    if layers in _following:
+        return
+    _following.add(layers)
+    names: dict[int, str] = {}  # id(layer) -> its name before a rename
 
     def renamed(event):
-        layer = event.source  # (the handler holds no layer: the table's keys stay weak)
-        old = _followed[layer][0] if layer in _followed else None
-        _followed[layer] = (layer.name, renamed)
+        layer = event.source
+        old, names[id(layer)] = names.get(id(layer)), layer.name
         if old is None or old == layer.name:
             return
         for other in layers:
@@ -61,14 +66,12 @@ def follow_renames(viewer) -> None:
                     meta[key] = layer.name
 
     def watch(layer):
-        if layer not in _followed:
-            _followed[layer] = (layer.name, renamed)
-            layer.events.name.connect(renamed)
+        names[id(layer)] = layer.name
+        layer.events.name.connect(renamed)
 
     def removed(event):
-        entry = _followed.pop(event.value, None)
-        if entry is not None:
-            event.value.events.name.disconnect(entry[1])
+        names.pop(id(event.value), None)
+        event.value.events.name.disconnect(renamed)
 
     for layer in layers:
         watch(layer)

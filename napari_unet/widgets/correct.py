@@ -40,7 +40,7 @@ from . import _workers
 from ._autosave import Autosave
 from ._base import JobWidget, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
-from ._layers import KEY, current_plane, image_for_corrections
+from ._layers import KEY, current_plane, image_for_corrections, real_viewer
 
 TOOLS = ("paint (napari)", "delete object (click)", "merge objects (click two)", "split object (click two ends)")
 
@@ -354,8 +354,7 @@ class CorrectWidget(JobWidget):
         from ..training.finetune import FinetuneSettings
         from .finetune import FinetuneWidget
 
-        # (each dock gets its own proxy of the viewer: compare the viewers behind them)
-        docks = [w for w in list(FinetuneWidget.instances) if _unwrapped(w._viewer) is _unwrapped(self._viewer)]
+        docks = [w for w in list(FinetuneWidget.instances) if real_viewer(w._viewer) is real_viewer(self._viewer)]
         settings = docks[-1].settings() if docks else FinetuneSettings()
         params = settings.weight_map() or FinetuneSettings().weight_map()
         return params["class_weights"]
@@ -474,8 +473,3 @@ class CorrectWidget(JobWidget):
         self._viewer.layers.selection.active = corrections[-1]
         self.status.value = f"Opened {len(added) // 3} image(s) from {ts.folder}; edits are saved as you go."
         return ts
-
-
-def _unwrapped(viewer):
-    """The viewer behind napari's proxy of it (a plugin dock's ``viewer``)."""
-    return getattr(viewer, "__wrapped__", viewer)
