@@ -10,6 +10,10 @@ unsaved: the next edit (or closing the window) tries again.
 Saves do not run as the dock's :class:`~._base.JobWidget` job: that slot holds one cancellable job
 with a progress bar (the weight map), and a save must neither wait for it nor be cancelled (a save
 in progress is finished, also when napari quits).
+
+Adding a layer to the training set runs in a worker too (:meth:`Autosave.begin_link`): edits made
+while the entry is written are remembered and saved once the layer is linked to it, also when the
+window closes first (closing waits for the entry).
 """
 
 from __future__ import annotations
@@ -23,12 +27,29 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from . import _workers
-from ._layers import layer_meta
+from ._layers import KEY, layer_meta
 
 log = logging.getLogger(__name__)
 
 #: how long after the last edit the edits are saved (ms)
 AUTOSAVE_MS = 1000
+#: how long closing the window waits for an entry being added to the training set (s)
+LINK_WAIT_S = 120.0
+
+
+class Link:
+    """A corrected layer being added to the training set, in a worker: :meth:`finish` (from the
+    worker) gives the metadata that links the layer to its entry, or None when the add failed."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.edited = False  # an edit came while the entry was written
+        self.link: dict | None = None
+        self.done = threading.Event()
+
+    def finish(self, link: dict | None) -> None:
+        self.link = link
+        self.done.set()
 
 
 class Autosave:
@@ -52,6 +73,7 @@ class Autosave:
         self.timer.timeout.connect(self._autosave)
         self.saving = None  # the running save's worker
         self._write_lock = threading.Lock()  # one save at a time, in snapshot order
+        self._links: dict = {}  # unique_id -> Link of the layers being added to the training set
         self._snapshots = 0  # number of the latest snapshot taken
         self._written = 0  # number of the latest snapshot written
         # the last second of edits is saved when the window closes: once docked, the watch follows
@@ -68,10 +90,48 @@ class Autosave:
                 return
             layer = self._viewer.layers[owner]
             meta = layer_meta(layer)
+        link = self._links.get(layer.unique_id)
+        if link is not None:
+            if not link.done.is_set():  # saved once the entry is written and linked
+                link.edited = True
+                return
+            self.end_link(link)  # written, not yet linked (the dock that added it was closed)
+            meta = layer_meta(layer)
         if "entry" not in meta:
             return
         self.dirty.add(layer.unique_id)
         self.timer.start()  # restarts: saves a second after the last edit
+
+    @property
+    def pending(self) -> bool:
+        """Edits not saved yet, or a layer being added to the training set."""
+        return bool(self.dirty or self._links)
+
+    def begin_link(self, layer) -> Link:
+        """``layer`` is being added to the training set (in a worker, which calls the returned
+        link's :meth:`Link.finish`); :meth:`end_link` links it on the Qt thread once the worker
+        has finished (see :meth:`link_when_done`)."""
+        link = Link(layer)
+        self._links[layer.unique_id] = link
+        return link
+
+    def link_when_done(self, link: Link, worker) -> None:
+        """Call :meth:`end_link` when ``worker`` (the add) finishes, also when the dock that
+        started it has closed meanwhile (the saves' lifetime is napari's, not the dock's)."""
+        worker.finished.connect(self._lifetime.guard(lambda *_: self.end_link(link)))
+
+    def end_link(self, link: Link) -> None:
+        """Link the layer to its new entry (Qt thread, once the add's worker has finished) and save
+        the edits made while the entry was written; nothing when the add failed, never ran, or was
+        linked already."""
+        if self._links.get(link.layer.unique_id) is not link:
+            return
+        del self._links[link.layer.unique_id]
+        if link.link is None:
+            return
+        link.layer.metadata[KEY] = {**layer_meta(link.layer), **link.link}
+        if link.edited:
+            self.mark_dirty(link.layer)
 
     def _snapshot(self):
         """Copies of the edited layers (on the Qt thread), their ids, and a function that writes them."""
@@ -127,7 +187,13 @@ class Autosave:
             self._autosave()
 
     def flush_now(self):
-        """Save pending edits on this thread, after any save in progress (when the window closes)."""
+        """Save pending edits on this thread, after any save in progress (when the window closes);
+        a layer being added to the training set is linked first (waiting for its entry)."""
+        for link in list(self._links.values()):
+            if not link.done.wait(LINK_WAIT_S):
+                log.error("the training-set entry of %r was not written in %g s: edits made meanwhile are not "
+                          "saved", link.layer.name, LINK_WAIT_S)
+            self.end_link(link)
         self.timer.stop()
         if not self.dirty:
             return

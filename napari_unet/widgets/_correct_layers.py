@@ -152,14 +152,15 @@ def show_weights(viewer, weights: np.ndarray, name: str, corrected):
     return layer
 
 
-def open_training_set(viewer, folder) -> list:
+def open_training_set(viewer, folder, layer_data: list | None = None) -> list:
     """Add every entry of a training-set folder as image, corrections and reviewed layers (the
     layers the training-set reader makes when the folder is dropped on napari), keeping their
-    links when napari renames a layer; returns the layers added."""
+    links when napari renames a layer; returns the layers added. ``layer_data``: the folder's
+    :func:`~napari_unet._reader.training_set_layer_data`, read beforehand (in a worker)."""
     from napari.layers import Layer
 
     added = {}
-    for data, kwargs, kind in training_set_layer_data(folder):
+    for data, kwargs, kind in training_set_layer_data(folder) if layer_data is None else layer_data:
         layer = viewer.add_layer(Layer.create(data, kwargs, kind))
         added[kwargs["name"]] = layer
     for layer in added.values():  # napari renames a layer whose name is taken: keep the links

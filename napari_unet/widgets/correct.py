@@ -48,8 +48,9 @@ TOOLS = ("paint (napari)", "delete object (click)", "merge objects (click two)",
 class CorrectWidget(JobWidget):
     """Dock widget for correcting masks and collecting them into a training set.
 
-    Its jobs (:class:`~._base.JobWidget`, one at a time) are the weight map and writing a corrected
-    region back into large labels; the saves of the edits run beside them
+    Its jobs (:class:`~._base.JobWidget`, one at a time, in workers) are the weight map, adding to
+    the training set, opening one, and writing a corrected region back into large labels; the
+    saves of the edits run beside them
     (:class:`~._autosave.Autosave`), never waiting for them."""
 
     job_name = "Weight map"
@@ -237,7 +238,7 @@ class CorrectWidget(JobWidget):
             self._stop.set()  # its store may go with it: the write stops before it begins
         if id(layer) not in self._hooked:
             return
-        if self.autosave.dirty:
+        if self.autosave.pending:
             self.autosave.flush_now()
         layer, edited = self._hooked.pop(id(layer))
         if self._on_click in layer.mouse_drag_callbacks:
@@ -431,21 +432,27 @@ class CorrectWidget(JobWidget):
         return TrainingSet(Path(self.folder.value), create=create)
 
     def add_to_training_set(self):
-        """Store image + corrections + reviewed region; edits are saved again from then on."""
+        """Store image + corrections + reviewed region, as the dock's job (the files are written in
+        a worker); edits are saved from then on, those made while the entry is written included.
+        Returns the worker (None while another job runs)."""
+        if self.job_running:
+            self.status.value = "still busy with the previous job…"
+            return None
         corrected = self.corrected_layer()
         image_layer = self.source_image(corrected)
         if image_layer is None:
             raise ValueError(f"Which image do '{corrected.name}' correct? Keep the image layer it was predicted "
                              "from in the viewer (one image of the same shape also works).")
         reviewed = self.reviewed_layer(corrected)
-        labels = np.asarray(corrected.data)
+        labels = np.array(corrected.data, copy=True)  # what the layer holds now; edits go on meanwhile
         region = np.asarray(reviewed.data) > 0
         if not region.any():
             raise ValueError("Nothing is marked as reviewed: mark the whole image, a plane, the visible area, or "
                              "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
-        image = image_for_corrections(image_layer, _meta(corrected))
+        image = np.array(image_for_corrections(image_layer, _meta(corrected)), copy=True)
         name = corrected.name
-        if self.plane_only.value and labels.ndim > 2:
+        whole = not (self.plane_only.value and labels.ndim > 2)  # whole layers stay linked for autosave
+        if not whole:
             lead = current_plane(self._viewer, corrected, labels.shape)
             labels, region = labels[lead], region[lead]
             image = image[lead]
@@ -453,23 +460,62 @@ class CorrectWidget(JobWidget):
             if not region.any():
                 raise ValueError("Nothing of the current plane is marked as reviewed.")
         channel_axis = image.ndim - 1 if image_layer.rgb else None  # (colour last, after any plane is taken)
-        ts = self.training_set()
-        entry = ts.add(image, labels, region, name=name, source=f"layer {image_layer.name}",
-                       channel_axis=channel_axis)
-        if not (self.plane_only.value and corrected.ndim > 2):  # whole layers stay linked for autosave
-            link = {"training_set": str(ts.folder), "entry": entry.name}
-            corrected.metadata[KEY] = {**_meta(corrected), **link}
-        self.status.value = (f"Added '{entry.name}' to {ts.folder} ({len(ts)} image(s)); "
-                             f"{'edits are saved as you go' if 'entry' in _meta(corrected) else 'plane stored'}.")
-        show_info(f"napari-unet: '{entry.name}' added to the training set.")
-        return entry
+        folder, source = Path(self.folder.value), f"layer {image_layer.name}"
+        link = self.autosave.begin_link(corrected) if whole else None
+
+        def job():
+            from ..trainingset import TrainingSet
+
+            try:
+                ts = TrainingSet(folder)
+                entry = ts.add(image, labels, region, name=name, source=source, channel_axis=channel_axis)
+            except BaseException:
+                if link is not None:
+                    link.finish(None)
+                raise
+            if link is not None:  # (also read by the autosave when the window closes before the result comes)
+                link.finish({"training_set": str(ts.folder), "entry": entry.name})
+            return ts.folder, entry.name, len(ts)
+
+        def added(result):
+            folder, entry, count = result
+            if link is not None:
+                self.autosave.end_link(link)
+            self.status.value = (f"Added '{entry}' to {folder} ({count} image(s)); "
+                                 f"{'edits are saved as you go' if whole else 'plane stored'}.")
+            show_info(f"napari-unet: '{entry}' added to the training set.")
+
+        self.start_job(job, added, "napari-unet: adding to the training set", job_name="Adding to the training set")
+        if link is not None:
+            self.autosave.link_when_done(link, self._worker)
+        self.status.value = f"adding '{name}' to {folder}…"
+        return self._worker
 
     def open_training_set(self):
         """Add every entry of the training-set folder as image, corrections and reviewed layers
-        (the layers the training-set reader makes when the folder is dropped on napari)."""
-        ts = self.training_set(create=False)
-        added = layers.open_training_set(self._viewer, ts.folder)
-        corrections = [layer for layer in added if _meta(layer).get("kind") == "corrections"]
-        self._viewer.layers.selection.active = corrections[-1]
-        self.status.value = f"Opened {len(added) // 3} image(s) from {ts.folder}; edits are saved as you go."
-        return ts
+        (the layers the training-set reader makes when the folder is dropped on napari); the files
+        are read as the dock's job. Returns the worker (None while another job runs)."""
+        if self.job_running:
+            self.status.value = "still busy with the previous job…"
+            return None
+        folder = Path(self.folder.value)
+
+        def job():
+            from .._reader import training_set_layer_data
+            from ..trainingset import TrainingSet
+
+            ts = TrainingSet(folder, create=False)
+            if not len(ts):
+                raise ValueError(f"The training set {ts.folder} has no images yet.")
+            return ts.folder, training_set_layer_data(ts.folder)
+
+        def read(result):
+            folder, layer_data = result
+            added = layers.open_training_set(self._viewer, folder, layer_data)
+            corrections = [layer for layer in added if _meta(layer).get("kind") == "corrections"]
+            self._viewer.layers.selection.active = corrections[-1]
+            self.status.value = f"Opened {len(added) // 3} image(s) from {folder}; edits are saved as you go."
+
+        self.start_job(job, read, "napari-unet: opening the training set", job_name="Opening the training set")
+        self.status.value = f"reading {folder}…"
+        return self._worker

@@ -59,6 +59,18 @@ def click():
 
 
 @pytest.fixture
+def click_and_wait(qtbot):
+    """Click a button that starts the dock's job, and wait for the job to end (at once if it
+    refused to start)."""
+
+    def click(widget, button, timeout=60_000):
+        _click(button)
+        qtbot.waitUntil(lambda: not widget.job_running, timeout=timeout)
+
+    return click
+
+
+@pytest.fixture
 def run_and_wait(qtbot):
     """Click Run and wait for the worker to finish."""
 

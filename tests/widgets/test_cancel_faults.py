@@ -97,8 +97,9 @@ def test_segment_cancel_at_random_moments_changes_no_layer(tiny_installed, segme
 
 
 
-def test_finetune_cancel_within_a_second_keeps_models_and_training_set(finetune_widget, tiny_installed, click,
+def test_finetune_cancel_within_a_second_keeps_models_and_training_set(tiny_installed, finetune_widget, click,
                                                                       qtbot, tmp_path, nuclei_crop):
+    # (tiny installed before the dock opens: its list of models is only read again after a save)
     viewer, widget = finetune_widget
     ts = TrainingSet(tmp_path / "set")
     ts.add(*nuclei_crop, name="nuclei")
@@ -151,7 +152,7 @@ def test_finetune_cancel_within_a_second_keeps_models_and_training_set(finetune_
 # -- Correct: autosave that fails, and closing during a save ------------------------------------------
 
 @pytest.fixture
-def correcting(make_napari_viewer, click, tmp_path, nuclei_crop):
+def correcting(make_napari_viewer, click, qtbot, tmp_path, nuclei_crop):
     """A corrected layer linked to a training-set entry (autosave on)."""
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
@@ -163,6 +164,7 @@ def correcting(make_napari_viewer, click, tmp_path, nuclei_crop):
     click(widget.correct_button)
     click(widget.review_whole)
     click(widget.add_button)
+    qtbot.waitUntil(lambda: not widget.job_running, timeout=60_000)
     corrected = viewer.layers["cells [unet] labels corrected"]
     widget.tool.value = "delete object (click)"
     return viewer, widget, corrected, tmp_path / "set"

@@ -86,7 +86,7 @@ def test_weight_map_layer(correct_widget, click, qtbot):
     assert viewer.layers.selection.active.name == "nuclei [unet] labels corrected"
 
 
-def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, tmp_path):
+def test_add_to_training_set_autosave_and_reopen(correct_widget, click, click_and_wait, qtbot, tmp_path):
     viewer, widget = correct_widget
     image, pred = _prediction(viewer)
     widget.source.value = pred
@@ -97,7 +97,7 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, t
     assert "Nothing is marked as reviewed" in widget.status.value
     assert not (tmp_path / "set").exists()
     click(widget.review_whole)
-    click(widget.add_button)
+    click_and_wait(widget, widget.add_button)  # written in a worker
     ts = TrainingSet(tmp_path / "set", create=False)
     assert len(ts) == 1
     entry = ts.entries[0].name
@@ -112,12 +112,12 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, qtbot, t
     assert rev.all()
     # reopening the folder restores the layers
     n = len(viewer.layers)
-    click(widget.open_button)
+    click_and_wait(widget, widget.open_button)  # read in a worker
     assert len(viewer.layers) == n + 3
     np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
 
 
-def _corrected_and_added(viewer, widget, click, folder):
+def _corrected_and_added(viewer, widget, click, folder, qtbot):
     """A prediction corrected, reviewed whole and added to the training set ``folder``:
     ``(image layer, entry name, corrected layer)``."""
     image, pred = _prediction(viewer)
@@ -126,6 +126,7 @@ def _corrected_and_added(viewer, widget, click, folder):
     click(widget.correct_button)
     click(widget.review_whole)
     click(widget.add_button)
+    qtbot.waitUntil(lambda: not widget.job_running, timeout=60_000)
     return image, TrainingSet(folder, create=False).entries[0].name, viewer.layers["nuclei [unet] labels corrected"]
 
 
@@ -134,11 +135,48 @@ def test_edits_are_still_saved_after_the_dock_is_closed(make_napari_viewer, clic
     the training set: the user may go on painting with napari's own brush."""
     viewer = make_napari_viewer()
     dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
-    _, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set")
+    _, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set", qtbot)
     dock_widget.title.close_button.click()
     assert widget.lifetime.closed  # the dock's own jobs would stop
     corrected.paint((10, 10), 77)  # napari's brush, the panel closed
     qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
+
+
+@pytest.mark.parametrize("dock_closed", [False, True])
+def test_edits_made_while_the_entry_is_written_are_saved(correct_widget, click, qtbot, tmp_path, monkeypatch,
+                                                         dock_closed):
+    """Add to training set writes its files in a worker (the UI goes on): an edit made meanwhile
+    is saved into the entry once it exists, also when the dock was closed before the add ended."""
+    import threading
+
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    click(widget.review_whole)
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    release, original = threading.Event(), TrainingSet.add
+
+    def slow_add(self, *args, **kwargs):
+        assert release.wait(30)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingSet, "add", slow_add)
+    click(widget.add_button)
+    assert widget.job_running and "adding" in widget.status.value  # the click returned at once
+    corrected.paint((10, 10), 77)  # napari's brush, while the entry is written
+    if dock_closed:
+        viewer.window.remove_dock_widget(widget.native)
+        assert widget.lifetime.closed
+    release.set()
+    qtbot.waitUntil(lambda: (tmp_path / "set" / "index.json").exists() and len(TrainingSet(tmp_path / "set")) == 1,
+                    timeout=30_000)
+    entry = TrainingSet(tmp_path / "set").names()[0]
+    qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set").load(entry)[1], timeout=10_000)
+    labels = TrainingSet(tmp_path / "set").load(entry)[1]
+    np.testing.assert_array_equal(labels, corrected.data)
+    assert corrected.metadata["napari_unet"]["entry"] == entry
 
 
 def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path):
@@ -147,7 +185,7 @@ def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path)
     reviewed marks alone are saved too (they were not: the dock's viewer is napari's proxy, and
     the layer it handed out for the reviewed layer's owner was a new wrapper each time)."""
     viewer, widget = correct_widget
-    image, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set")
+    image, entry, corrected = _corrected_and_added(viewer, widget, click, tmp_path / "set", qtbot)
     reviewed = viewer.layers["nuclei [unet] labels corrected reviewed"]
     corrected.name, reviewed.name, image.name = "my cells", "my review", "my image"
     n_layers = len(viewer.layers)
@@ -164,7 +202,7 @@ def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path)
     assert source_image(viewer, corrected) is image
 
 
-def test_one_plane_of_a_colour_stack_goes_into_the_training_set(correct_widget, click, tmp_path):
+def test_one_plane_of_a_colour_stack_goes_into_the_training_set(correct_widget, click, click_and_wait, tmp_path):
     """'Current plane only' on a time-lapse of RGB frames: the plane shown is stored, in colour."""
     viewer, widget = correct_widget
     rng = np.random.default_rng(3)
@@ -180,7 +218,7 @@ def test_one_plane_of_a_colour_stack_goes_into_the_training_set(correct_widget, 
     viewer.dims.set_point(0, 1)
     click(widget.review_plane)
     widget.plane_only.value = True
-    click(widget.add_button)
+    click_and_wait(widget, widget.add_button)
     ts = TrainingSet(tmp_path / "set", create=False)
     assert len(ts) == 1, widget.status.value
     stored, masks, reviewed = ts.load(ts.entries[0].name)
@@ -264,8 +302,8 @@ class _Recorded:
         return self.shape[0]
 
 
-def test_a_multiscale_layer_is_corrected_region_by_region_never_copied_whole(correct_widget, click, monkeypatch,
-                                                                            tmp_path):
+def test_a_multiscale_layer_is_corrected_region_by_region_never_copied_whole(correct_widget, click, click_and_wait,
+                                                                            monkeypatch, tmp_path):
     from napari_unet import editing
     from napari_unet.synthetic import fluorescent_nuclei
 
@@ -293,7 +331,7 @@ def test_a_multiscale_layer_is_corrected_region_by_region_never_copied_whole(cor
     widget.tool.value = "delete object (click)"
     widget.click(corrected, np.argwhere(np.asarray(corrected.data) == target)[0].astype(float))
     click(widget.review_whole)
-    click(widget.add_button)
+    click_and_wait(widget, widget.add_button)
     img, labels, rev = TrainingSet(tmp_path / "set", create=False).load(TrainingSet(tmp_path / "set").entries[0].name)
     np.testing.assert_array_equal(img, image[region])
     np.testing.assert_array_equal(labels, corrected.data)
