@@ -29,7 +29,9 @@ class Source:
 
     ``held_out`` names images that are always held out; ``held_out_fraction`` of the other
     images (at least one) is drawn with ``numpy.random.default_rng(seed)`` from their sorted
-    names and held out too.
+    names and held out too, except the images of ``trained_before`` folders that ``held_out``
+    does not name: the first bundled weights, which every bundled model started from, trained on
+    them, so they are never scored (they train; the draw itself is unchanged).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Source:
     held_out_fraction: float = 0.2
     seed: int = 0
     min_piece: int = 0  # connected pieces of an id below this many pixels are dropped (stray fragments)
+    trained_before: tuple[str, ...] = ()  # folders the first bundled weights trained on (but for held_out)
 
 
 SOURCES = {
@@ -48,7 +51,7 @@ SOURCES = {
         held_out=("0ddd8deaf1696db6", "1db1cddf28e305c9", "2817299fd3b88670", "2a2032c4ed78f3fc",
                   "449a9c32e53a37c8", "56d0da5b663ddd49", "88d5a03f8ecd459f", "ad9d305cbf193d42",
                   "c3bec1066aae20f4", "eb96fc6cbf6880bf", "f113626a04125d97", "f6cb37ebf29c2252"),
-        held_out_fraction=0.2),
+        held_out_fraction=0.2, trained_before=("nuclei_dsb2018",)),
     "cells": Source(
         "cells", ("cells_phase_usiigaci", "cells_phase_usiigaci_more"), "phase-contrast cells (Usiigaci)",
         # the first folder's 8 frames (the fine-tuning benchmark scores there) + 3 drawn frames
@@ -63,10 +66,11 @@ def data_root() -> Path:
     return Path(os.environ.get("NAPARI_UNET_DATA", DEFAULT_ROOT))
 
 
-def image_names(source: Source, root: Path | None = None) -> list[str]:
+def image_names(source: Source, root: Path | None = None, folders: tuple[str, ...] | None = None) -> list[str]:
+    """The sorted image names of ``source`` (of ``folders`` only, when given)."""
     root = data_root() if root is None else Path(root)
     names = []
-    for folder in source.folders:
+    for folder in source.folders if folders is None else folders:
         names += [p.stem for p in sorted((root / folder / "images").glob("*.tif"))]
     return sorted(names)
 
@@ -79,7 +83,8 @@ def split(source: Source, root: Path | None = None) -> tuple[list[str], list[str
     rest = [n for n in names if n not in set(source.held_out)]
     n_draw = max(1, round(source.held_out_fraction * len(rest))) if rest else 0
     drawn = np.random.default_rng(source.seed).permutation(rest)[:n_draw].tolist()
-    held = sorted(fixed + drawn)
+    seen = set(image_names(source, root, source.trained_before)) if source.trained_before else set()
+    held = sorted(fixed + [n for n in drawn if n not in seen])
     return [n for n in names if n not in set(held)], held
 
 
