@@ -75,7 +75,10 @@ def _split_touching(labels: np.ndarray, min_area: int, split_depth: float, smoot
             places.append(place)
         dist = ndi.distance_transform_edt(np.pad(strip, 1))[(slice(1, -1),) * strip.ndim]
         dist = ndi.gaussian_filter(dist, smooth, mode="constant")  # zeros around every box, as between them
-        seeds, count = ndi.label(h_maxima(dist, split_depth) & strip)
+        # a maximum's plateau is one seed: h_maxima joins its pixels diagonally too (full connectivity),
+        # and so must the labelling (a two-pixel diagonal plateau cut its object in two)
+        full = np.ones((3,) * strip.ndim, bool)
+        seeds, count = ndi.label(h_maxima(dist, split_depth) & strip, structure=full)
         if count < 2:
             continue
         # the object each seed lies in, from the position of its first pixel along the last axis
@@ -89,7 +92,7 @@ def _split_touching(labels: np.ndarray, min_area: int, split_depth: float, smoot
         for k in np.flatnonzero(per_object >= 2):
             index, box = members[k]
             inside = strip[places[k]]
-            markers, _ = ndi.label((seeds[places[k]] > 0) & inside)  # this object's seeds, 1.. in raster order
+            markers, _ = ndi.label((seeds[places[k]] > 0) & inside, structure=full)  # its seeds, 1.. in raster order
             parts = watershed(-dist[places[k]], markers, mask=inside)
             crop = labels[box]
             count_k = int(markers.max())

@@ -30,6 +30,14 @@ def test_a_single_irregular_object_is_not_split():
     assert probabilities_to_labels(mask[None].astype(np.float32)).max() == 1
 
 
+def test_an_ellipse_at_45_degrees_is_one_object():
+    """Its distance map peaks on two diagonal pixels: one plateau, one seed (it was cut in two)."""
+    grid = np.indices((64, 64)) - 20.5  # centred on a half pixel
+    u, v = (grid[0] + grid[1]) / np.sqrt(2), (grid[0] - grid[1]) / np.sqrt(2)
+    mask = (u / 14) ** 2 + (v / 7) ** 2 <= 1
+    assert probabilities_to_labels(mask[None].astype(np.float32)).max() == 1
+
+
 def test_threshold_min_size_and_sequential_ids():
     probs = np.zeros((1, 50, 50), np.float32)
     probs[0, 5:15, 5:15] = 0.9
