@@ -143,7 +143,8 @@ def estimate_diameter_iter(model, image, *, channel_axis: int | None = None, rgb
         yield Progress(n, MAX_PASSES, f"estimating the object size: pass {n + 1} at {scale:.2g}x")
         found = measure(scale)
         if found is None:  # nothing at this scale: objects too small to see, or none; look larger, then smaller
-            options = [s for s in (min(highest, scale * 2), max(lowest, scale / 2)) if round(s, 3) not in tried]
+            # (below the smallest scale tried: climbing from 1x to 4x has tried 2x, the half of 4x, on the way)
+            options = [s for s in (min(highest, scale * 2), max(lowest, min(tried) / 2)) if round(s, 3) not in tried]
             if not options or estimate.diameter:
                 break
             scale = options[0]

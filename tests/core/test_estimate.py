@@ -67,6 +67,8 @@ def test_segmenting_estimates_when_no_size_is_given(sized, nuclei, tiny_model):
 def test_blank_image_finds_no_size(sized):
     est = estimate_diameter(sized, np.zeros((200, 200), np.float32))
     assert est.diameter is None and "no object found" in est.describe()
+    scales = [at for at, _, _ in est.passes]  # it looked larger, then smaller (it stopped at the top)
+    assert max(scales) > scales[0] > min(scales), scales
     seg = run_to_end(segment_iter(sized, np.zeros((200, 200), np.float32)))  # falls back to the model's own size
     assert seg.prediction.scale == 1.0 and seg.labels.max() == 0
 
