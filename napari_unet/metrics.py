@@ -180,9 +180,11 @@ def _assign(ov: Overlaps, threshold: float) -> np.ndarray:
             continue
         r_ids, r = np.unique(rows[group], return_inverse=True)
         c_ids, c = np.unique(cols[group], return_inverse=True)
-        # Score: one point per match plus half its IoU, so more matches always win.
+        # Score: one point per match plus its IoU / (n + 1), n the most matches the group can have, so
+        # all the IoU bonuses together stay under one point and more matches always win
+        n = min(len(r_ids), len(c_ids))
         score = np.zeros((len(r_ids), len(c_ids)))
-        score[r, c] = 1.0 + 0.5 * ov.iou[cand[group]]
+        score[r, c] = 1.0 + ov.iou[cand[group]] / (n + 1)
         lookup = -np.ones((len(r_ids), len(c_ids)), np.int64)
         lookup[r, c] = cand[group]
         ri, ci = linear_sum_assignment(score, maximize=True)

@@ -73,6 +73,18 @@ def test_matching_maximises_the_number_of_pairs():
     assert sorted(map(tuple, m.pairs.tolist())) == [(1, 2), (2, 1)]
 
 
+def test_more_matches_win_over_higher_ious_in_a_chain():
+    """Five objects and five predictions shifted by 8 px along a row: four pairs overlap at IoU
+    0.67, but all five pair up at 0.11, which the matching must find at a threshold of 0.1."""
+    gt, pred = np.zeros((3, 70), np.int32), np.zeros((3, 70), np.int32)
+    for i in range(5):
+        gt[:, 10 * i + 10:10 * i + 20] = i + 1
+        pred[:, 10 * i + 2:10 * i + 12] = i + 1
+    m = match_instances(gt, pred, 0.1)
+    assert (m.tp, m.fp, m.fn) == (5, 0, 0)
+    assert match_instances(gt, pred, 0.5).tp == 4
+
+
 def test_empty_images():
     empty = np.zeros((32, 32), np.uint16)
     both = evaluate(empty, empty)
