@@ -30,8 +30,8 @@ from .train import cmd_train, train_settings
 __all__ = ["main", "build_parser", "EXIT_USAGE", "IMAGE_SUFFIXES", "UsageError", "cmd_evaluate", "cmd_export",
            "cmd_models", "cmd_predict", "cmd_train", "train_settings"]
 
-#: A single positional of ``predict`` with one of these suffixes is an input, not a model.
-_INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".jpg", ".zarr")
+#: A single positional of ``predict`` with one of these suffixes (or a zarr folder) is an input, not a model.
+_INPUT_SUFFIXES = (".tif", ".tiff", ".png", ".npy", ".jpg", ".jpeg", ".bmp", ".zarr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # "napari-unet predict image.tif -o out": the single positional is an input, not a model
-    if args.command == "predict" and args.model not in ("unet",) and Path(args.model).suffix.lower() in \
-            _INPUT_SUFFIXES and is_input(Path(args.model)):
+    first = Path(args.model) if args.command == "predict" else None
+    if first is not None and args.model not in ("unet",) and is_input(first) and \
+            (first.suffix.lower() in _INPUT_SUFFIXES or first.is_dir()):
         args.inputs.insert(0, args.model)
         args.model = "unet"
     try:

@@ -36,9 +36,15 @@ def cmd_predict(args) -> int:
         except UsageError as exc:
             print(f"napari-unet: error: {exc}", file=sys.stderr)
             failed.append(path.name)
-    if failed and len(inputs) > 1:
-        rest = "none was written" if len(failed) == len(inputs) else "the others were written"
-        print(f"napari-unet: {len(failed)} of {len(inputs)} inputs failed ({', '.join(failed)}); {rest}",
+    return _batch_end(failed, len(inputs))
+
+
+def _batch_end(failed: list[str], n_inputs: int) -> int:
+    """The exit code of a batch whose ``failed`` inputs (names) each had their error line: with
+    several inputs, one more line says which failed."""
+    if failed and n_inputs > 1:
+        rest = "none was written" if len(failed) == n_inputs else "the others were written"
+        print(f"napari-unet: {len(failed)} of {n_inputs} inputs failed ({', '.join(failed)}); {rest}",
               file=sys.stderr)
     return EXIT_USAGE if failed else 0
 
@@ -134,8 +140,9 @@ def _write_outputs(args, seg, path: Path, outdir: Path) -> None:
 
 
 def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
-    """``predict`` with zarr outputs (images of any size, block by block) and/or on a dask cluster."""
-    from ..inference.distributed import make_runner, segment_files_iter
+    """``predict`` with zarr outputs (images of any size, block by block) and/or on a dask cluster;
+    as in a local batch, an input that fails gets one error line and the others are predicted."""
+    from ..inference.distributed import FileError, make_runner, segment_files_iter
     from ..jobs import Progress
 
     jobs = _file_jobs(args, inputs, fmt)
@@ -156,19 +163,26 @@ def _predict_in_blocks(args, inputs: list[Path], fmt: str) -> int:
         where = runner.describe() if args.scheduler else str(predictor.device)
         print(f"model {predictor.model.name} on {where}")
         show = progress_printer("predict")
+        failed = []
         for event in segment_files_iter(model, jobs, runner, options, settings, args.threads, predictor):
             if isinstance(event, Progress):
                 show(event.done, event.total, event.message)
                 continue
             name = Path(event.image).name
             end_progress_line()
+            if isinstance(event, FileError):
+                print(f"napari-unet: error: {event.message}", file=sys.stderr)
+                failed.append(name)
+                continue
+            if event.size_estimate is not None:
+                print(f"{name}: object size estimated: {event.size_estimate}", file=sys.stderr)
             for warning in event.warnings:
                 print(f"{name}: warning: {warning}", file=sys.stderr)
             print(f"{name}: {event.n_objects} objects -> {event.labels}")
     finally:
         if args.scheduler:
             runner.close()
-    return 0
+    return _batch_end(failed, len(inputs))
 
 
 def _file_jobs(args, inputs: list[Path], fmt: str) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .blockplan import LargePlan, chunk_shape
-from .lazyio import _check_output, _commit, _create_array
+from .lazyio import _check_output, _commit, _create_array, check_apart
 
 
 @dataclass
@@ -31,21 +31,26 @@ class BlockStores:
     tmp_probs: Path
 
     @classmethod
-    def prepare(cls, labels_path, probabilities_path) -> "BlockStores":
-        """Check the output paths (before any work); a None ``labels_path`` makes a temporary folder."""
+    def prepare(cls, labels_path, probabilities_path, source=None) -> "BlockStores":
+        """Check the output paths (before any work): ``.zarr`` names, never over something else nor
+        over the input ``source`` (a path or an array, see :func:`~.lazyio.check_apart`); a None
+        ``labels_path`` then makes a temporary folder."""
         keep_probs = probabilities_path is not None
         in_place = labels_path is None
-        if in_place:
+        outputs = [] if in_place else [Path(labels_path)]
+        if keep_probs:
+            probabilities_path = Path(probabilities_path)
+            outputs.append(probabilities_path)
+        for path in outputs:
+            _check_output(path)
+            check_apart(path, source)
+        if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+            raise ValueError("The labels and the probabilities need two different .zarr paths.")
+        if in_place:  # only now: a refused output leaves no folder behind
             import tempfile
 
             labels_path = Path(tempfile.mkdtemp(prefix="napari-unet-")) / "labels.zarr"
         labels_path = Path(labels_path)
-        _check_output(labels_path)
-        if keep_probs:
-            probabilities_path = Path(probabilities_path)
-            _check_output(probabilities_path)
-            if probabilities_path.resolve() == labels_path.resolve():
-                raise ValueError("The labels and the probabilities need two different .zarr paths.")
         token = uuid.uuid4().hex[:8]
         tmp_labels = labels_path if in_place else labels_path.with_name(f".{labels_path.name}.tmp-{token}")
         tmp_probs = (probabilities_path.with_name(f".{probabilities_path.name}.tmp-{token}") if keep_probs

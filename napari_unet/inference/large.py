@@ -8,7 +8,9 @@ them on a dask cluster):
    mirrored outside the image like a tile), normalise it with statistics of the whole plane, run
    the tiled :class:`~.predictor.Predictor` on it and write the core's probabilities to a zarr
    array. Where the network's receptive field fits in the halo this equals the single-pass
-   prediction up to float rounding; otherwise it differs like tile seams do.
+   prediction up to float rounding; otherwise it differs like tile seams do. For a model that
+   resizes images (``scale != 1``) each block's window is resized on its own grid, so near seams
+   the probabilities differ from a single pass's (by up to ~0.2 in the tests; see README).
 2. **label**: read the probabilities of the core grown by ``label_halo`` pixels (clipped to the
    image) and post-process them with :func:`~.postprocess.probabilities_to_labels`. The labels of
    a pixel depend only on its connected foreground region, so every object whose region lies
@@ -58,9 +60,10 @@ from .blockplan import (BlockGrid, LargePlan, block_grid, block_side, chunk_shap
 from .blocktasks import STAGE_MESSAGE, label_passes, predict_block, predict_block_iter
 from .blockstores import BlockStores
 from .inputs import fit_normalizer, prepare_image
-from .lazyio import _check_output, _commit, _create_array, _drop_mapped_pages, _open_array, _open_source, as_lazy
+from .lazyio import (_check_output, _commit, _create_array, _drop_mapped_pages, _open_array, _open_source, as_lazy,
+                     check_apart)
 from .predictor import DEFAULT_BLEND, DEFAULT_HALO, Predictor
-from .runners import LocalRunner
+from .runners import LocalRunner, model_reference
 
 # Defaults are read when a run starts (setting them on this module applies to later runs).
 #: Block core side for 2D networks: 2048² float32 windows are ~17 MB, a few of them are live.
@@ -117,10 +120,11 @@ class LargeSegmentation:
 
 
 def _model_reference(model) -> str | None:
+    """What workers load: a bundled name, or a model file's absolute path (None: only in memory)."""
     if isinstance(model, (str, os.PathLike)):
-        return str(model)
+        return model_reference(model)
     path = getattr(model, "path", None)
-    return None if path is None else str(path)
+    return None if path is None else model_reference(path)
 
 
 def _label_halo(value: int | None, spatial_dims: int) -> int:
@@ -260,7 +264,8 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
             for a 3D network.
         labels_path: the ``.zarr`` store for the labels; None writes one in place in a new temporary
             folder (for a viewer: see :class:`BlockProgress`; the folder is the caller's to remove).
-        probabilities_path: where to keep the probabilities (``.zarr``); None discards them.
+        probabilities_path: where to keep the probabilities (``.zarr``); None discards them. Neither
+            may be the input's own path, lie inside it or hold it (``ValueError`` before any work).
         block_size: block core side in pixels (default 2048 for 2D networks, 256 for 3D), rounded
             up to the network's pooling factor.
         label_halo: pixels around a block that post-processing sees; objects up to that size across
@@ -298,7 +303,7 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     grid, pred_halo, label_halo = _block_geometry(lm, predictor, prepared.spatial_shape, scale, block_size, label_halo)
     warnings += _chunk_warnings(data)
     post = postprocess_settings(lm.postprocess, threshold, min_size, split_touching)
-    stores = BlockStores.prepare(labels_path, probabilities_path)
+    stores = BlockStores.prepare(labels_path, probabilities_path, source)
     plan = LargePlan(prepared.plane_shape, grid, lm.spatial_dims, lm.in_channels, max(1, lm.net.out_channels - 1),
                      lm.target, channel_axis, rgb, pred_halo, int(label_halo), str(stores.tmp_probs),
                      str(stores.tmp_labels), post, model_ref, settings, torch_threads, scale)
@@ -332,7 +337,8 @@ def segment_to_zarr(model, image, labels_path=None, probabilities_path=None, **k
 
 # -- labels from stored probabilities -------------------------------------------------------------
 def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path: str | os.PathLike, *,
-                                   target: str | None = None, spatial_dims: int = 2, threshold: float = 0.5,
+                                   target: str | None = None, spatial_dims: int | None = None,
+                                   threshold: float = 0.5,
                                    min_size: int = 16, split_touching: bool = True,
                                    block_size: int | Sequence[int] | None = None,
                                    label_halo: int | None = None, runner=None,
@@ -345,12 +351,20 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     (``target`` defaults to the one recorded in the store). Use it to try other post-processing
     settings on a large image without predicting again. ``min_size`` counts network pixels, as
     in the model file (the scale the store records, see :mod:`napari_unet.scaling`).
+    ``spatial_dims`` and ``label_halo`` default to what the store records (the run's block's
+    axes and its label halo, grown by ``1 / scale`` where the model resized the image), else 2
+    and 128 (32 for 3D). ``labels_path`` must not be ``probabilities`` nor lie inside it.
     """
     runner = runner or LocalRunner()
     probabilities = Path(probabilities)
+    labels_path = Path(labels_path)
+    _check_output(labels_path)
+    check_apart(labels_path, probabilities)
     array = _open_array(probabilities, "r")
     recorded = dict(array.attrs).get("napari_unet", {})
     target = target or recorded.get("target", "binary")
+    spatial_dims = spatial_dims or len(recorded.get("block_size") or (0, 0))
+    label_halo = recorded.get("label_halo") if label_halo is None else label_halo
     if target not in ("binary", "boundary"):
         raise ValueError(f"Unknown target {target!r}: choose 'binary' or 'boundary'.")
     if not 0.0 < threshold < 1.0:
@@ -364,8 +378,6 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     label_halo = _label_halo(label_halo, spatial_dims)
     ones = (1,) * spatial_dims
     grid = block_grid(spatial, _block_side(block_size, spatial_dims, ones), ones)
-    labels_path = Path(labels_path)
-    _check_output(labels_path)
     tmp = labels_path.with_name(f".{labels_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     post = {"threshold": threshold, "min_size": min_size, "split_touching": split_touching}
     try:

@@ -3,9 +3,9 @@
 :func:`open_image` opens zarr, TIFF and NPY files without reading their pixels (through
 :func:`napari_unet.inputs.open_image_file`, the one reader of image files);
 :class:`SourcePlane` reads one window of one plane of any lazy array, arranging its channels as
-a single pass would; the zarr helpers create stores, check output paths before any work and move
-finished stores into place (:func:`_commit`), so that nothing half-written ever carries a final
-name.
+a single pass would; the zarr helpers create stores, check output paths before any work
+(:func:`_check_output`; :func:`check_apart`: never over the input) and move finished stores into
+place (:func:`_commit`), so that nothing half-written ever carries a final name.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 from ..inputs import prepare_image
 from ..inputs.files import ZARR_SUFFIX, _is_zarr_array, open_image_file, read_whole
 
-__all__ = ["ZARR_SUFFIX", "as_lazy", "open_image", "read_whole", "SourcePlane", "write_zarr"]
+__all__ = ["ZARR_SUFFIX", "as_lazy", "check_apart", "open_image", "read_whole", "source_path", "SourcePlane",
+           "write_zarr"]
 
 #: Largest zarr chunk side (2D / 3D); chunks always divide the block so no two blocks share one.
 MAX_CHUNK_2D = 1024
@@ -188,6 +189,48 @@ def _check_output(path: Path) -> None:
             raise ValueError(f"cannot create the output folder {path.parent}: {exc.strerror}.") from None
     if not os.access(path.parent, os.W_OK):
         raise ValueError(f"cannot write to {path.parent}: choose a writable output folder.")
+
+
+def source_path(source) -> Path | None:
+    """The file or folder an input is read from: a path as given, a zarr array's folder in a local
+    store; None for arrays in memory (and any other source)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
+    root = getattr(getattr(source, "store", None), "root", None)
+    if _is_zarr_array(source) and root is not None:
+        return Path(root) / str(getattr(source, "path", "") or "")
+    return None
+
+
+def _identities(path: Path) -> set:
+    """(device, inode) of ``path`` and of every existing folder above it (links resolved)."""
+    found = set()
+    real = Path(os.path.realpath(path))
+    for p in (real, *real.parents):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def check_apart(output: Path, source) -> None:
+    """Refuse an output that is the input, lies inside it or holds it (the output store is
+    replaced at the end, and the input with it). Links and other names of one folder count as
+    that folder (compared by device and inode)."""
+    src = source_path(source)
+    if src is None or not src.exists():
+        return
+    st = os.stat(src)
+    src_id = (st.st_dev, st.st_ino)
+    if src_id in _identities(output):
+        raise ValueError(f"{output} would overwrite the input {src}: choose another output path.")
+    if output.exists():
+        st = os.stat(output)
+        if (st.st_dev, st.st_ino) in _identities(src):
+            raise ValueError(f"{output} holds the input {src}, which writing it would remove: choose another "
+                             "output path.")
 
 
 def _commit(tmp: Path, final: Path) -> None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -59,17 +60,44 @@ def _worker_torch_threads() -> int | None:
     return max(1, cores // int(nthreads))
 
 
+def model_reference(model) -> str:
+    """``model`` as every worker finds it: a bundled model's name as it is, a model file by its
+    absolute path (a relative one would be looked for in each worker's own working folder)."""
+    from ..catalog import known_models
+
+    text = str(model)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if text not in known_models() and path.exists() else text
+
+
+def _file_stamp(model: str) -> tuple[int, int, int] | None:
+    """``(inode, mtime_ns, size)`` of the model's file; None when it has none (the loader then
+    says what is wrong). A file rewritten in place, or replaced by an atomic rename (a new
+    inode, whatever its time), gets another stamp."""
+    from ..catalog import resolve_model_path
+
+    try:
+        st = os.stat(resolve_model_path(model))
+    except (OSError, ValueError):
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def cached_predictor(model: str, settings: dict | PredictorSettings, torch_threads: int | None = None) -> Predictor:
     """The :class:`Predictor` of ``model`` with ``settings`` (a dict of its arguments, or the
     :class:`PredictorSettings` themselves) in this process; the model file is loaded on first use only.
 
     On a cluster this runs in the worker: its first task loads the model, later tasks reuse it
-    (with other tile settings too). ``torch_threads`` (or, on a dask worker, its cores divided by
-    its task threads) sets PyTorch's thread count so that parallel tasks do not oversubscribe.
+    (with other tile settings too) as long as the file is the same: the cache key carries the
+    file's stamp (:func:`_file_stamp`, in the settings' ``modified`` field), so a model saved
+    again at the same path (``train -o m --overwrite``) is loaded again by a long-lived worker.
+    ``torch_threads`` (or, on a dask worker, its cores divided by its task threads) sets
+    PyTorch's thread count so that parallel tasks do not oversubscribe.
     """
     if model is None:
         raise ValueError("Cluster workers need a model file or a bundled model name, not a model in memory.")
     key = settings if isinstance(settings, PredictorSettings) else PredictorSettings.of(model, settings)
+    key = replace(key, modified=_file_stamp(key.model))
     with _LOCK:
         if key not in _CACHE:
             threads = torch_threads or _worker_torch_threads()
@@ -164,6 +192,7 @@ class DaskRunner:
         from distributed import Client
 
         timeout = CONNECT_TIMEOUT if timeout is None else timeout
+        address = os.path.expanduser(address)  # a scheduler file as ~/dask.json (the shell leaves --scheduler=~/...)
         try:
             if os.path.isfile(address):
                 client = Client(scheduler_file=address, timeout=timeout, set_as_default=False)

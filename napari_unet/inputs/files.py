@@ -26,9 +26,20 @@ def _is_zarr_array(data) -> bool:
     return type(data).__module__.startswith("zarr") and hasattr(data, "chunks") and hasattr(data, "shape")
 
 
+#: The files that make a folder a zarr array or group (zarr v2, v3).
+ZARR_METADATA = (".zarray", ".zgroup", "zarr.json")
+
+
 def is_image_input(path: Path) -> bool:
-    """A file, or a zarr store (a folder)."""
-    return path.is_file() or (path.is_dir() and path.suffix.lower() == ZARR_SUFFIX)
+    """A file, or a zarr store (a folder): one named ``.zarr``, one with zarr metadata (an array
+    such as ``grp.zarr/raw``, whatever its name), or any folder inside a ``.zarr`` one."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    if not path.is_dir():
+        return False
+    return (any((path / name).is_file() for name in ZARR_METADATA)
+            or any(p.suffix.lower() == ZARR_SUFFIX for p in (path, *path.absolute().parents)))
 
 
 def open_image_file(path: str | os.PathLike):

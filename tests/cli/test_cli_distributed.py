@@ -117,3 +117,21 @@ def test_zarr_input_and_output_checks(model_file, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("napari-unet: error:") and message in err[0], err
     assert (tmp_path / "mine.zarr" / "notes.txt").read_text() == "keep"
+
+
+def test_a_batch_on_the_cluster_goes_on_past_a_failed_file(cluster, model_file, tmp_path, capsys):
+    """An unreadable input and an output a worker cannot write (a folder has its name) get one line
+    each; the other file is written and the exit code is 2 at the end."""
+    tifffile.imwrite(tmp_path / "a.tif", fluorescent_nuclei(shape=(96, 96), n_nuclei=8, seed=1)[0])
+    tifffile.imwrite(tmp_path / "c.tif", fluorescent_nuclei(shape=(96, 96), n_nuclei=8, seed=2)[0])
+    (tmp_path / "b.tif").write_bytes(b"not a tiff at all")
+    (tmp_path / "out" / "c.tif").mkdir(parents=True)
+    inputs = [str(tmp_path / f"{n}.tif") for n in "abc"]
+    assert main(["predict", model_file, *inputs, "-o", str(tmp_path / "out"), "--device", "cpu", "--threads", "1",
+                 "--scheduler", cluster.scheduler_address]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.strip().splitlines() if line.startswith("napari-unet:")]
+    assert len(errors) == 3 and "Traceback" not in err, err
+    assert errors[0].startswith("napari-unet: error: b.tif: ") and errors[1].startswith("napari-unet: error: c.tif: ")
+    assert errors[2] == "napari-unet: 2 of 3 inputs failed (b.tif, c.tif); the others were written"
+    assert tifffile.imread(tmp_path / "out" / "a.tif").max() > 0
