@@ -1,13 +1,16 @@
 """Pick the compute device and its precision, and know how much memory the machine has.
 
 ``"auto"`` resolves to CUDA, then Apple MPS, then the CPU. Mixed precision is used only where
-the device gains from it: bf16/fp16 autocast on CUDA, bf16 on CPUs with AVX-512 BF16 or AMX
+the device gains from it: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8.0,
+Ampere, and newer), fp16 on older ones (T4, V100: their bf16 is emulated), fp16 on MPS where this
+PyTorch has autocast for it (2.5 and newer; else fp32), bf16 on CPUs with AVX-512 BF16 or AMX
 (other CPUs run fp32, which is faster there than emulated bf16). ``NAPARI_UNET_CPU_PRECISION=fp32``
 (or ``bf16``) overrides the CPU's choice, also in worker processes that inherit the environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -31,13 +34,41 @@ class DeviceInfo:
         return self.device.type
 
     def autocast(self):
-        """Context manager for mixed precision on this device (a no-op where it does not pay)."""
+        """Context manager for mixed precision on this device (a no-op where it does not pay, and
+        where this PyTorch has no autocast for the device type)."""
+        if not autocast_available(self.device.type):
+            return contextlib.nullcontext()
         if self.autocast_dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def __str__(self) -> str:
         return self.name
+
+
+def autocast_available(device_type: str) -> bool:
+    """Whether this PyTorch has ``torch.autocast`` for ``device_type`` (``torch.amp.is_autocast_available``
+    where it exists, PyTorch 2.4 and newer; before it, CUDA and the CPU only: MPS autocast came in 2.5)."""
+    check = getattr(torch.amp, "is_autocast_available", None)
+    if check is not None:
+        return bool(check(device_type))
+    return device_type in ("cuda", "cpu")
+
+
+def training_device(dev: DeviceInfo) -> DeviceInfo:
+    """``dev`` for training: float16 autocast (pre-Ampere CUDA GPUs, Apple MPS) needs loss scaling,
+    which the training loop does not do (small gradients would underflow to zero), so training runs
+    in float32 there; bfloat16 has float32's range and stays. Prediction keeps float16."""
+    if dev.autocast_dtype is torch.float16:
+        return DeviceInfo(dev.device, dev.name, None)
+    return dev
+
+
+def cuda_autocast_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a CUDA GPU with native bf16 (compute capability 8.0 and newer), else fp16.
+    ``torch.cuda.is_bf16_supported()`` is not asked: it says True where bf16 is emulated (T4, V100),
+    and of the current device rather than ``device``."""
+    return torch.bfloat16 if tuple(torch.cuda.get_device_capability(device)) >= (8, 0) else torch.float16
 
 
 @lru_cache(maxsize=1)
@@ -90,12 +121,13 @@ def resolve_device(choice: str | torch.device = "auto", mixed_precision: bool = 
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"There is no {dev}: this machine has {torch.cuda.device_count()} CUDA device(s).")
         label = f"{dev} {torch.cuda.get_device_name(dev)}"
-        amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if mixed_precision else None
+        amp = cuda_autocast_dtype(dev) if mixed_precision else None
         return DeviceInfo(dev, label, amp)
     if base == "mps":
         if not mps_available():
             raise ValueError("Apple MPS was asked for but is not available here: choose 'auto' or 'cpu'.")
-        return DeviceInfo(torch.device("mps"), "mps (Apple GPU)", torch.float16 if mixed_precision else None)
+        amp = torch.float16 if mixed_precision and autocast_available("mps") else None
+        return DeviceInfo(torch.device("mps"), "mps (Apple GPU)", amp)
     threads = torch.get_num_threads()
     amp = torch.bfloat16 if (mixed_precision and cpu_bf16()) else None
     label = f"cpu, {threads} thread{'s' if threads != 1 else ''}" + (", bf16" if amp else "")

@@ -12,8 +12,9 @@ One file holds everything needed to rebuild and use a network::
 The config is stored under the safetensors metadata key ``napari_unet`` (so weights and config
 can never drift apart) and is validated before any weight is read. Writes are atomic: a
 temporary file in the same folder, fsync, then rename, so a crash mid-write leaves the
-previous file intact. Pickled checkpoints (``torch.save``) are refused with a message that
-explains how to convert them.
+previous file intact; and checked first: a config that does not describe the network, or weights
+that are not finite, are refused before anything is written. Pickled checkpoints (``torch.save``)
+are refused with a message that explains how to convert them.
 """
 
 from __future__ import annotations
@@ -179,22 +180,52 @@ def validate_config(config: dict) -> dict:
 def save_model(path: str | os.PathLike, net: SegmentationNet, config: dict, half: bool = False) -> Path:
     """Save ``net`` with ``config`` atomically to ``path`` (``.safetensors`` is appended if missing).
 
+    The file is checked before anything is written, so that a good file is never replaced by one
+    :func:`load_model` refuses: ``ValueError`` when the config does not describe ``net`` (its
+    architecture builds another class or other weights, its target has another number of classes
+    than the network's outputs, other input channels) or when the weights hold NaN or infinite values.
+
     ``half=True`` stores floating-point weights as float16 (half the size; they are loaded
-    back as float32), which is how the bundled models ship.
+    back as float32), which is how the bundled models ship. A tensor with a value float16 cannot
+    hold (beyond +-65504) stays float32, so that no weight is saved as infinity.
     """
     path = Path(path)
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
     config = validate_config(dict(config, arguments=dict(net.config)))
+    state = {key: value.detach().to("cpu") for key, value in net.state_dict().items()}
+    _check_saveable(net, config, state)
     tensors = {}
-    for key, value in net.state_dict().items():
-        value = value.detach().to("cpu")
+    for key, value in state.items():
         if half and value.is_floating_point():
-            value = value.half()
+            small = value.half()
+            value = small if torch.isfinite(small).all() else value  # beyond float16's range: kept float32
         tensors[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(config)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
+
+
+def _check_saveable(net: SegmentationNet, config: dict, state: dict) -> None:
+    """``ValueError`` unless :func:`load_model` would load ``state`` with ``config``: the network the
+    config builds is of ``net``'s class, with its channels and its weights' names and shapes, all finite."""
+    fix = "make the config for this network with make_config(net, target=...)"
+    builder = get_spec(config["architecture"]).builder
+    if isinstance(builder, type) and type(net) is not builder:
+        raise ValueError(f"Cannot save the model: architecture {config['architecture']!r} builds a "
+                         f"{builder.__name__}, but this network is a {type(net).__name__}; {fix}.")
+    try:
+        fresh = build_network(config)
+    except ValueError as exc:
+        raise ValueError(f"Cannot save the model: {exc}; {fix}.") from None
+    expected = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    if expected != {k: tuple(v.shape) for k, v in state.items()}:
+        raise ValueError(f"Cannot save the model: the network's weights are not those its config builds "
+                         f"(architecture {config['architecture']!r} with its arguments); {fix}.")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"Cannot save the model: its weights hold NaN or infinite values ({broken[0]}"
+                         f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}): its training diverged.")
 
 
 def is_package(path: Path) -> bool:
@@ -296,6 +327,25 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ModelFileError(f"{path.name}: {str(exc).rstrip('.')}; {fix}.") from None
 
 
+def build_network(config: dict) -> SegmentationNet:
+    """The network a validated config describes, with fresh weights: its architecture built with its
+    arguments, those the config predates taking the values they had then (``ModelSpec.legacy``), not
+    today's defaults. ``ValueError`` when the arguments do not build a network, or build one with other
+    input channels or another number of outputs than the config's input and classes."""
+    architecture = config["architecture"]
+    try:
+        net = build_model(architecture, **{**get_spec(architecture).legacy, **config["arguments"]})
+    except Exception as exc:  # any argument a builder chokes on (TypeError, ValueError, KeyError, IndexError...)
+        raise ValueError(f"the config's arguments do not build a network ({str(exc).rstrip('.')})") from None
+    out, inp = config["output"], config["input"]
+    if net.out_channels != len(out["classes"]) or net.in_channels != inp["channels"]:
+        raise ValueError(
+            f"the config does not describe its network ({inp['channels']} input channel(s) and "
+            f"{len(out['classes'])} classes for the {out['target']!r} target, but the network takes "
+            f"{net.in_channels} and gives {net.out_channels})")
+    return net
+
+
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model file, or a bundled model by name (see :func:`bundled_models`), or a BioImage.IO
     model package (a ``.zip``, ``rdf.yaml`` or ``bioimageio.yaml``: see
@@ -310,19 +360,11 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         return _package_call(import_model, path, device=device)
     config = read_config(path)
     try:
-        # arguments the file predates take their old values, not today's defaults
-        net = build_model(config["architecture"], **{**get_spec(config["architecture"]).legacy,
-                                                     **config["arguments"]})
-    except Exception as exc:  # any argument a builder chokes on (TypeError, ValueError, KeyError, IndexError...)
-        raise ModelFileError(f"{path.name}: the config's arguments do not build a network ({str(exc).rstrip('.')}): "
-                             "the file was edited or written by another version; use the original file.") from None
-    out, inp = config["output"], config["input"]
-    if net.out_channels != len(out["classes"]) or net.in_channels != inp["channels"]:
-        raise ModelFileError(
-            f"{path.name}: the config does not describe its network ({inp['channels']} input channel(s) and "
-            f"{len(out['classes'])} classes for the {out['target']!r} target, but the network takes "
-            f"{net.in_channels} and gives {net.out_channels}): the file was edited or written by another version; "
-            "use the original file.")
+        net = build_network(config)
+    except ValueError as exc:
+        raise ModelFileError(f"{path.name}: {exc}: the file was edited or written by another version; use the "
+                             "original file.") from None
+    config = dict(config, arguments=dict(net.config))  # complete: with the arguments the file predates
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}

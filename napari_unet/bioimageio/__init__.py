@@ -47,14 +47,14 @@ architecture file), :mod:`.export`, :mod:`.plan` (how a package runs), :mod:`.lo
 from ._common import (ARCHITECTURE_CALLABLE, ARCHITECTURE_FILE, DESCRIPTION_NAMES, INSTALL_HINT, LICENSE,
                       PACKAGE_ARCHITECTURE, SCALE_RANGE_EPS, TEST_SIZE, available)
 from .describe import UNET_PAPER, VARIANT_PAPERS
-from .export import FILES, ExportCancelled, export_model, test_package
+from .export import FILES, ExportCancelled, export_model, package_path, test_package
 from .load import import_model, read_package_config
 from .peek import check_package_quickly, is_package, package_summary, peek_package
 
 __all__ = ["ARCHITECTURE_CALLABLE", "ARCHITECTURE_FILE", "DESCRIPTION_NAMES", "FILES", "INSTALL_HINT", "LICENSE",
            "PACKAGE_ARCHITECTURE", "SCALE_RANGE_EPS", "TEST_SIZE", "UNET_PAPER", "VARIANT_PAPERS", "ExportCancelled",
            "PackageNet", "available", "check_package_quickly", "export_model", "import_model", "is_package",
-           "package_summary", "peek_package", "read_package_config", "test_package"]
+           "package_path", "package_summary", "peek_package", "read_package_config", "test_package"]
 
 
 def __getattr__(name: str):

@@ -29,7 +29,9 @@ def export_model(model, out_zip, *, authors=None, name: str | None = None, descr
     ``authors``: names (str) or dicts (``name``, ``affiliation``, ``email``, ``github_user``,
     ``orcid``); default ``napari-unet contributors``. ``check``: run ``bioimageio.core``'s model
     test on the package before it replaces ``out_zip`` (a failure raises ``ValueError`` and
-    writes nothing). The zip is written atomically. Setting ``stop`` (a ``threading.Event``) ends the
+    writes nothing). The zip is written atomically and replaces a file already at ``out_zip``
+    (:func:`package_path`: ``.zip`` is appended when missing; the command line refuses an existing
+    one unless ``--overwrite``). Setting ``stop`` (a ``threading.Event``) ends the
     export at its next stage with :class:`ExportCancelled`, writing nothing. See the
     :mod:`napari_unet.bioimageio` docstring for what the package holds. ``ValueError`` for models this
     export cannot describe (valid padding, a TorchScript trace that only runs at one size),
@@ -44,9 +46,7 @@ def export_model(model, out_zip, *, authors=None, name: str | None = None, descr
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     label = lm.name or lm.config["architecture"]
     _refuse_unexportable(lm, label)
-    out_zip = Path(out_zip)
-    if out_zip.suffix.lower() != ".zip":
-        out_zip = out_zip.with_name(out_zip.name + ".zip")
+    out_zip = package_path(out_zip)
     divisor = tuple(int(d) for d in lm.net.size_divisor)
     diameter = lm.object_diameter
     net = copy.deepcopy(lm.net).to("cpu").eval().float()  # the caller's network keeps its device and mode
@@ -73,6 +73,12 @@ def export_model(model, out_zip, *, authors=None, name: str | None = None, descr
         _check_stop(stop)
         atomic_write(out_zip, lambda target: shutil.copyfile(package, target))
     return out_zip
+
+
+def package_path(out_zip) -> Path:
+    """The file :func:`export_model` writes for ``out_zip``: ``.zip`` appended when it has another suffix."""
+    out_zip = Path(out_zip)
+    return out_zip if out_zip.suffix.lower() == ".zip" else out_zip.with_name(out_zip.name + ".zip")
 
 
 def _refuse_unexportable(lm, label: str) -> None:

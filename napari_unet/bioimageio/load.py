@@ -121,19 +121,20 @@ def _rebuild_ours(path: Path, entry, config: dict, plan: _Plan):
     """A package napari-unet exported: its network rebuilt from the registry with the package's state dict."""
     import torch
 
-    from ..modelfile import ModelFileError, validate_config
-    from ..models.registry import build_model
+    from ..modelfile import build_network, validate_config
 
-    net = build_model(config["architecture"], **config["arguments"])
+    try:
+        validate_config({k: v for k, v in config.items() if k != "bioimageio"})
+        # as load_model builds a model file's network: arguments the config predates take their old values
+        net = build_network(config)
+    except ValueError as exc:  # (a ModelFileError too)
+        _fail(path, f"its napari-unet config is damaged ({str(exc).rstrip('.')}).")
+    if net.out_channels != plan.out_channels or net.in_channels != plan.in_channels:
+        _fail(path, "its napari-unet config does not match its inputs and outputs.")
     raw = io.BytesIO(entry.get_reader().read())  # the spec's torch zip: tensors only, never code
     state = torch.load(raw, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
-    try:
-        validate_config({k: v for k, v in config.items() if k != "bioimageio"})
-    except ModelFileError as exc:
-        _fail(path, f"its napari-unet config is damaged ({exc}).")
-    if net.out_channels != plan.out_channels or net.in_channels != plan.in_channels:
-        _fail(path, "its napari-unet config does not match its inputs and outputs.")
+    config["arguments"] = dict(net.config)
     return net
 
 

@@ -242,7 +242,9 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     best settings beats its own settings, that is saved instead (the base's weights, unchanged,
     with the tuned post-processing: ``FinetuneResult.weights == "base"``); ``discarded`` says
     what happened. With ``settings.validate`` (the default) a
-    training set from which nothing can be held out is refused before training.
+    training set from which nothing can be held out is refused before training, and so is a base
+    that runs a BioImage.IO package's own network (``ValueError``; a package napari-unet exported
+    is rebuilt as a napari-unet network and can be fine-tuned).
     """
     from ..jobs import PredictionCancelled
     from .trainer import TrainingEvent
@@ -261,6 +263,18 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     return run.finish(result, keep_unvalidated)
 
 
+def _refuse_package_network(loaded) -> None:
+    """``ValueError`` for a base that runs a BioImage.IO package's own network (its TorchScript or its
+    own code: frozen, and not in the registry that a saved model is rebuilt from)."""
+    from ..bioimageio import PACKAGE_ARCHITECTURE
+
+    if loaded.config.get("architecture") == PACKAGE_ARCHITECTURE:
+        raise ValueError("a BioImage.IO package's own network cannot be fine-tuned here; "
+                         f"{loaded.name or 'this package'!r} runs the package's own weights, which napari-unet "
+                         "predicts with but can neither train nor save as a model file. Fine-tune a napari-unet "
+                         "model: a bundled one, a .safetensors file, or a package napari-unet exported.")
+
+
 class FinetuneRun:
     """One fine-tuning run: the base model, the corrections made ready, the bar to beat, the saves."""
 
@@ -271,6 +285,7 @@ class FinetuneRun:
         self.started = time.perf_counter()
         self.settings, self.source, self.stop = settings, source, stop
         self.loaded = base if isinstance(base, LoadedModel) else load_model(base)
+        _refuse_package_network(self.loaded)
         self.net = copy.deepcopy(self.loaded.net)  # the caller's model (maybe cached by a widget) stays as it is
         checked = check_corrections(triples, self.net.spatial_dims)
         self.target = settings.target or self.loaded.target

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import resolve_device
+from ..devices import resolve_device, training_device
 from ..jobs import PredictionCancelled, StepCancelled, interruptible
 from . import validation
 from .losses import DeepSupervisionLoss, SegmentationLoss
@@ -88,7 +88,7 @@ class Run:
     def __init__(self, net, s: "TrainSettings", sampler, val_pairs, loss, stop, checkpoint, start, rng):
         self.net, self.s, self.sampler, self.val_pairs, self.stop = net, s, sampler, val_pairs, stop
         self.checkpoint, self.start, self.rng = checkpoint, start, rng
-        self.dev = resolve_device(s.device)
+        self.dev = training_device(resolve_device(s.device))  # (no float16: no loss scaling here)
         self.loss_fn = loss or SegmentationLoss()
         if s.deep_supervision and not isinstance(self.loss_fn, DeepSupervisionLoss):
             self.loss_fn = DeepSupervisionLoss(self.loss_fn)
