@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import UsageError, load_model, read_labels
+from .common import IMAGE_SUFFIXES, UsageError, load_model, read_labels
 
 #: The scores ``evaluate`` prints, per image and their mean.
 SCORES = ["ap50", "f1", "mean_iou", "dice", "foreground_iou"]
+#: What ``evaluate`` reads in either folder: image files and zarr stores (``predict --format zarr``).
+EVALUATED_SUFFIXES = IMAGE_SUFFIXES + (".zarr",)
 
 
 def cmd_evaluate(args) -> int:
@@ -28,19 +30,18 @@ def cmd_evaluate(args) -> int:
 
 def evaluation_pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
     """``(prediction, ground truth)`` files matched by name without the extension (``predict``
-    writes ``<stem>.tif`` whatever the image's format), every ground-truth image with one
+    writes ``<stem>.tif`` whatever the image's format, or ``<stem>.zarr`` with ``--format zarr``:
+    zarr stores are read whole), every ground-truth image with one
     (``UsageError`` naming those without: a mean over fewer images would look better than it is);
     ``predict --probabilities``' ``<stem>_probabilities`` files and predictions without ground
     truth (said on stderr) are not scored."""
     import sys
 
-    from .common import IMAGE_SUFFIXES
-
     found = {}
     for folder in (pred_dir, gt_dir):
         if not folder.is_dir():
             raise UsageError(f"{folder}: no such folder")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EVALUATED_SUFFIXES
                        and not (folder == pred_dir and p.stem.endswith("_probabilities")))
         by_stem = {}
         for path in files:
@@ -50,7 +51,7 @@ def evaluation_pairs(pred_dir: Path, gt_dir: Path) -> list[tuple[Path, Path]]:
         found[folder] = by_stem
     preds, truths = found[pred_dir], found[gt_dir]
     if not truths:
-        raise UsageError(f"{gt_dir}: no ground truth (.tif, .png, .npy) in this folder")
+        raise UsageError(f"{gt_dir}: no ground truth (.tif, .png, .npy, .zarr) in this folder")
     missing = [truths[s].name for s in truths if s not in preds]
     if missing:
         raise UsageError(f"no prediction with the name of {len(missing)} ground-truth image(s) in {pred_dir}: "
@@ -86,13 +87,16 @@ def cmd_models(args) -> int:
 
 def cmd_export(args) -> int:
     """``napari-unet export``: a BioImage.IO model package (:func:`napari_unet.bioimageio.export_model`)."""
-    from ..bioimageio import export_model
+    from ..bioimageio import export_model, package_path
 
+    out = package_path(args.output)  # (.zip appended when missing)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} already exists: choose another output, or pass --overwrite to replace it")
     model = load_model(args.model)
     print(f"exporting {model.name} to BioImage.IO" + ("; bioimageio.core then tests the package" if args.check else ""),
           flush=True)
     try:
-        out = export_model(model, args.output, authors=args.author or None, check=args.check)
+        out = export_model(model, out, authors=args.author or None, check=args.check)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

@@ -142,6 +142,7 @@ def _add_export(sub) -> None:
                    help="an author of the model (repeat for several; default: napari-unet contributors)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip bioimageio.core's model test of the package before it is written")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.zip if it exists")
     p.set_defaults(func=cmd_export)
 
 
