@@ -14,7 +14,7 @@ import threading
 import numpy as np
 from napari.utils.notifications import show_info
 
-from ._layers import build_layer, layer_meta as _meta, model_label, put_layer, spatial_transform
+from ._layers import build_layer, checksum, layer_meta as _meta, model_label, put_layer, spatial_transform
 
 ALL = "all depths"
 
@@ -60,8 +60,13 @@ class PruningAndReview:
         device = self.device.value
         transform = spatial_transform(layer, None)
         base = f"{layer.name} [{model_label(model)}]"
-        full_key = (model, device, self._spatial_shape(layer))
-        have_full = full_key in self._full_runs
+        # the full network's run is timed and scored once per image and corrections (as they are now; corrections
+        # too large to hash are scored again each time); only the last one is kept (it holds its prediction)
+        truth_key = None if truth is None else checksum(np.asarray(truth))
+        reviewed_key = None if reviewed is None else checksum(np.asarray(reviewed))
+        full_key = (model, device, layer.unique_id, self._spatial_shape(layer), truth_key, reviewed_key)
+        hashed = (truth is None or truth_key is not None) and (reviewed is None or reviewed_key is not None)
+        have_full = hashed and full_key in self._full_runs
 
         def job():
             predictor = self._predictor(model, device, False)
@@ -81,22 +86,25 @@ class PruningAndReview:
                 return
             results, layer_out = result
             if not have_full:
-                self._full_runs[full_key] = results[0]
+                self._full_runs = {full_key: results[0]}
+            full = self._full_runs.get(full_key, results[0])
             run, score = results[-1]
             self.last_pruned = run
             put_layer(self._viewer, layer_out)
-            self._add_pruned_row(run, score, self._full_runs[full_key])
+            self._add_pruned_row(run, score, full, restart=not have_full)
             self.status.value = f"depth {depth}: {run.ms_per_megapixel:.0f} ms per megapixel on " \
                                 f"{run.prediction.device}"
 
         self.start_job(job, done, f"napari-unet: depth {depth} of {layer.name}", stop=stop)
 
-    def _add_pruned_row(self, run, score, full):
+    def _add_pruned_row(self, run, score, full, restart: bool = False):
         """One row per pruned run: its time per megapixel, its speed-up over the full network on
-        the same image (``full``: its run and score, timed the same way after a warm-up), its score."""
+        the same image (``full``: its run and score, timed the same way after a warm-up), its score.
+        ``restart``: the full network was run again (another image, or other corrections), so the
+        table starts again, from its new "full" row."""
         from ..inference.review import pruned_table
 
-        held = self.pruned.shape[0] > 0
+        held = self.pruned.shape[0] > 0 and not restart
         self.pruned.value = pruned_table(self.pruned.data if held else [], self.pruned.row_headers if held else [],
                                          run, score, full)
         self.pruned.native.resizeColumnsToContents()

@@ -67,7 +67,7 @@ class SupervisionWidget(PruningAndReview, JobWidget):
 
         # the last predictor with side outputs (all depths) and the last plain one (pruning)
         self._predictors = {side_outputs: PredictorCache() for side_outputs in (True, False)}
-        self._full_runs: dict = {}  # (model, device, shape) -> (PrunedRun, score) of the full network
+        self._full_runs: dict = {}  # (model, device, image, shape, corrections) -> (PrunedRun, score): the last full run
         self._pending_layers: list = []  # result layers still to be added, one per turn of the event loop
         self._visited: set = set()
         self.last_depths = None  # the last DepthPrediction, for scripts and tests

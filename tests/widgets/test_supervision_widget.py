@@ -73,6 +73,19 @@ def test_unet_pp_and_unet_3p_depths_scores_pruning_and_next_region(supervision_w
     full, pruned = widget.pruned.data
     assert pruned[2] == pytest.approx(dice[2], abs=1e-3)  # depth 2's Dice, the same as its side output's
     assert f"{prefix} depth 2 labels" in viewer.layers
+    # another depth on the same image and corrections: one more row beside the same full run
+    widget.prune_depth.value = 3
+    click(widget.prune_button)
+    _wait(qtbot, widget)
+    assert list(widget.pruned.row_headers) == ["full", "depth 2", "depth 3"] and widget.pruned.data[0] == full
+    # the corrections changed: the full network is scored again, and the table starts again from it
+    edited = np.array(truth.data)
+    edited[edited == edited.max()] = 0  # one object fewer: the full network's AP@0.5 changes
+    truth.data = edited
+    click(widget.prune_button)
+    _wait(qtbot, widget)
+    assert list(widget.pruned.row_headers) == ["full", "depth 3"]
+    assert widget.pruned.data[0][3] != full[3]  # its AP@0.5
 
     # U-Net 3+: five levels and the classification-guided module's probability per tile
     n_layers = len(viewer.layers)
