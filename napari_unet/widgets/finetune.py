@@ -73,6 +73,10 @@ def result_message(result) -> str:
             f"{advice(result)}") + "".join(f"\n{warning}" for warning in result.warnings)
 
 
+class Notes(list):
+    """Lines for the user from a run's preparation in its worker (shown as warnings on the Qt thread)."""
+
+
 class FinetuneWidget(JobWidget):
     """Dock widget: base model, training data, loss, budget; Train/Cancel with a live chart."""
 
@@ -243,14 +247,15 @@ class FinetuneWidget(JobWidget):
         self._triple_names = names
         return triples, "layers " + ", ".join(n for n, _ in names)
 
-    def folder_triples(self) -> tuple[list, str]:
+    def training_set(self):
+        """The chosen training-set folder, opened (its index only; the images are read by the
+        run's worker): ``ValueError`` when it is not one, or empty."""
         from ..trainingset import TrainingSet
 
         ts = TrainingSet(Path(self.folder.value), create=False)
         if not len(ts):
             raise ValueError(f"The training set {ts.folder} is empty: add corrections with the Correct widget.")
-        self._triple_names = [(f"masks/{n}", f"images/{n}") for n in ts.names()]
-        return ts.triples(), str(ts.folder)
+        return ts
 
     def _base_model_inputs(self) -> tuple[int, int]:
         """``(in_channels, spatial_dims)`` of the chosen base model, from its config (no weights)."""
@@ -289,8 +294,15 @@ class FinetuneWidget(JobWidget):
             if not self.model.value:
                 raise ValueError("Choose a base model.")
             self.ensure_torch()
-            triples, source = self.viewer_triples() if self.source.value == FROM_VIEWER else self.folder_triples()
-            triples, notes = self.check_triples(triples, *self._base_model_inputs())
+            inputs = self._base_model_inputs()
+            if self.source.value == FROM_VIEWER:
+                triples, source = self.viewer_triples()
+                triples, notes = self.check_triples(triples, *inputs)
+                folder = None
+            else:  # a folder's images are read in the worker (seconds for a large set)
+                folder = self.training_set()
+                triples, notes, source = None, [], str(folder.folder)
+                self._triple_names = [(f"masks/{n}", f"images/{n}") for n in folder.names()]
         except (ValueError, KeyError) as exc:
             self.report_error(str(exc.args[0]) if exc.args else str(exc))
             return
@@ -300,11 +312,19 @@ class FinetuneWidget(JobWidget):
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
         stop, lifetime, resume = threading.Event(), self.lifetime, bool(self.resume.value)
+        names = list(self._triple_names)
 
         def job():
+            data = triples
+            if data is None:
+                from ..training.corrections import fit_corrections
+
+                data, changed = fit_corrections(folder.triples(), *inputs, names=names)
+                if changed:
+                    yield Notes(changed)
             # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same
             # base, corrections, settings and name resume from there next time
-            return (yield from resuming_finetune_iter(base, triples, settings, name=name, stop=stop, source=source,
+            return (yield from resuming_finetune_iter(base, data, settings, name=name, stop=stop, source=source,
                                                       resume=resume, keep_state=lambda: lifetime.closed))
 
         self._started = time.perf_counter()
@@ -312,9 +332,14 @@ class FinetuneWidget(JobWidget):
         self.plot.clear()
         self.run_button.enabled = False
         self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
-        self.status.value = f"preparing {len(triples)} image(s) and scoring the base model…"
+        self.status.value = (f"preparing {len(names) if triples is None else len(triples)} image(s) and scoring "
+                             "the base model…")
 
     def _on_progress(self, event):
+        if isinstance(event, Notes):  # what was changed to fit the base model, found while reading the folder
+            for note in event:
+                show_warning(note)
+            return
         if event.step == 0:
             if event.val_ap is not None:
                 self.plot.set_baseline(event.val_ap)
