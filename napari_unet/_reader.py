@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .trainingset import FORMAT, TrainingSet
 from .widgets._layers import KEY  # the layers' metadata key (no Qt: numpy and hashlib only)
 REVIEWED_COLORS = {None: "transparent", 0: "transparent", 1: [0.2, 0.9, 0.4, 1.0]}
@@ -60,7 +62,7 @@ def training_set_layer_data(folder) -> list[tuple]:
     out = []
     for entry in ts.entries:
         image, labels, reviewed = ts.load(entry.name)
-        rgb = entry.extra.get("channel_axis") is not None and image.shape[-1] in (3, 4)
+        image, rgb = _image_over_labels(image, entry.extra.get("channel_axis"))
         image_name, reviewed_name = f"{entry.name} image", f"{entry.name} reviewed"
         out.append((image, {"name": image_name, "rgb": rgb}, "image"))
         out.append((labels, {"name": entry.name, "metadata": {KEY: {
@@ -70,6 +72,18 @@ def training_set_layer_data(folder) -> list[tuple]:
             "name": reviewed_name, "opacity": 0.3, "colormap": reviewed_colormap(),
             "metadata": {KEY: {"kind": "reviewed", "corrections": entry.name}}}, "labels"))
     return out
+
+
+def _image_over_labels(image, channel_axis) -> tuple:
+    """``(image, rgb)``: an entry's image as a layer over its labels: colour last (3 or 4 values)
+    as an RGB layer, any other channel axis moved first (the channels become planes in front of
+    the labels' axes, which napari lines up from the last), no channel axis as it is."""
+    if channel_axis is None:
+        return image, False
+    axis = int(channel_axis) % image.ndim
+    if axis == image.ndim - 1 and image.shape[-1] in (3, 4):
+        return image, True
+    return np.moveaxis(image, axis, 0), False
 
 
 def read_training_set(path) -> list[tuple]:

@@ -20,7 +20,8 @@ from .inputs import EDITED_LABELS, EDITED_LABELS_NON_NEGATIVE, check_instance_la
 @dataclass
 class Edit:
     """Pixels to change: ``indices`` (a tuple of index arrays, one per axis) and ``values`` (one
-    per pixel, or a 0-d array: one value for all)."""
+    per pixel, or a 0-d array: one value for all). ``values`` may be of a wider integer type
+    than the labels when a new id does not fit theirs (:meth:`dtype_for`)."""
 
     indices: tuple
     values: np.ndarray
@@ -30,11 +31,37 @@ class Edit:
     def size(self) -> int:
         return int(self.indices[0].size) if self.indices else 0
 
+    def dtype_for(self, dtype) -> np.dtype:
+        """The integer type labels of ``dtype`` need to take this edit: ``dtype``, or a wider one."""
+        values = np.asarray(self.values)
+        if not self.size or not values.size or np.dtype(dtype).kind not in "iu":
+            return np.dtype(dtype)
+        return id_type(dtype, int(values.min()), int(values.max()))
+
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        """Apply the edit to ``labels`` in place and return it."""
+        """Apply the edit to ``labels`` in place and return it; ``ValueError`` (nothing changed)
+        when a value does not fit their type: widen them first (``labels.astype(edit.dtype_for(
+        labels.dtype))``)."""
         if self.size:
+            if self.dtype_for(labels.dtype) != labels.dtype:
+                raise ValueError(f"The labels' type ({labels.dtype}) cannot hold the new ids: widen the labels "
+                                 f"to {self.dtype_for(labels.dtype)} first.")
             labels[self.indices] = self.values
         return labels
+
+
+def id_type(dtype, low: int, high: int) -> np.dtype:
+    """``dtype`` (an integer type) if it holds every id from ``low`` to ``high``, else the
+    smallest integer type that holds both its own values and those; ``ValueError`` when none does."""
+    dtype = np.dtype(dtype)
+    info = np.iinfo(dtype)
+    if info.min <= low and high <= info.max:
+        return dtype
+    wide = np.result_type(dtype, np.min_scalar_type(low), np.min_scalar_type(high))
+    if wide.kind not in "iu":  # beyond 64 bits, or int64 with uint64 (numpy's answer is a float)
+        raise ValueError(f"No integer type holds both the ids of these {dtype} labels and id "
+                         f"{high if high > info.max else low}: relabel the objects 1..N first.")
+    return wide
 
 
 def _check(labels) -> np.ndarray:
@@ -56,10 +83,18 @@ def _edit(mask: np.ndarray, values, message: str) -> Edit:
 
 
 def editable_labels(labels) -> np.ndarray:
-    """A copy of integer labels in the smallest of uint16 / uint32 that holds their ids (what an
-    editable corrections layer holds)."""
+    """A copy of integer labels with room for new ids (what an editable corrections layer holds):
+    uint32 when their ids are 0 .. 2^32 - 1 (ids written back into large labels, or split off,
+    need room above the ones a region holds); else their own 64-bit type, or int64 for negative
+    ids of a narrower type, so that no id changes and no two objects merge."""
     data = np.asarray(labels)
-    dtype = np.uint32 if data.max(initial=0) > np.iinfo(np.uint16).max else np.uint16
+    if not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"Labels must hold integer object ids, got {data.dtype}.")
+    low, high = int(data.min(initial=0)), int(data.max(initial=0))
+    if 0 <= low and high <= np.iinfo(np.uint32).max:
+        dtype = np.dtype(np.uint32)
+    else:
+        dtype = data.dtype if data.dtype.itemsize == 8 else np.dtype(np.int64)
     return data.astype(dtype, copy=True)
 
 
@@ -68,10 +103,13 @@ def pixel_at(position: Sequence[float], shape: Sequence[int]) -> tuple[int, ...]
     return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(position, shape))
 
 
-def next_label(labels: np.ndarray) -> int:
-    """A label id not used yet (the largest plus one)."""
+def next_label(labels: np.ndarray, above: int = 0) -> int:
+    """A label id not used yet: the largest plus one, and above ``above`` (for a region of large
+    labels, the largest id the region held when it was copied: an id of an object deleted from
+    the region is not handed out again, which would join the new object to that object's part
+    outside the region)."""
     labels = _check(labels)
-    return int(labels.max(initial=0)) + 1
+    return max(int(labels.max(initial=0)), int(above)) + 1
 
 
 def delete_object(labels, label: int) -> Edit:
@@ -120,27 +158,21 @@ def _rasterize(points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return mask
 
 
-def split_object(labels, points, label: int | None = None) -> Edit:
+def split_object(labels, points, label: int | None = None, above: int = 0) -> Edit:
     """Split an object along the polyline through ``points`` (``(n, ndim)`` pixel coordinates, n >= 2,
     drawn across the object; in a stack the line lies in one plane and only that plane is split).
 
-    The object is ``label``, or the most frequent label under the line. The largest part keeps
-    its label, the others get new labels; the pixels of the cut go to the nearest part, so no
-    pixel of the object is lost.
+    The object is ``label``, or the most frequent label under the line. Only the parts of it that
+    the line cuts apart change: the largest part keeps its label, the others get new labels
+    (above ``above`` too: :func:`next_label`); its other pieces (not touched, or only nicked, by
+    the line) keep it. The pixels of the cut go to the nearest part, so no pixel of the object is
+    lost. ``ValueError`` when the line cuts nothing apart.
     """
     labels = _check(labels)
     points = np.asarray(points, float)
     if points.ndim != 2 or points.shape[0] < 2 or points.shape[1] != labels.ndim:
         raise ValueError(f"Draw a line of at least two points in the layer's {labels.ndim} dimensions.")
-    # stacks: the leading axes along which the line stays put select the plane
-    plane: tuple = ()
-    if labels.ndim > 2:
-        fixed = np.rint(points[0, :-2]).astype(int)
-        if np.any(np.rint(points[:, :-2]).astype(int) != fixed):
-            raise ValueError("Draw the line within one plane of the stack.")
-        if np.any(fixed < 0) or np.any(fixed >= np.asarray(labels.shape[:-2])):
-            raise ValueError("The line lies outside the layer.")
-        plane = tuple(int(i) for i in fixed)
+    plane = _plane_of(points, labels.shape)
     sheet = labels[plane]
     line = _rasterize(points[:, -2:], sheet.shape)
     if label is None:
@@ -148,29 +180,51 @@ def split_object(labels, points, label: int | None = None) -> Edit:
         on_line = on_line[on_line > 0]
         if not on_line.size:
             raise ValueError("The line does not cross any object: draw it across the object to split.")
-        label = int(np.bincount(on_line.astype(np.int64)).argmax())
+        ids, counts = np.unique(on_line, return_counts=True)  # (never a count per possible id: ids may be huge)
+        label = int(ids[counts.argmax()])
     label = _check_label(sheet, label)
     obj = sheet == label
-    parts, n = ndi.label(obj & ~line, structure=np.ones((3, 3), bool))
-    if n < 2:
+    eight = np.ones((3, 3), bool)
+    pieces, _ = ndi.label(obj, structure=eight)  # the object's pieces in this plane before the cut
+    parts, n = ndi.label(obj & ~line, structure=eight)  # ... and after it
+    piece_of = np.zeros(n + 1, np.int64)
+    piece_of[parts[parts > 0]] = pieces[parts > 0]
+    cut_pieces = np.flatnonzero(np.bincount(piece_of[1:], minlength=pieces.max() + 1) >= 2)
+    cut = np.isin(piece_of, cut_pieces)
+    cut[0] = False  # (background)
+    if not cut.any():
         raise ValueError(f"The line does not cut object {label} in two: draw it from one side of the object "
                          "to the other.")
-    sizes = np.bincount(parts.ravel())[1:]
-    order = np.argsort(sizes)[::-1] + 1  # part ids, largest first
-    first = next_label(labels)
-    mapping = np.zeros(n + 1, labels.dtype)
-    mapping[order[0]] = label
-    mapping[order[1:]] = np.arange(first, first + n - 1, dtype=labels.dtype)
+    sizes = np.bincount(parts.ravel(), minlength=n + 1)
+    order = np.flatnonzero(cut)[np.argsort(sizes[cut], kind="stable")[::-1]]  # the cut parts, largest first
+    first = next_label(labels, above)
+    last = first + order.size - 2
+    mapping = np.full(n + 1, label, id_type(labels.dtype, min(label, first), max(label, last)))
+    mapping[0] = 0
+    mapping[order[1:]] = np.arange(first, last + 1, dtype=mapping.dtype)
     new = mapping[parts]
-    # the cut pixels join the nearest part
-    orphans = obj & (parts == 0)
+    # the cut pixels of the parts cut apart join the nearest of those parts (elsewhere they keep the label)
+    orphans = obj & (parts == 0) & np.isin(pieces, cut_pieces)
+    new[obj & (parts == 0)] = label
     if orphans.any():
-        _, nearest = ndi.distance_transform_edt(parts == 0, return_indices=True)
+        _, nearest = ndi.distance_transform_edt(~cut[parts], return_indices=True)
         new[orphans] = new[tuple(ix[orphans] for ix in nearest)]
-    changed = obj & (new != sheet)
+    changed = obj & (new != label)
     where = np.nonzero(changed)
     indices = tuple(np.full(where[0].shape, i) for i in plane) + where
-    return Edit(indices, new[changed], f"split object {label} into {n} parts")
+    return Edit(indices, new[changed], f"split object {label} into {order.size} parts")
+
+
+def _plane_of(points: np.ndarray, shape: Sequence[int]) -> tuple:
+    """The plane (one index per leading axis; none in 2D) that a line through ``points`` lies in."""
+    if len(shape) <= 2:
+        return ()
+    fixed = np.rint(points[0, :-2]).astype(int)
+    if np.any(np.rint(points[:, :-2]).astype(int) != fixed):
+        raise ValueError("Draw the line within one plane of the stack.")
+    if np.any(fixed < 0) or np.any(fixed >= np.asarray(shape[:-2])):
+        raise ValueError("The line lies outside the layer.")
+    return tuple(int(i) for i in fixed)
 
 
 def remove_small(labels, min_size: int) -> Edit:
@@ -179,9 +233,8 @@ def remove_small(labels, min_size: int) -> Edit:
     if min_size < 1:
         raise ValueError("The minimum size must be at least 1 pixel.")
     labels = check_instance_labels(labels, EDITED_LABELS_NON_NEGATIVE)
-    counts = np.bincount(labels.ravel().astype(np.int64))
-    small = np.flatnonzero((counts > 0) & (counts < min_size))
-    small = small[small > 0]
+    ids, counts = np.unique(labels, return_counts=True)  # the ids present only (ids may be huge)
+    small = ids[(ids > 0) & (counts < min_size)]
     mask = np.isin(labels, small)
     return _edit(mask, 0, f"removed {small.size} object(s) under {min_size} px")
 
@@ -198,16 +251,20 @@ def relabel_sequential(labels) -> Edit:
 
 
 def renumber(labels, mapping: dict[int, int], message: str = "") -> Edit:
-    """Give the objects of ids ``mapping``'s keys its values (all at once: ids may swap)."""
+    """Give the objects of ids ``mapping``'s keys its values (all at once: ids may swap). The ids
+    are compared in the labels' own type (exact for every 64-bit id); the values are of a wider
+    type when a new id does not fit the labels' (:meth:`Edit.dtype_for`)."""
     labels = _check(labels)
+    info = np.iinfo(labels.dtype)
+    mapping = {int(k): int(v) for k, v in mapping.items() if info.min <= int(k) <= info.max}  # others are absent
     if not mapping:
         return Edit((np.array([], int),) * labels.ndim, np.array([], labels.dtype), message)
-    lut_keys = np.array(list(mapping), dtype=np.int64)
-    mask = np.isin(labels, lut_keys)
-    old = labels[mask]
-    sorter = np.argsort(lut_keys)
-    values = np.array(list(mapping.values()), dtype=labels.dtype)[sorter][np.searchsorted(lut_keys[sorter], old)]
-    return Edit(np.nonzero(mask), values, message)
+    keys = np.array(list(mapping), dtype=labels.dtype)
+    targets = list(mapping.values())
+    values = np.array(targets, dtype=id_type(labels.dtype, min(targets), max(targets)))
+    sorter = np.argsort(keys)
+    mask = np.isin(labels, keys)
+    return Edit(np.nonzero(mask), values[sorter][np.searchsorted(keys[sorter], labels[mask])], message)
 
 
 # -- correcting a part of a large layer ------------------------------------------------------

@@ -43,14 +43,11 @@ def median_diameter(labels, mask=None, whole: bool = False) -> float | None:
     masks = [None] * len(planes) if mask is None else np.broadcast_to(mask, labels.shape).reshape(planes.shape)
     areas, uncut = [], []
     for plane, inside in zip(planes, masks):
-        counts = np.bincount(plane.ravel().astype(np.int64))
-        counts[0] = 0
-        big = counts >= MIN_OBJECT_PIXELS
+        ids, counts = np.unique(plane, return_counts=True)  # the ids present only: ids may be huge
+        big = (counts >= MIN_OBJECT_PIXELS) & (ids != 0)
         areas.append(counts[big])
         if whole:
-            cut = np.zeros(counts.size, bool)
-            cut[_cut_ids(plane, inside)] = True
-            uncut.append(counts[big & ~cut])
+            uncut.append(counts[big & ~np.isin(ids, _cut_ids(plane, inside))])
     areas = np.concatenate(areas) if areas else np.zeros(0)
     if whole and uncut and np.concatenate(uncut).size:
         areas = np.concatenate(uncut)
@@ -67,7 +64,7 @@ def _cut_ids(plane: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     if inside is not None:
         edge |= inside & ~ndi.binary_erosion(inside, border_value=1)
-    return np.unique(plane[edge]).astype(np.int64)
+    return np.unique(plane[edge])
 
 
 def check_diameter(value, what: str = "object diameter") -> float | None:

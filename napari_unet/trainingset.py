@@ -170,30 +170,34 @@ class TrainingSet:
         self.folder = Path(folder).expanduser()
         self._lock = _folder_lock(self.folder)
         index = self.folder / "index.json"
-        if index.exists():
-            with self._lock:
+        if not index.exists():
+            if not create:
+                raise ValueError(f"{self.folder} is not a training set (no index.json).")
+            self._make_folder()
+        with self._lock:  # (the lock file is in the folder: it exists by now)
+            if index.exists():  # also when another process made the training set since the check above
                 self.entries = self._read_index()
                 self._remove_unfinished()
-        elif create:
-            if self.folder.exists() and not self.folder.is_dir():
-                raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
-            # (a folder with files of its own, also in images/ or masks/ as datasets have them: an entry
-            # of the same name would overwrite one)
-            if self.folder.exists() and any(
-                    p.name not in ("images", "masks", "reviewed", LOCK_FILE) or (p.is_dir() and any(p.iterdir()))
-                    for p in self.folder.iterdir()):
-                raise ValueError(f"{self.folder} holds other files: choose an empty or new folder for a new "
-                                 "training set, so nothing of yours is overwritten.")
-            try:
-                for kind in ("images", "masks", "reviewed"):
-                    (self.folder / kind).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ValueError(f"Cannot create the training set in {self.folder}: {exc.strerror}.") from None
-            with self._lock:
+            else:
                 self.entries = []
                 self._write_index()
-        else:
-            raise ValueError(f"{self.folder} is not a training set (no index.json).")
+
+    def _make_folder(self) -> None:
+        """Make the folders of a new training set; ``ValueError`` (nothing made) when ``folder`` is
+        a file or holds files of its own (also in images/ or masks/, as datasets have them: an
+        entry of the same name would overwrite one), unless it became a training set meanwhile."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(f"{self.folder} is a file, not a folder: choose a folder for the training set.")
+        if self.folder.exists() and any(
+                p.name not in ("images", "masks", "reviewed", LOCK_FILE) or (p.is_dir() and any(p.iterdir()))
+                for p in self.folder.iterdir()) and not (self.folder / "index.json").exists():
+            raise ValueError(f"{self.folder} holds other files: choose an empty or new folder for a new "
+                             "training set, so nothing of yours is overwritten.")
+        try:
+            for kind in ("images", "masks", "reviewed"):
+                (self.folder / kind).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"Cannot create the training set in {self.folder}: {exc.strerror}.") from None
 
     # -- index ---------------------------------------------------------------------------
     def _read_index(self) -> list[Entry]:

@@ -7,9 +7,11 @@ back into the labels it came from, so that the full-size result holds every corr
 - refused, with nothing written, when the labels cannot be written (a dask array, a read-only
   store) or when they changed under the region since it was copied (another correction written
   over it meanwhile: the checksum taken at the copy, :func:`region_checksum`, no longer matches);
-- objects that are new in the region (ids that were not in it when it was copied) keep their id
-  when it is above every id of the labels, else get one above them all (found by one pass over
-  the labels, :func:`max_label_iter`), so two objects never share an id;
+- objects that are new in the region keep their id when it is above every id of the labels, else
+  get one above them all (found by one pass over the labels, :func:`max_label_iter`), so two
+  objects never share an id. An id is new unless it still covers a pixel that had that id in
+  the region as copied: an object deleted from the region (maybe cut by its edge, its other part
+  outside) and a new one drawn elsewhere with its id stay two objects;
 - the coarser levels of a multiscale layer are rewritten over the region (each keeps the base's
   pixels at multiples of its factor, as :class:`~napari_unet.inference.pyramid.Pyramid` makes them).
 
@@ -104,6 +106,16 @@ def _normalised(region, shape) -> tuple:
     return tuple(out)
 
 
+def _new_ids(corrected: np.ndarray, current: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids (of ``ids``, those of ``corrected``; sorted) of objects that are new in the region:
+    above 0, and covering no pixel that had the same id in ``current`` (the region as copied)."""
+    if np.result_type(corrected.dtype, current.dtype).kind == "f":  # int64 against uint64: no float compare
+        current = np.where(current < 0, 0, current).astype(np.uint64)
+        corrected = np.where(corrected < 0, 0, corrected).astype(np.uint64)
+    kept = np.unique(corrected[(corrected == current) & (corrected != 0)])
+    return np.setdiff1d(ids[ids > 0], kept.astype(ids.dtype))
+
+
 @dataclass
 class WriteBack:
     """What :func:`write_back_iter` wrote: ``labels``, the region's values as written (new objects
@@ -141,28 +153,25 @@ def write_back_iter(levels: Sequence, region: Sequence[slice], corrected, checks
     current = np.asarray(base[region])
     if checksum is not None and region_checksum(current) != checksum:
         raise ValueError(CHANGED)
-    new_ids = np.setdiff1d(np.unique(corrected), np.unique(current))
-    new_ids = new_ids[new_ids > 0]
-    values = corrected.astype(np.int64)
+    ids, inverse = np.unique(corrected, return_inverse=True)
+    new_ids = [int(i) for i in _new_ids(corrected, current, ids)]
     renumbered: dict = {}
     top = 0
-    if new_ids.size:  # ids taken elsewhere in the labels move above every id: no two objects share one
+    if new_ids:  # ids taken elsewhere in the labels move above every id: no two objects share one
         top = yield from max_label_iter(base, stop)
         top = max(top, int(current.max(initial=0)))
-        taken = new_ids[new_ids <= top]  # new ids above every id of the labels are free: they stay
-        if taken.size:
-            start = max(top, int(new_ids.max())) + 1
-            targets = np.arange(start, start + taken.size, dtype=np.int64)
-            renumbered = {int(a): int(b) for a, b in zip(taken, targets)}
-            position = np.minimum(np.searchsorted(taken, values), taken.size - 1)
-            is_taken = taken[position] == values
-            values[is_taken] = targets[position[is_taken]]
-    limit = min(int(np.iinfo(level.dtype).max) if np.issubdtype(level.dtype, np.integer) else 2 ** 53
-                for level in levels)
-    if int(values.max(initial=0)) > limit:
-        raise ValueError(f"The labels' type ({base.dtype}) has no room for the new objects' ids above {top} "
-                         f"(at most {limit}): nothing was written.")
-    written = values.astype(base.dtype)
+        taken = [i for i in new_ids if i <= top]  # new ids above every id of the labels are free: they stay
+        start = max(top, new_ids[-1]) + 1
+        renumbered = {old: new for new, old in enumerate(taken, start)}
+    targets = [renumbered.get(int(i), int(i)) for i in ids]  # the id written for each id of the layer
+    for level in levels:
+        low, high = (np.iinfo(level.dtype).min, np.iinfo(level.dtype).max) \
+            if np.issubdtype(level.dtype, np.integer) else (-2 ** 53, 2 ** 53)
+        if targets and not (low <= min(targets) and max(targets) <= high):
+            raise ValueError(f"The labels' type ({level.dtype}) has no room for the ids to write ({min(targets)} .. "
+                             f"{max(targets)}; new objects get ids above {top}, it holds {low} .. {high}): nothing "
+                             "was written.")
+    written = np.array(targets, dtype=base.dtype)[inverse].reshape(shape)
     raise_if_stopped(stop)
     # the id search may take minutes: the region must still be what it was (an editable store may be painted)
     if not np.array_equal(np.asarray(base[region]), current):

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .files import _is_zarr_array
+
 #: How each front end names the channel axis, for messages that must work in all of them.
 CHANNEL_AXIS_HINT = "the channel axis (channel_axis= in Python, --channel-axis on the command line, " \
                     "'Channel axis' in the Segment widget)"
@@ -137,7 +139,8 @@ def prepare_image(data, spatial_dims: int = 2, in_channels: int = 1, channel_axi
     is converted to grey (mean of R, G, B). Raises ``ValueError`` with what to do on bad input:
     unreadable data types, too few or too many axes, an RGB-looking image with no channel axis,
     empty images and channel counts the model cannot take. Nothing is copied or computed here
-    (views only, dask stays lazy) except the grey conversion of colour images.
+    (views only, dask stays lazy, a zarr array becomes a dask array over its chunks) except the
+    grey conversion of colour images.
     """
     data = _as_array(data)
     check_image_dtype(data.dtype)
@@ -161,7 +164,12 @@ def prepare_image(data, spatial_dims: int = 2, in_channels: int = 1, channel_axi
 
 
 def _as_array(data):
-    """``data`` itself when it is an array (numpy, memory-mapped, dask, zarr), else as numpy."""
+    """``data`` itself when it is an array (numpy, memory-mapped, dask); a zarr array as a dask
+    array over its chunks (zarr arrays cannot be transposed or take new axes); else as numpy."""
+    if _is_zarr_array(data):
+        import dask.array as da
+
+        return da.from_array(data, chunks=data.chunks, name=False)
     if hasattr(data, "shape") and hasattr(data, "dtype"):
         return data
     try:

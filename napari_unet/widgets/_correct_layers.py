@@ -98,8 +98,9 @@ def editable_copy(viewer, source) -> tuple:
         translate = translate + np.asarray([s.start for s in region]) * np.asarray(source.scale, float)
         full = np.asarray(full[region])
         # what the region held: writing the corrections back checks that nothing else changed it meanwhile
+        # and its largest id: new objects get ids above it (:func:`fresh_label`)
         meta.update(region=[[s.start, s.stop] for s in region], full_shape=list(source_shape(source)),
-                    region_checksum=region_checksum(full))
+                    region_checksum=region_checksum(full), region_max=int(full.max(initial=0)))
     name = f"{source.name} corrected"
     i = 2
     while name in viewer.layers:
@@ -109,6 +110,24 @@ def editable_copy(viewer, source) -> tuple:
     viewer.layers.append(layer)
     source.visible = False  # the prediction stays as it was, out of the way
     return layer, region
+
+
+def fresh_label(layer) -> int:
+    """A new object id for the corrected layer ``layer``: above every id it holds and, for a region
+    of large labels, above every id the region held (:func:`~napari_unet.editing.next_label`)."""
+    return editing.next_label(np.asarray(layer.data), layer_meta(layer).get("region_max", 0))
+
+
+def apply_edit(layer, edit: editing.Edit) -> None:
+    """Apply ``edit`` to the labels layer ``layer`` through napari's history (Ctrl+Z undoes it);
+    labels whose type cannot hold its new ids are widened first (napari would wrap them)."""
+    if not edit.size:
+        return
+    dtype = edit.dtype_for(layer.data.dtype)
+    if dtype != layer.data.dtype:
+        layer.data = np.asarray(layer.data).astype(dtype)
+        layer.set_view_slice()  # (napari casts the values to its slice's type, re-sliced only when visible)
+    layer.data_setitem(edit.indices, edit.values)
 
 
 def source_shape(layer) -> tuple:

@@ -177,7 +177,7 @@ class CorrectWidget(JobWidget):
             layer, region = layers.editable_copy(self._viewer, source)
         self.reviewed_layer(layer)
         self._viewer.layers.selection.active = layer
-        layer.selected_label = editing.next_label(np.asarray(layer.data))
+        layer.selected_label = layers.fresh_label(layer)
         layer.mode = "paint"
         self.tool.value = TOOLS[0]
         self.status.value = (f"Correcting '{layer.name}': paint, fill and erase with napari's tools (new id "
@@ -195,7 +195,7 @@ class CorrectWidget(JobWidget):
         layer = self.corrected_layer()
         self._viewer.layers.selection.active = layer
         self.tool.value = TOOLS[0]
-        layer.selected_label = editing.next_label(np.asarray(layer.data))
+        layer.selected_label = layers.fresh_label(layer)
         layer.mode = "polygon"
         self.status.value = (f"Click around the missing object's outline; a double click (or Enter) closes and fills "
                              f"it as object {layer.selected_label}. Escape drops the outline; Ctrl+Z undoes.")
@@ -205,7 +205,7 @@ class CorrectWidget(JobWidget):
         """After a polygon filled the selected id, the next outline gets a new one."""
         layer = event.source
         if layer.mode == "polygon" and np.any(np.asarray(layer.data) == layer.selected_label):
-            layer.selected_label = editing.next_label(np.asarray(layer.data))
+            layer.selected_label = layers.fresh_label(layer)
 
     def _on_inserted(self, event):
         self._watch(event.value)
@@ -287,14 +287,15 @@ class CorrectWidget(JobWidget):
             if len(self._clicks) == 2:
                 points = np.stack(self._clicks)
                 self._clicks = []
-                self.apply(layer, editing.split_object(data, points))
+                self.apply(layer, editing.split_object(data, points, above=_meta(layer).get("region_max", 0)))
             else:
                 self.status.value = "Now click where the cut ends."
 
     def apply(self, layer, edit: editing.Edit):
-        """Apply an edit through napari's history (Ctrl+Z undoes it)."""
+        """Apply an edit through napari's history (Ctrl+Z undoes it), widening the layer's type when
+        a new id does not fit it."""
         if edit.size:
-            layer.data_setitem(edit.indices, edit.values)
+            layers.apply_edit(layer, edit)
             self.autosave.mark_dirty(layer)
         self.status.value = edit.message
 
@@ -402,12 +403,15 @@ class CorrectWidget(JobWidget):
     def _written(self, result, corrected, source, region):
         if result is None:
             return
+        # first the state of the region now written (so the next write is checked against it, whatever follows)
+        meta = _meta(corrected)
+        corrected.metadata[KEY] = {**meta, "region_checksum": result.checksum, "region_max": max(
+            int(meta.get("region_max", 0)), int(result.labels.max(initial=0)))}
+        source.refresh()
         if result.renumbered and corrected in self._viewer.layers:  # the layer shows the ids the labels got
             # on what the layer holds now (edits made during the write kept), as one undoable step
             self.apply(corrected, editing.renumber(np.asarray(corrected.data), result.renumbered))
             corrected.selected_label = result.renumbered.get(int(corrected.selected_label), corrected.selected_label)
-        corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": result.checksum}
-        source.refresh()
         where = ", ".join(f"{s.start}:{s.stop}" for s in region)
         pairs = [f"{a} -> {b}" for a, b in result.renumbered.items()]
         renumbered = ("; new objects renumbered " + ", ".join(pairs[:5])

@@ -133,7 +133,7 @@ def test_visible_box_pixel_and_editable_copy_arithmetic():
     assert box_between((1.2, 3.7), (4.1, 5.0), (10, 10)) == (slice(1, 5), slice(3, 5))
     assert pixel_at((2.6, -3.0, 99.0), (5, 5, 5)) == (3, 0, 4)
     small, large = np.array([[0, 7]], np.int64), np.array([[0, 70000]], np.int64)
-    assert editable_labels(small).dtype == np.uint16 and editable_labels(large).dtype == np.uint32
+    assert editable_labels(small).dtype == np.uint32 and editable_labels(large).dtype == np.uint32  # room for new ids
     copy = editable_labels(small)
     copy[0, 0] = 5
     assert small[0, 0] == 0  # a copy
