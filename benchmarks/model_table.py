@@ -99,6 +99,10 @@ def pruned_rows(threads: int, repeats: int, data: Path):
     model = load_model("unet++")
     held = model.config["provenance"].get("held_out", [])  # a list (nuclei only) or one per source
     held = held.get("nuclei", []) if isinstance(held, dict) else held
+    from napari_unet import datasets
+
+    if datasets.available("nuclei", data.parent):  # never an image the split no longer holds out (trained on)
+        held = sorted(set(held) & set(datasets.split(datasets.SOURCES["nuclei"], data.parent)[1]))
     pairs = [(tifffile.imread(folder / "images" / f"{n}.tif"), tifffile.imread(folder / "masks" / f"{n}.tif"))
              for folder in (data, data.parent / "nuclei_dsb2018_more") for n in held
              if (folder / "images" / f"{n}.tif").exists()]
