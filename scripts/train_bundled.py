@@ -6,10 +6,11 @@ Trains ``build_model(arch)`` with its registry defaults on the real sources of
 nuclei from :func:`napari_unet.synthetic.fluorescent_nuclei`, for a wall-time budget (all side
 outputs trained with the deep-supervision loss when the architecture has them). The best
 checkpoint and the post-processing defaults (the mean of the sources' AP@0.5) are chosen on a
-few training images per source set aside from training (``--select-on train``, the default; the
-bundled models before 2026-12-07 chose on the held-out images), then every held-out image is
-scored once with the real predictor and post-processing, and the weights (float16) are written
-with a model card, also as ``<arch>.md`` beside them. ``--checkpoint`` writes the run's state after
+few training images per source set aside from training (``--select-on train``, the default;
+every bundled model up to the eff-unet of 2026-12-07 chose on the held-out images, as its card
+says), then every held-out image is scored once with the real predictor and post-processing,
+and the weights (float16) are written with a model card, also as ``<arch>.md`` beside them.
+``--checkpoint`` writes the run's state after
 every epoch; ``--resume`` continues it (``--minutes`` counts the whole run).
 
     python scripts/train_bundled.py --minutes 25 --threads 1                 # the classic U-Net
@@ -188,7 +189,7 @@ fine-tuning step on a laptop CPU stays short."""
     real = "\n".join(
         f"- **{datasets.SOURCES[s].modality}** (`{'`, `'.join(datasets.SOURCES[s].folders)}`): "
         f"{len(train)} images for training"
-        + (f" and {len(aside[s])} more set aside from them to choose the checkpoint and the post-processing "
+        + (f", and {len(aside[s])} more set aside (not trained on) to choose the checkpoint and the post-processing "
            f"({', '.join(sorted(aside[s]))})" if aside else "")
         + f", {len(held)} held out (fixed split, `napari_unet.datasets`: "
         f"{', '.join(sorted(held))}); {shares.get(s, 0):.0%} of the patches."
@@ -324,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--select-on", choices=("train", "held-out"), default="train",
                     help="where the best checkpoint and the stored post-processing are chosen: on up to --val-images "
                          "training images per source (at most a fifth) set aside from training, so the held-out "
-                         "images are scored only at the end; or on the held-out images (the bundled models before "
-                         "2026-12-07: their held-out numbers are slightly optimistic)")
+                         "images are scored only at the end; or on the held-out images (as every bundled model up to "
+                         "the eff-unet of 2026-12-07: their held-out numbers are slightly optimistic)")
     ap.add_argument("--checkpoint", type=Path, default=None, help="write the run's state here after every epoch")
     ap.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint")
     ap.add_argument("--arch", default="unet", help="registered 2D architecture (napari-unet models)")

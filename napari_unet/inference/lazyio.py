@@ -196,7 +196,8 @@ def source_path(source) -> Path | None:
     store; None for arrays in memory (and any other source)."""
     if isinstance(source, (str, os.PathLike)):
         return Path(source)
-    root = getattr(getattr(source, "store", None), "root", None)
+    store = getattr(source, "store", None)
+    root = getattr(store, "root", None) or getattr(store, "path", None)  # zarr 3 / zarr 2 folder stores
     if _is_zarr_array(source) and root is not None:
         return Path(root) / str(getattr(source, "path", "") or "")
     return None

@@ -117,8 +117,11 @@ class Autosave:
 
     def link_when_done(self, link: Link, worker) -> None:
         """Call :meth:`end_link` when ``worker`` (the add) finishes, also when the dock that
-        started it has closed meanwhile (the saves' lifetime is napari's, not the dock's)."""
+        started it has closed meanwhile (the saves' lifetime is napari's, not the dock's). A worker
+        that finished before this was connected has finished its link already: linked at once."""
         worker.finished.connect(self._lifetime.guard(lambda *_: self.end_link(link)))
+        if link.done.is_set():
+            QTimer.singleShot(0, self._lifetime.guard(lambda: self.end_link(link)))
 
     def end_link(self, link: Link) -> None:
         """Link the layer to its new entry (Qt thread, once the add's worker has finished) and save
@@ -127,10 +130,9 @@ class Autosave:
         if self._links.get(link.layer.unique_id) is not link:
             return
         del self._links[link.layer.unique_id]
-        if link.link is None:
-            return
-        link.layer.metadata[KEY] = {**layer_meta(link.layer), **link.link}
-        if link.edited:
+        if link.link is not None:
+            link.layer.metadata[KEY] = {**layer_meta(link.layer), **link.link}
+        if link.edited:  # (a failed add: saved into the entry the layer was linked to before, if any)
             self.mark_dirty(link.layer)
 
     def _snapshot(self):
@@ -186,13 +188,25 @@ class Autosave:
             self.timer.stop()
             self._autosave()
 
-    def flush_now(self):
-        """Save pending edits on this thread, after any save in progress (when the window closes);
-        a layer being added to the training set is linked first (waiting for its entry)."""
+    def owner_id(self, layer):
+        """The unique id of the corrected layer that ``layer`` is or belongs to (its reviewed layer)."""
+        meta = layer_meta(layer)
+        if meta.get("kind") == "reviewed" and meta.get("corrections") in self._viewer.layers:
+            return self._viewer.layers[meta["corrections"]].unique_id
+        return layer.unique_id
+
+    def flush_now(self, only=None):
+        """Save pending edits on this thread, after any save in progress (when the window closes,
+        or when ``only``, a layer, leaves the viewer); a layer being added to the training set
+        (every one, or ``only``'s) is linked first, waiting for its entry."""
+        wanted = None if only is None else self.owner_id(only)
         for link in list(self._links.values()):
-            if not link.done.wait(LINK_WAIT_S):
+            if wanted is not None and link.layer.unique_id != wanted:
+                continue  # another layer's add goes on in its worker
+            if not link.done.wait(LINK_WAIT_S):  # (left registered: linked if its entry is ever written)
                 log.error("the training-set entry of %r was not written in %g s: edits made meanwhile are not "
                           "saved", link.layer.name, LINK_WAIT_S)
+                continue
             self.end_link(link)
         self.timer.stop()
         if not self.dirty:

@@ -239,7 +239,7 @@ class CorrectWidget(JobWidget):
         if id(layer) not in self._hooked:
             return
         if self.autosave.pending:
-            self.autosave.flush_now()
+            self.autosave.flush_now(only=layer)
         layer, edited = self._hooked.pop(id(layer))
         if self._on_click in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_click)

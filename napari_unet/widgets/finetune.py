@@ -1,8 +1,9 @@
 """The Fine-tune dock widget: teach a model the user's corrections, in the background.
 
 Training data are either the corrected layers in the viewer (made by the Correct widget, with
-their reviewed regions and images) or a training-set folder. The arrays are copied on the Qt
-thread when Train is clicked, so the user can keep painting while the model trains. They are
+their reviewed regions and images) or a training-set folder. The layers' arrays are copied on
+the Qt thread when Train is clicked, so the user can keep painting while the model trains; a
+folder's images are read by the run's worker (its index is checked at the click). They are
 made fit for the base model by :func:`napari_unet.training.corrections.fit_corrections`, and the
 work runs in a thread worker that drains
 :func:`napari_unet.training.resume.resuming_finetune_iter`; this module only updates the chart,

@@ -179,6 +179,37 @@ def test_edits_made_while_the_entry_is_written_are_saved(correct_widget, click, 
     assert corrected.metadata["napari_unet"]["entry"] == entry
 
 
+def test_removing_another_layer_during_an_add_does_not_wait_for_it(correct_widget, click, qtbot, tmp_path,
+                                                                  monkeypatch):
+    """A layer removed while another one is added to the training set is let go at once (saving
+    its own edits); only the layer being added waits for its entry when it leaves."""
+    import threading
+    import time
+
+    viewer, widget = correct_widget
+    image, pred = _prediction(viewer)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    click(widget.review_whole)
+    release, original = threading.Event(), TrainingSet.add
+
+    def slow_add(self, *args, **kwargs):
+        assert release.wait(30)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingSet, "add", slow_add)
+    click(widget.add_button)
+    assert widget.job_running
+    started = time.perf_counter()
+    viewer.layers.remove(pred)  # (a labels layer the dock watches)
+    assert time.perf_counter() - started < 10  # it waited for the add: up to two minutes on the Qt thread
+    release.set()
+    qtbot.waitUntil(lambda: not widget.job_running, timeout=30_000)
+    corrected = viewer.layers["nuclei [unet] labels corrected"]
+    assert corrected.metadata["napari_unet"]["entry"] == TrainingSet(tmp_path / "set").names()[0]
+
+
 def test_renamed_layers_keep_their_links(correct_widget, click, qtbot, tmp_path):
     """The user renames the corrected layer, its reviewed layer and the image: the reviewed marks
     still go to the same layer (no new empty one), and edits are still saved into the entry;
