@@ -24,6 +24,14 @@ def segment_widget(make_napari_viewer, qtbot):
 
 
 @pytest.fixture
+def correct_widget(make_napari_viewer):
+    """A viewer with the Correct dock."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
+    return viewer, widget
+
+
+@pytest.fixture
 def finetune_widget(make_napari_viewer, qtbot):
     """A viewer with the Fine-tune widget docked."""
     return dock(make_napari_viewer, qtbot, "Fine-tune")
@@ -80,3 +88,30 @@ def run_and_wait(qtbot):
         qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def slide_labels(tmp_path, monkeypatch):
+    """``make(viewer)``: adds a zarr-backed multiscale labels layer of 400x480 synthetic nuclei
+    ("slide labels") and returns ``(truth, store, pyramid, layer)``; Correct's region size is
+    lowered so that the layer is corrected region by region."""
+    import numpy as np
+    import zarr
+
+    from napari_unet import editing
+    from napari_unet.inference.pyramid import Pyramid
+    from napari_unet.synthetic import fluorescent_nuclei
+
+    monkeypatch.setattr(editing, "REGION_PIXELS", 160 * 160)
+
+    def make(viewer):
+        _, truth = fluorescent_nuclei((400, 480), 60, seed=3)
+        store = zarr.create(shape=truth.shape, chunks=(128, 128), dtype=np.int32,
+                            store=str(tmp_path / "labels.zarr"))
+        store[:] = truth
+        pyramid = Pyramid(store, tmp_path / "pyramid", min_side=100)
+        pyramid.update((slice(None), slice(None)))
+        layer = viewer.add_labels(pyramid.levels, name="slide labels", metadata={"napari_unet": {"kind": "labels"}})
+        return truth, store, pyramid, layer
+
+    return make

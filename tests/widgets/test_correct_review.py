@@ -4,18 +4,10 @@ room for the ids a write gives, and an edit whose new ids do not fit the layer w
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from napari.layers import Labels
 from scipy.ndimage import distance_transform_edt
 
 from napari_unet.writeback import region_checksum
-
-
-@pytest.fixture
-def correct_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
-    return viewer, widget
 
 
 def _free_pixels(data):
@@ -24,21 +16,9 @@ def _free_pixels(data):
 
 
 def test_a_region_s_new_ids_and_the_ids_a_write_gives_fit_and_every_later_write_goes_back(
-        correct_widget, click, qtbot, monkeypatch, tmp_path):
-    import zarr
-
-    from napari_unet import editing
-    from napari_unet.inference.pyramid import Pyramid
-    from napari_unet.synthetic import fluorescent_nuclei
-
-    monkeypatch.setattr(editing, "REGION_PIXELS", 160 * 160)
+        correct_widget, slide_labels, click, qtbot):
     viewer, widget = correct_widget
-    _, truth = fluorescent_nuclei((400, 480), 60, seed=3)
-    store = zarr.create(shape=truth.shape, chunks=(128, 128), dtype=np.int32, store=str(tmp_path / "labels.zarr"))
-    store[:] = truth
-    pyramid = Pyramid(store, tmp_path / "pyramid", min_side=100)
-    pyramid.update((slice(None), slice(None)))
-    pred = viewer.add_labels(pyramid.levels, name="slide labels", metadata={"napari_unet": {"kind": "labels"}})
+    truth, store, pyramid, pred = slide_labels(viewer)
     widget.source.value = pred
     click(widget.correct_button)
     corrected = viewer.layers["slide labels corrected"]

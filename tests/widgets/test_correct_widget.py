@@ -17,13 +17,6 @@ def _press(layer, position):
     mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", button=1, position=tuple(position)))
 
 
-@pytest.fixture
-def correct_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Correct")
-    return viewer, widget
-
-
 def _prediction(viewer):
     """A sample image and a 'prediction' labels layer as the Segment widget makes them."""
     viewer.open_sample("napari-unet", "nuclei")
@@ -142,20 +135,16 @@ def test_edits_are_still_saved_after_the_dock_is_closed(make_napari_viewer, clic
     qtbot.waitUntil(lambda: 77 in TrainingSet(tmp_path / "set", create=False).load(entry)[1], timeout=10_000)
 
 
-@pytest.mark.parametrize("dock_closed", [False, True])
-def test_edits_made_while_the_entry_is_written_are_saved(correct_widget, click, qtbot, tmp_path, monkeypatch,
-                                                         dock_closed):
-    """Add to training set writes its files in a worker (the UI goes on): an edit made meanwhile
-    is saved into the entry once it exists, also when the dock was closed before the add ended."""
+def _adding_slowly(viewer, widget, click, folder, monkeypatch):
+    """A prediction corrected, reviewed whole and being added to the training set ``folder``, the
+    add held in its worker until the returned event is set: ``(prediction, corrected, event)``."""
     import threading
 
-    viewer, widget = correct_widget
-    image, pred = _prediction(viewer)
+    _, pred = _prediction(viewer)
     widget.source.value = pred
-    widget.folder.value = str(tmp_path / "set")
+    widget.folder.value = str(folder)
     click(widget.correct_button)
     click(widget.review_whole)
-    corrected = viewer.layers["nuclei [unet] labels corrected"]
     release, original = threading.Event(), TrainingSet.add
 
     def slow_add(self, *args, **kwargs):
@@ -164,6 +153,16 @@ def test_edits_made_while_the_entry_is_written_are_saved(correct_widget, click, 
 
     monkeypatch.setattr(TrainingSet, "add", slow_add)
     click(widget.add_button)
+    return pred, viewer.layers["nuclei [unet] labels corrected"], release
+
+
+@pytest.mark.parametrize("dock_closed", [False, True])
+def test_edits_made_while_the_entry_is_written_are_saved(correct_widget, click, qtbot, tmp_path, monkeypatch,
+                                                         dock_closed):
+    """Add to training set writes its files in a worker (the UI goes on): an edit made meanwhile
+    is saved into the entry once it exists, also when the dock was closed before the add ended."""
+    viewer, widget = correct_widget
+    _, corrected, release = _adding_slowly(viewer, widget, click, tmp_path / "set", monkeypatch)
     assert widget.job_running and "adding" in widget.status.value  # the click returned at once
     corrected.paint((10, 10), 77)  # napari's brush, while the entry is written
     if dock_closed:
@@ -183,30 +182,16 @@ def test_removing_another_layer_during_an_add_does_not_wait_for_it(correct_widge
                                                                   monkeypatch):
     """A layer removed while another one is added to the training set is let go at once (saving
     its own edits); only the layer being added waits for its entry when it leaves."""
-    import threading
     import time
 
     viewer, widget = correct_widget
-    image, pred = _prediction(viewer)
-    widget.source.value = pred
-    widget.folder.value = str(tmp_path / "set")
-    click(widget.correct_button)
-    click(widget.review_whole)
-    release, original = threading.Event(), TrainingSet.add
-
-    def slow_add(self, *args, **kwargs):
-        assert release.wait(30)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TrainingSet, "add", slow_add)
-    click(widget.add_button)
+    pred, corrected, release = _adding_slowly(viewer, widget, click, tmp_path / "set", monkeypatch)
     assert widget.job_running
     started = time.perf_counter()
     viewer.layers.remove(pred)  # (a labels layer the dock watches)
     assert time.perf_counter() - started < 10  # it waited for the add: up to two minutes on the Qt thread
     release.set()
     qtbot.waitUntil(lambda: not widget.job_running, timeout=30_000)
-    corrected = viewer.layers["nuclei [unet] labels corrected"]
     assert corrected.metadata["napari_unet"]["entry"] == TrainingSet(tmp_path / "set").names()[0]
 
 
@@ -398,24 +383,12 @@ def test_a_large_lazy_stack_is_corrected_one_plane_region_at_a_time(correct_widg
     np.testing.assert_array_equal(corrected.data, stack[region])
 
 
-def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_levels(correct_widget, click, qtbot,
-                                                                                  monkeypatch, tmp_path):
+def test_a_corrected_region_is_written_back_into_the_large_labels_and_their_levels(correct_widget, slide_labels,
+                                                                                  click, qtbot):
     """Correct a region of a zarr-backed multiscale result, then 'Write into the full labels': the
     store holds the edit, a new object gets an id above every other, the coarse levels follow."""
-    import zarr
-
-    from napari_unet import editing
-    from napari_unet.inference.pyramid import Pyramid
-    from napari_unet.synthetic import fluorescent_nuclei
-
-    monkeypatch.setattr(editing, "REGION_PIXELS", 160 * 160)
     viewer, widget = correct_widget
-    _, truth = fluorescent_nuclei((400, 480), 60, seed=3)
-    store = zarr.create(shape=truth.shape, chunks=(128, 128), dtype=np.int32, store=str(tmp_path / "labels.zarr"))
-    store[:] = truth
-    pyramid = Pyramid(store, tmp_path / "pyramid", min_side=100)
-    pyramid.update((slice(None), slice(None)))
-    pred = viewer.add_labels(pyramid.levels, name="slide labels", metadata={"napari_unet": {"kind": "labels"}})
+    truth, store, pyramid, pred = slide_labels(viewer)
     assert pred.multiscale and len(pyramid.levels) == 4
     widget.source.value = pred
     click(widget.correct_button)
