@@ -56,9 +56,7 @@ def reviewed_colormap():
 def training_set_layer_data(folder) -> list[tuple]:
     """napari layer data ``(data, kwargs, kind)`` for every entry of the training set in ``folder``:
     image, corrections (linked to the folder for the Correct dock's autosave) and reviewed region."""
-    ts = TrainingSet(folder, create=False)
-    if not len(ts):
-        raise ValueError(f"The training set {ts.folder} is empty.")
+    ts = TrainingSet.open_existing(folder)
     out = []
     for entry in ts.entries:
         image, labels, reviewed = ts.load(entry.name)

@@ -182,6 +182,15 @@ class TrainingSet:
                 self.entries = []
                 self._write_index()
 
+    @classmethod
+    def open_existing(cls, folder: str | Path) -> "TrainingSet":
+        """The training set in ``folder``, which must exist and hold at least one entry;
+        ``ValueError`` that says which is not so."""
+        ts = cls(folder, create=False)
+        if not len(ts):
+            raise ValueError(f"The training set {ts.folder} is empty: add corrections with the Correct widget.")
+        return ts
+
     def _make_folder(self) -> None:
         """Make the folders of a new training set; ``ValueError`` (nothing made) when ``folder`` is
         a file or holds files of its own (also in images/ or masks/, as datasets have them: an

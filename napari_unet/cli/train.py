@@ -86,9 +86,7 @@ def _training_data(args) -> tuple[list, str]:
         from ..trainingset import TrainingSet
 
         try:
-            ts = TrainingSet(Path(args.training_set), create=False)
-            if not len(ts):
-                raise ValueError(f"{ts.folder}: the training set is empty: add corrections with the Correct widget")
+            ts = TrainingSet.open_existing(Path(args.training_set))
             return ts.triples(), str(ts.folder.resolve())  # pixels nobody reviewed are ignored by the loss
         except ValueError as exc:
             raise UsageError(str(exc).rstrip(".")) from None

@@ -325,12 +325,17 @@ class CorrectWidget(JobWidget):
         fraction = float(np.asarray(reviewed.data).mean())
         self.status.value = f"{fraction:.0%} of '{corrected.name}' is marked as reviewed."
 
+    def _busy(self) -> bool:
+        """True (and the status line says which job) while the dock's one job slot is taken."""
+        if self.job_running:
+            self.status.value = f"still busy ({self.job_name.lower()})… one job at a time: wait for it to end."
+        return self.job_running
+
     # -- weight map ------------------------------------------------------------------------
     def show_weight_map(self):
         """Compute the U-Net paper's weight map of the corrections as the dock's job and show it;
         returns its worker (None while one is still being computed)."""
-        if self.job_running:
-            self.status.value = "still computing the weight map…"
+        if self._busy():
             return None
         corrected = self.corrected_layer()
         labels = np.asarray(corrected.data).copy()
@@ -372,8 +377,7 @@ class CorrectWidget(JobWidget):
         coarser levels) as the dock's job; returns its worker (None while another job runs). What
         the corrected layer holds when the job starts is written; edits made meanwhile stay in
         the layer (and its undo history), for the next write."""
-        if self.job_running:
-            self.status.value = "still busy with the previous job…"
+        if self._busy():
             return None
         corrected = self.corrected_layer()
         source, levels, region = layers.labels_of_region(self._viewer, corrected)
@@ -430,17 +434,11 @@ class CorrectWidget(JobWidget):
             corrected.metadata[KEY] = {**_meta(corrected), "region_checksum": None}
 
     # -- training set ----------------------------------------------------------------------
-    def training_set(self, create: bool = True):
-        from ..trainingset import TrainingSet
-
-        return TrainingSet(Path(self.folder.value), create=create)
-
     def add_to_training_set(self):
         """Store image + corrections + reviewed region, as the dock's job (the files are written in
         a worker); edits are saved from then on, those made while the entry is written included.
         Returns the worker (None while another job runs)."""
-        if self.job_running:
-            self.status.value = "still busy with the previous job…"
+        if self._busy():
             return None
         corrected = self.corrected_layer()
         image_layer = self.source_image(corrected)
@@ -499,19 +497,14 @@ class CorrectWidget(JobWidget):
         """Add every entry of the training-set folder as image, corrections and reviewed layers
         (the layers the training-set reader makes when the folder is dropped on napari); the files
         are read as the dock's job. Returns the worker (None while another job runs)."""
-        if self.job_running:
-            self.status.value = "still busy with the previous job…"
+        if self._busy():
             return None
         folder = Path(self.folder.value)
 
         def job():
             from .._reader import training_set_layer_data
-            from ..trainingset import TrainingSet
 
-            ts = TrainingSet(folder, create=False)
-            if not len(ts):
-                raise ValueError(f"The training set {ts.folder} has no images yet.")
-            return ts.folder, training_set_layer_data(ts.folder)
+            return folder.expanduser(), training_set_layer_data(folder)  # ValueError: not one, or empty
 
         def read(result):
             folder, layer_data = result

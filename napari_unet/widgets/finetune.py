@@ -253,10 +253,7 @@ class FinetuneWidget(JobWidget):
         run's worker): ``ValueError`` when it is not one, or empty."""
         from ..trainingset import TrainingSet
 
-        ts = TrainingSet(Path(self.folder.value), create=False)
-        if not len(ts):
-            raise ValueError(f"The training set {ts.folder} is empty: add corrections with the Correct widget.")
-        return ts
+        return TrainingSet.open_existing(Path(self.folder.value))
 
     def _base_model_inputs(self) -> tuple[int, int]:
         """``(in_channels, spatial_dims)`` of the chosen base model, from its config (no weights)."""

@@ -103,8 +103,13 @@ def test_add_to_training_set_autosave_and_reopen(correct_widget, click, click_an
     np.testing.assert_array_equal(img, image.data)
     np.testing.assert_array_equal(labels, corrected.data)
     assert rev.all()
-    # reopening the folder restores the layers
+    # reopening the folder restores the layers; an empty training set is refused with a message
     n = len(viewer.layers)
+    TrainingSet(tmp_path / "empty")
+    widget.folder.value = str(tmp_path / "empty")
+    click_and_wait(widget, widget.open_button)
+    assert len(viewer.layers) == n and "is empty: add corrections" in widget.status.value
+    widget.folder.value = str(tmp_path / "set")
     click_and_wait(widget, widget.open_button)  # read in a worker
     assert len(viewer.layers) == n + 3
     np.testing.assert_array_equal(viewer.layers[entry].data, corrected.data)
@@ -187,6 +192,9 @@ def test_removing_another_layer_during_an_add_does_not_wait_for_it(correct_widge
     viewer, widget = correct_widget
     pred, corrected, release = _adding_slowly(viewer, widget, click, tmp_path / "set", monkeypatch)
     assert widget.job_running
+    click(widget.weight_button)  # one job at a time: the message names the one that runs
+    assert "still busy (adding to the training set)" in widget.status.value
+    assert not any(layer.name.endswith("weight map") for layer in viewer.layers)
     started = time.perf_counter()
     viewer.layers.remove(pred)  # (a labels layer the dock watches)
     assert time.perf_counter() - started < 10  # it waited for the add: up to two minutes on the Qt thread
