@@ -61,14 +61,17 @@ class PruningAndReview:
         transform = spatial_transform(layer, None)
         base = f"{layer.name} [{model_label(model)}]"
         # the full network's run is timed and scored once per image and corrections (as they are now; corrections
-        # too large to hash are scored again each time); only the last one is kept (it holds its prediction)
-        truth_key = None if truth is None else checksum(np.asarray(truth))
-        reviewed_key = None if reviewed is None else checksum(np.asarray(reviewed))
-        full_key = (model, device, layer.unique_id, self._spatial_shape(layer), truth_key, reviewed_key)
-        hashed = (truth is None or truth_key is not None) and (reviewed is None or reviewed_key is not None)
-        have_full = hashed and full_key in self._full_runs
+        # too large to hash are scored again each time); only the last one is kept (it holds its prediction).
+        # The corrections (up to 256 MB) are hashed in the worker, not on the Qt thread.
+        image_key = (model, device, layer.unique_id, self._spatial_shape(layer))
+        full_runs = self._full_runs  # (done() replaces it, never changes it)
 
         def job():
+            truth_key = None if truth is None else checksum(np.asarray(truth))
+            reviewed_key = None if reviewed is None else checksum(np.asarray(reviewed))
+            full_key = (*image_key, truth_key, reviewed_key)
+            hashed = (truth is None or truth_key is not None) and (reviewed is None or reviewed_key is not None)
+            have_full = hashed and full_key in full_runs
             predictor = self._predictor(model, device, False)
             try:
                 results, labels = yield from compare_pruned_iter(predictor, data, depth, with_full=not have_full,
@@ -79,12 +82,12 @@ class PruningAndReview:
             layer_out = build_layer(labels, "labels", f"{base} depth {depth} labels",
                                     {"source": layer.name, "model": str(model), "kind": "labels", "depth": depth},
                                     **transform)
-            return results, layer_out
+            return results, layer_out, full_key, have_full
 
         def done(result):
             if result is None or stop.is_set():
                 return
-            results, layer_out = result
+            results, layer_out, full_key, have_full = result
             if not have_full:
                 self._full_runs = {full_key: results[0]}
             full = self._full_runs.get(full_key, results[0])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import napari.viewer
 import numpy as np
@@ -435,9 +436,9 @@ class CorrectWidget(JobWidget):
 
     # -- training set ----------------------------------------------------------------------
     def add_to_training_set(self):
-        """Store image + corrections + reviewed region, as the dock's job (the files are written in
-        a worker); edits are saved from then on, those made while the entry is written included.
-        Returns the worker (None while another job runs)."""
+        """Store image + corrections + reviewed region, as the dock's job (the image is read and the
+        files are written in a worker); edits are saved from then on, those made while the entry is
+        written included. Returns the worker (None while another job runs)."""
         if self._busy():
             return None
         corrected = self.corrected_layer()
@@ -451,17 +452,18 @@ class CorrectWidget(JobWidget):
         if not region.any():
             raise ValueError("Nothing is marked as reviewed: mark the whole image, a plane, the visible area, or "
                              "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
-        image = np.array(image_for_corrections(image_layer, _meta(corrected)), copy=True)
-        name = corrected.name
+        # the image's pixels are read in the worker (a lazy or multiscale image is read from disk): here only
+        # what it reads them from, as it is now
+        image_source = SimpleNamespace(data=image_layer.data, multiscale=image_layer.multiscale, rgb=image_layer.rgb)
+        meta = dict(_meta(corrected))
+        name, lead = corrected.name, ()
         whole = not (self.plane_only.value and labels.ndim > 2)  # whole layers stay linked for autosave
         if not whole:
             lead = current_plane(self._viewer, corrected, labels.shape)
             labels, region = labels[lead], region[lead]
-            image = image[lead]
             name = f"{name} plane {'-'.join(map(str, lead))}"
             if not region.any():
                 raise ValueError("Nothing of the current plane is marked as reviewed.")
-        channel_axis = image.ndim - 1 if image_layer.rgb else None  # (colour last, after any plane is taken)
         folder, source = Path(self.folder.value), f"layer {image_layer.name}"
         link = self.autosave.begin_link(corrected) if whole else None
 
@@ -469,6 +471,8 @@ class CorrectWidget(JobWidget):
             from ..trainingset import TrainingSet
 
             try:
+                image = np.array(image_for_corrections(image_source, meta)[lead], copy=True)  # (lead: the plane)
+                channel_axis = image.ndim - 1 if image_source.rgb else None  # (colour last, after any plane is taken)
                 ts = TrainingSet(folder)
                 entry = ts.add(image, labels, region, name=name, source=source, channel_axis=channel_axis)
             except BaseException:

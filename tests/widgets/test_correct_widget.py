@@ -250,6 +250,45 @@ def test_one_plane_of_a_colour_stack_goes_into_the_training_set(correct_widget, 
     assert masks.shape == (48, 56) and reviewed.all()
 
 
+def test_a_lazy_image_is_read_for_the_training_set_in_the_worker(correct_widget, click, click_and_wait, tmp_path,
+                                                                  monkeypatch):
+    """'Add to training set' reads the image's pixels in its worker: a lazy (dask, zarr) image is
+    read from disk, which must not stall the UI."""
+    import threading
+
+    from napari_unet.widgets import correct
+
+    da = pytest.importorskip("dask.array")
+    viewer, widget = correct_widget
+    pixels = np.random.default_rng(5).random((2, 48, 56)).astype(np.float32)
+    image = viewer.add_image(da.from_array(pixels, chunks=(1, 24, 28)), name="lazy stack")
+    labels = np.zeros((2, 48, 56), np.int32)
+    labels[:, 10:20, 10:20] = 1
+    pred = viewer.add_labels(labels, name="lazy stack [unet] labels",
+                             metadata={"napari_unet": {"kind": "labels", "source": image.name}})
+    on_main_thread, read = [], correct.image_for_corrections
+
+    def recorded(*args):
+        on_main_thread.append(threading.current_thread() is threading.main_thread())
+        return read(*args)
+
+    monkeypatch.setattr(correct, "image_for_corrections", recorded)
+    widget.source.value = pred
+    widget.folder.value = str(tmp_path / "set")
+    click(widget.correct_button)
+    click(widget.review_whole)
+    click_and_wait(widget, widget.add_button)
+    viewer.dims.set_point(0, 1)  # and one plane of it
+    widget.plane_only.value = True
+    click_and_wait(widget, widget.add_button)
+    assert on_main_thread == [False, False]
+    ts = TrainingSet(tmp_path / "set", create=False)
+    assert len(ts) == 2, widget.status.value
+    whole, plane = (ts.load(entry.name)[0] for entry in ts.entries)
+    np.testing.assert_array_equal(whole, pixels)
+    np.testing.assert_array_equal(plane, pixels[1])
+
+
 def test_draw_a_missing_object_uses_the_polygon_tool_with_fresh_ids(correct_widget, click):
     viewer, widget = correct_widget
     image, pred = _prediction(viewer)

@@ -142,3 +142,49 @@ def test_the_corrections_follow_the_image(supervision_widget):
     widget.image.value = viewer.layers["img2"]
     widget.image.value = viewer.layers["img1"]  # no corrections of its own: none rather than img2's
     assert widget.corrections.value is None
+
+
+def test_the_corrections_are_hashed_in_the_worker(supervision_widget, qtbot, click, monkeypatch):
+    """'Run pruned' hashes the corrections (up to 256 MB) in its worker, not on the Qt thread, and
+    still runs the full network again only when they changed."""
+    import threading
+    from types import SimpleNamespace
+
+    from napari_unet.inference import supervision
+    from napari_unet.widgets import _supervision_review as review
+
+    viewer, widget = supervision_widget
+    image = viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="img")
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:20, 10:20] = 1
+    truth = viewer.add_labels(labels, name="img corrected",
+                              metadata={"napari_unet": {"kind": "corrections", "source": "img"}})
+    widget.image.value, widget.corrections.value, widget.model.value = image, truth, "unet++"
+    on_main_thread, full_runs, hashed = [], [], review.checksum
+
+    def recorded(data):
+        on_main_thread.append(threading.current_thread() is threading.main_thread())
+        return hashed(data)
+
+    def compare(predictor, data, depth, *, with_full=True, **kwargs):  # no network: only what the dock asked
+        yield from ()
+        full_runs.append(with_full)
+        run = [SimpleNamespace(depth=k, ms_per_megapixel=10.0 * (k or 4), prediction=SimpleNamespace(device="cpu"))
+               for k in ([None, depth] if with_full else [depth])]
+        return [(r, None) for r in run], np.zeros(data.shape, np.int32)
+
+    monkeypatch.setattr(review, "checksum", recorded)
+    monkeypatch.setattr(supervision, "compare_pruned_iter", compare)
+    monkeypatch.setattr(type(widget), "_predictor", lambda self, *args: None)
+    for depth in (2, 3):
+        widget.prune_depth.value = depth
+        click(widget.prune_button)
+        _wait(qtbot, widget)
+    assert full_runs == [True, False] and list(widget.pruned.row_headers) == ["full", "depth 2", "depth 3"]
+    edited = np.array(truth.data)
+    edited[15, 15] = 0
+    truth.data = edited  # other corrections: the full network runs again, the table starts again
+    click(widget.prune_button)
+    _wait(qtbot, widget)
+    assert full_runs == [True, False, True] and list(widget.pruned.row_headers) == ["full", "depth 3"]
+    assert on_main_thread and not any(on_main_thread)
