@@ -297,20 +297,22 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
                          "(napari_unet.modelfile.save_model) and pass that path.")
     source, data, lazy, prepared = _open_input(image, lm, channel_axis, rgb)  # checks axes and channels first
     warnings = list(prepared.warnings)
-    diameter, size_estimate = run_to_end(resolve_diameter(lazy, diameter, predictor=predictor, stop=stop,
-                                                          channel_axis=channel_axis, rgb=rgb))
-    scale = lm.scale(diameter)
-    grid, pred_halo, label_halo = _block_geometry(lm, predictor, prepared.spatial_shape, scale, block_size, label_halo)
-    warnings += _chunk_warnings(data)
     post = postprocess_settings(lm.postprocess, threshold, min_size, split_touching)
+    # the outputs are checked before the size estimate (model passes): a refused path fails at once
     stores = BlockStores.prepare(labels_path, probabilities_path, source)
-    plan = LargePlan(prepared.plane_shape, grid, lm.spatial_dims, lm.in_channels, max(1, lm.net.out_channels - 1),
-                     lm.target, channel_axis, rgb, pred_halo, int(label_halo), str(stores.tmp_probs),
-                     str(stores.tmp_labels), post, model_ref, settings, torch_threads, scale)
-    attrs = {"napari_unet": {"model": lm.name, "target": lm.target, "classes": lm.classes[1:], **post,
-                             "block_size": list(grid.block), "label_halo": label_halo, "scale": scale}}
     finished = False
-    try:
+    try:  # from here on a failure removes what prepare made (the temporary folder of an in-place run)
+        diameter, size_estimate = run_to_end(resolve_diameter(lazy, diameter, predictor=predictor, stop=stop,
+                                                              channel_axis=channel_axis, rgb=rgb))
+        scale = lm.scale(diameter)
+        grid, pred_halo, label_halo = _block_geometry(lm, predictor, prepared.spatial_shape, scale, block_size,
+                                                      label_halo)
+        warnings += _chunk_warnings(data)
+        plan = LargePlan(prepared.plane_shape, grid, lm.spatial_dims, lm.in_channels, max(1, lm.net.out_channels - 1),
+                         lm.target, channel_axis, rgb, pred_halo, int(label_halo), str(stores.tmp_probs),
+                         str(stores.tmp_labels), post, model_ref, settings, torch_threads, scale)
+        attrs = {"napari_unet": {"model": lm.name, "target": lm.target, "classes": lm.classes[1:], **post,
+                                 "block_size": list(grid.block), "label_halo": label_halo, "scale": scale}}
         stores.create(plan, attrs)
         where = str(predictor.device) if runner.local else runner.describe()
         live = str(stores.tmp_labels) if stores.in_place else None

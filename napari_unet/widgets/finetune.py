@@ -3,7 +3,8 @@
 Training data are either the corrected layers in the viewer (made by the Correct widget, with
 their reviewed regions and images) or a training-set folder. The layers' arrays are copied on
 the Qt thread when Train is clicked, so the user can keep painting while the model trains; a
-folder's images are read by the run's worker (its index is checked at the click). They are
+folder's images are read by the run's worker (its index is checked at the click; Cancel stops
+the read between entries, and nothing is trained or saved). They are
 made fit for the base model by :func:`napari_unet.training.corrections.fit_corrections`, and the
 work runs in a thread worker that drains
 :func:`napari_unet.training.resume.resuming_finetune_iter`; this module only updates the chart,
@@ -296,11 +297,12 @@ class FinetuneWidget(JobWidget):
             if self.source.value == FROM_VIEWER:
                 triples, source = self.viewer_triples()
                 triples, notes = self.check_triples(triples, *inputs)
-                folder = None
+                folder, entries = None, []
             else:  # a folder's images are read in the worker (seconds for a large set)
                 folder = self.training_set()
                 triples, notes, source = None, [], str(folder.folder)
-                self._triple_names = [(f"masks/{n}", f"images/{n}") for n in folder.names()]
+                entries = folder.names()
+                self._triple_names = [(f"masks/{n}", f"images/{n}") for n in entries]
         except (ValueError, KeyError) as exc:
             self.report_error(str(exc.args[0]) if exc.args else str(exc))
             return
@@ -315,9 +317,16 @@ class FinetuneWidget(JobWidget):
         def job():
             data = triples
             if data is None:
-                from ..training.corrections import fit_corrections
+                from ..training.corrections import fit_corrections, read_training_set
 
-                data, changed = fit_corrections(folder.triples(), *inputs, names=names)
+                started = time.perf_counter()
+                data = read_training_set(folder, entries, stop)  # Cancel is heard between entries
+                if data is None:
+                    from ..training.finetune import FinetuneResult
+
+                    return FinetuneResult(None, name or "", {}, {}, "stopped by user", 0,
+                                          time.perf_counter() - started)
+                data, changed = fit_corrections(data, *inputs, names=names)
                 if changed:
                     yield Notes(changed)
             # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same

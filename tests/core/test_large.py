@@ -246,6 +246,44 @@ def test_outputs_are_atomic_and_checked(blur_model, nuclei, tmp_path):
     assert (tmp_path / "notes.zarr" / "mine.txt").read_text() == "keep"
 
 
+def test_outputs_are_checked_before_the_size_estimate(tmp_path, monkeypatch):
+    """A refused output fails at once: the objects' size (several model passes) is estimated only
+    once the outputs are accepted, and an estimate that fails leaves no temporary folder behind."""
+    import tempfile
+
+    from napari_unet.inference import estimate
+
+    net = blur_net()  # declares the objects' size it works at, not the images': sizes are estimated
+    model = str(save_model(tmp_path / "sized.safetensors", net, make_config(net, "unet", object_diameter=10)))
+    calls = []
+
+    def estimating(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("estimated")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(estimate, "estimate_diameter_iter", estimating)
+    source = write_zarr(tmp_path / "input.zarr", np.zeros((64, 64), np.float32))
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "mine.txt").write_text("keep")
+    refused = [(tmp_path / "labels.tif", None, r"\.zarr"),
+               (tmp_path / "notes.zarr", None, "not a zarr store"),
+               (source, None, "overwrite the input"),
+               (tmp_path / "out.zarr", source / "probs.zarr", "overwrite the input"),
+               (tmp_path / "same.zarr", tmp_path / "same.zarr", "two different")]
+    for labels, probabilities, why in refused:
+        with pytest.raises(ValueError, match=why):
+            segment_to_zarr(model, str(source), labels, probabilities, device="cpu")
+    assert calls == []
+    # outputs it accepts: the estimate runs (in-place labels: their temporary folder goes when it fails)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(RuntimeError, match="estimated"):
+        segment_to_zarr(model, str(source), None, device="cpu")
+    assert len(calls) == 1 and list((tmp_path / "tmp").iterdir()) == []
+    assert not (tmp_path / "out.zarr").exists() and not (tmp_path / "same.zarr").exists()
+
+
 def test_block_grid_geometry():
     grid = BlockGrid((600, 700), (256, 256))
     assert grid.counts == (3, 3) and grid.n_blocks == 9

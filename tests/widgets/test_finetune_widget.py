@@ -126,13 +126,13 @@ def test_a_training_set_folder_is_read_in_the_worker(finetune_widget, click, qtb
     ts = TrainingSet(tmp_path / "set")
     image, labels = fluorescent_nuclei((128, 128), 8, seed=3)[:2]
     ts.add(np.stack([image] * 3, -1), labels, name="colour", channel_axis=2)  # RGB: made grey for the base
-    threads, original = [], TrainingSet.triples
+    threads, original = [], TrainingSet.load
 
-    def triples(self):
+    def load(self, name):
         threads.append(threading.current_thread())
-        return original(self)
+        return original(self, name)
 
-    monkeypatch.setattr(TrainingSet, "triples", triples)
+    monkeypatch.setattr(TrainingSet, "load", load)
     warnings = []
     monkeypatch.setattr("napari_unet.widgets.finetune.show_warning", warnings.append)
     widget.source.value = "training-set folder"
@@ -146,6 +146,52 @@ def test_a_training_set_folder_is_read_in_the_worker(finetune_widget, click, qtb
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert threads and threading.main_thread() not in threads
     assert any("images/colour" in w for w in warnings), warnings
+
+
+def test_cancel_while_a_training_set_folder_is_read_stops_between_entries(finetune_widget, click, qtbot, tmp_path,
+                                                                        monkeypatch):
+    """Cancel during the worker's read of a folder is heard before the next entry: the run ends
+    long before the whole folder would have been read (here 0.5 s an entry, 5 s in all), and
+    nothing is trained or saved."""
+    import time
+
+    from napari_unet.catalog import user_model_dir
+    from napari_unet.synthetic import fluorescent_nuclei
+    from napari_unet.trainingset import TrainingSet
+
+    viewer, widget = finetune_widget
+    ts = TrainingSet(tmp_path / "set")
+    for seed in range(10):
+        image, labels = fluorescent_nuclei((64, 64), 4, seed=seed)[:2]
+        ts.add(image, labels, name=f"nuclei {seed}")
+    loaded, original = [], TrainingSet.load
+
+    def slow_load(self, name):
+        loaded.append(name)
+        time.sleep(0.5)
+        return original(self, name)
+
+    monkeypatch.setattr(TrainingSet, "load", slow_load)
+    folder = user_model_dir()
+    files_before = sorted(folder.rglob("*")) if folder.exists() else []
+    widget.source.value = "training-set folder"
+    widget.folder.value = str(ts.folder)
+    widget.model.value = "mobile-unet"
+    widget.minutes.value = 0.1
+    widget.only_if_better.value = False  # (a model trained at all would be kept)
+    click(widget.train_button)
+    assert widget.running
+    qtbot.waitUntil(lambda: len(loaded) >= 2, timeout=60_000)  # the read is under way
+    started = time.perf_counter()
+    click(widget.train_button)  # Cancel
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    seconds = time.perf_counter() - started
+    assert seconds < 2.0 and len(loaded) <= 4, (seconds, loaded)
+    result = widget.last_result
+    assert result is not None and result.path is None and result.stopped == "stopped by user"
+    assert "nothing was saved" in widget.status.value and widget.train_button.text == "Train"
+    assert not widget.plot.losses and not widget.run_button.enabled
+    assert (sorted(folder.rglob("*")) if folder.exists() else []) == files_before  # no model, no run state
 
 
 def test_the_warm_up_loads_what_a_run_imports(tmp_path):
