@@ -84,8 +84,9 @@ def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
 
 
 def postprocess_defaults(config: dict) -> dict:
-    """Post-processing settings tuned for a model (threshold, min_size, split_touching)."""
-    defaults = {"threshold": 0.5, "min_size": 16, "split_touching": True}
+    """Post-processing settings tuned for a model (threshold, min_size, split_touching, split_depth;
+    files from before split_depth was tuned split at depth 1, as they were tuned with)."""
+    defaults = {"threshold": 0.5, "min_size": 16, "split_touching": True, "split_depth": 1.0}
     tuned = config.get("provenance", {}).get("postprocess", {})
     return {**defaults, **{k: v for k, v in tuned.items() if k in defaults}}
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from _options import changed_options  # noqa: E402
 
 from napari_unet import datasets  # noqa: E402
-from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
+from napari_unet.inference.postprocess import SPLIT_DEPTHS, probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
 from napari_unet.modelfile import DEFAULT_NORMALIZATION, TARGETS, load_model, make_config, save_model  # noqa: E402
@@ -49,9 +49,10 @@ from napari_unet.training.trainer import TrainSettings, as_loaded_model  # noqa:
 WEIGHTS = ROOT / "napari_unet" / "weights"
 SYNTHETIC_SHAPES = [(256, 256), (384, 384), (512, 512), (256, 512), (512, 384)]
 # post-processing choices tried on the held-out images
-THRESHOLDS = (0.4, 0.5, 0.6)
+THRESHOLDS = (0.4, 0.5, 0.6, 0.7)
 MIN_SIZES = (8, 16, 32)
-SPLITS = (True, False)
+#: split touching objects at these depths (px at the network's scale), or not
+SPLITS = tuple((True, d) for d in SPLIT_DEPTHS) + ((False, SPLIT_DEPTHS[0]),)
 
 
 def load_sources(names, root):
@@ -118,9 +119,9 @@ def tune_postprocess(net, val_sets: dict, target: str = "binary"):
     """Score every post-processing choice on ``val_sets`` (the images that choose); returns
     (table, best choice): rows as :func:`score_postprocess`'s.
     (``split_touching`` only acts on binary targets: boundary targets split by their interior seeds.)"""
-    splits = SPLITS if target == "binary" else (True,)  # boundary targets split by their seeds
-    choices = [dict(threshold=t, min_size=m, split_touching=sp)
-               for t, m, sp in itertools.product(THRESHOLDS, MIN_SIZES, splits)]
+    splits = SPLITS if target == "binary" else SPLITS[:1]  # boundary targets split by their seeds
+    choices = [dict(threshold=t, min_size=m, split_touching=sp, split_depth=d)
+               for t, m, (sp, d) in itertools.product(THRESHOLDS, MIN_SIZES, splits)]
     table = score_postprocess(net, val_sets, choices, target)
     best = max(table, key=lambda t: (round(t[2], 4), t[0] == DEFAULT_PP))
     return table, best
@@ -141,7 +142,7 @@ def set_aside(data: dict, n_max: int, seed: int) -> tuple[dict, dict]:
     return kept, aside
 
 
-DEFAULT_PP = dict(threshold=0.5, min_size=16, split_touching=True)
+DEFAULT_PP = dict(threshold=0.5, min_size=16, split_touching=True, split_depth=1.0)
 
 
 def speed(net, target: str = "binary") -> float:
@@ -274,7 +275,9 @@ def init_text(args) -> str:
 def pp_text(args, pp: dict) -> str:
     text = f"threshold {pp['threshold']}, min_size {pp['min_size']}"
     if args.target == "binary":
-        text += ", split touching" if pp["split_touching"] else ", no split"
+        depth = pp.get("split_depth", 1.0)
+        text += (", split touching" + (f" (depth {depth:g} px)" if depth != 1.0 else "")) if pp["split_touching"] \
+            else ", no split"
     return text
 
 

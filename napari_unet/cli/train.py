@@ -168,10 +168,10 @@ def _report(result, out: Path) -> int:
         else:
             print(f"napari-unet: error: {result.stopped}; no model was written", file=sys.stderr)
         return 1
-    pp = result.postprocess
-    chosen = (f"; post-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
-              f"{pp['min_size']}, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 {result.tuned_ap50:.3f})"
-              if result.tuned_ap50 is not None else "")
+    from ..inference.postprocess import postprocess_text
+
+    chosen = (f"; post-processing chosen on the validation region: {postprocess_text(result.postprocess)} "
+              f"(AP@0.5 {result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
     score = (f"best validation AP@0.5 {result.metrics['ap50']:.3f} at step {result.best_step} of {result.steps}"
              if result.metrics else f"not validated, {result.steps} steps")
     if result.weights == "base":

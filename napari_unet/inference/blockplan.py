@@ -116,10 +116,12 @@ def tiles_per_plane(grid: BlockGrid, halo: int, n_tiles: Callable[[tuple[int, ..
 
 def postprocess_settings(tuned: dict, threshold: float | None, min_size: int | None,
                          split_touching: bool | None) -> dict:
-    """Post-processing settings: those given, else the model's ``tuned`` ones; checked."""
+    """Post-processing settings: those given, else the model's ``tuned`` ones (the split depth
+    always the model's); checked."""
     post = {"threshold": tuned["threshold"] if threshold is None else threshold,
             "min_size": tuned["min_size"] if min_size is None else min_size,
-            "split_touching": tuned["split_touching"] if split_touching is None else split_touching}
+            "split_touching": tuned["split_touching"] if split_touching is None else split_touching,
+            "split_depth": float(tuned.get("split_depth", 1.0))}
     if not 0.0 < post["threshold"] < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {post['threshold']}.")
     return post
@@ -152,7 +154,7 @@ class LargePlan:
     label_halo: int  # post-processing halo, pixels
     probabilities: str  # zarr path
     labels: str  # zarr path
-    postprocess: dict  # threshold, min_size, split_touching
+    postprocess: dict  # threshold, min_size, split_touching, split_depth
     model: str | None  # model file or bundled name, for workers that load their own
     predictor_settings: dict = field(default_factory=dict)
     torch_threads: int | None = None

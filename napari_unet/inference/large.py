@@ -341,7 +341,7 @@ def segment_to_zarr(model, image, labels_path=None, probabilities_path=None, **k
 def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path: str | os.PathLike, *,
                                    target: str | None = None, spatial_dims: int | None = None,
                                    threshold: float = 0.5,
-                                   min_size: int = 16, split_touching: bool = True,
+                                   min_size: int = 16, split_touching: bool = True, split_depth: float = 1.0,
                                    block_size: int | Sequence[int] | None = None,
                                    label_halo: int | None = None, runner=None,
                                    stop: threading.Event | None = None) -> Iterator[Progress]:
@@ -352,7 +352,8 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     ``(*planes, *spatial)`` for binary targets, ``(*planes, 2, *spatial)`` for boundary targets
     (``target`` defaults to the one recorded in the store). Use it to try other post-processing
     settings on a large image without predicting again. ``min_size`` counts network pixels, as
-    in the model file (the scale the store records, see :mod:`napari_unet.scaling`).
+    in the model file (the scale the store records, see :mod:`napari_unet.scaling`), and so does
+    ``split_depth`` (the model file's is in the store's attributes after a run).
     ``spatial_dims`` and ``label_halo`` default to what the store records (the run's block's
     axes and its label halo, grown by ``1 / scale`` where the model resized the image), else 2
     and 128 (32 for 3D). ``labels_path`` must not be ``probabilities`` nor lie inside it.
@@ -381,7 +382,8 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     ones = (1,) * spatial_dims
     grid = block_grid(spatial, _block_side(block_size, spatial_dims, ones), ones)
     tmp = labels_path.with_name(f".{labels_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    post = {"threshold": threshold, "min_size": min_size, "split_touching": split_touching}
+    post = {"threshold": threshold, "min_size": min_size, "split_touching": split_touching,
+            "split_depth": float(split_depth)}
     try:
         _create_array(tmp, planes + spatial, (1,) * len(planes) + chunk_shape(grid.block, spatial_dims), np.int32,
                       {"napari_unet": {**recorded, "target": target, **post, "label_halo": label_halo}})

@@ -146,9 +146,18 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "binary", t
 
 
 #: what :func:`choose_postprocess` tries: thresholds, minimum sizes as a fraction of the median
-#: object's area (at least 4 px), and splitting on / off (binary targets)
+#: object's area (at least 4 px), and splitting off or on at these depths (binary targets)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_SIZE_FRACTIONS = (0.05, 0.15, 0.3)
+SPLIT_DEPTHS = (1.0, 2.0)
+
+
+def postprocess_text(pp: dict) -> str:
+    """Settings of :func:`probabilities_to_labels` in words, for cards and status lines."""
+    split = "no split"
+    if pp.get("split_touching", True):
+        split = "split" + (f" (depth {pp['split_depth']:g} px)" if pp.get("split_depth", 1.0) != 1.0 else "")
+    return f"threshold {pp['threshold']:g}, min size {pp['min_size']} px, {split}"
 
 
 def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict, list]:
@@ -172,13 +181,16 @@ def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict
     areas = areas[areas > 0]
     median = float(np.median(areas)) if areas.size else 64.0
     min_sizes = sorted({max(4, int(round(f * median))) for f in MIN_SIZE_FRACTIONS})
-    splits = (True, False) if target == "binary" else (True,)
+    splits = [{"split_touching": True, "split_depth": d} for d in SPLIT_DEPTHS] if target == "binary" else [{}]
+    if target == "binary":
+        splits.append({"split_touching": False, "split_depth": SPLIT_DEPTHS[0]})
     thresholds = sorted(THRESHOLDS, key=lambda t: abs(t - 0.5))  # the default first: it wins ties
     table = []
     for threshold in thresholds:
         for min_size in min_sizes:
             for split in splits:
-                pp = {"threshold": threshold, "min_size": min_size, "split_touching": split}
+                pp = {"threshold": threshold, "min_size": min_size, "split_touching": True,
+                      "split_depth": SPLIT_DEPTHS[0], **split}
                 groups: dict = {}
                 for probs, labels, group in items:
                     predicted = probabilities_to_labels(probs, target=target, **pp)

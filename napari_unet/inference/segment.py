@@ -75,7 +75,7 @@ def segment_iter(model, image, *, threshold: float | None = None, min_size: int 
             raise PredictionCancelled()
         labels[i] = probabilities_to_labels(flat[i], target=prediction.target, threshold=threshold,
                                             min_size=min_size, split_touching=split_touching,
-                                            scale=prediction.scale)
+                                            split_depth=tuned.get("split_depth", 1.0), scale=prediction.scale)
         counts += quality.count(flat[i], labels[i])
         yield Progress(i + 1, flat.shape[0], "finding objects", i, flat.shape[0])
     message = quality.warning(counts, int(labels.reshape(len(labels), -1).max(axis=1, initial=0).sum()),

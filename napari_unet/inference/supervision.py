@@ -272,7 +272,7 @@ def score_depths(depths: DepthPrediction, corrections: np.ndarray, reviewed: np.
                  **postprocess) -> list[DepthScore]:
     """One :class:`DepthScore` per side output, then one for the ensemble ("ensemble (mean)").
 
-    ``postprocess``: ``threshold``, ``min_size``, ``split_touching`` for turning each output into
+    ``postprocess``: ``threshold``, ``min_size``, ``split_touching``, ``split_depth`` for turning each output into
     objects (use the model's tuned values, ``LoadedModel.postprocess``)."""
     scores = []
     for i, name in enumerate(depths.names + ["ensemble (mean)"]):

@@ -73,7 +73,7 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
                  "same way unless told another object diameter.\n")
     if run.tuned is not None:
         pp = run.postprocess
-        card += (f"\nPost-processing chosen on the same regions: threshold {pp['threshold']:g}, minimum "
-                 f"size {pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} "
-                 f"(AP@0.5 {run.tuned:.3f}).\n")
+        from ..inference.postprocess import postprocess_text
+
+        card += f"\nPost-processing chosen on the same regions: {postprocess_text(pp)} (AP@0.5 {run.tuned:.3f}).\n"
     return card

@@ -49,6 +49,8 @@ def advice(result) -> str:
 def result_message(result) -> str:
     """The status line for a fine-tuning result: what was kept and why, its score against the base
     model, the post-processing and scale chosen, and what to do next."""
+    from ..inference.postprocess import postprocess_text  # (loaded by the run by now)
+
     if result.path is None:
         if result.discarded:  # trained and validated, but no better than the base model
             return (f"{result.discarded} ({result.steps} steps, {result.stopped}); the base model stays your best. "
@@ -59,16 +61,14 @@ def result_message(result) -> str:
     gain = "" if base is None or best is None else f" (base model {base:.3f}, {best - base:+.3f})"
     score = f"validation AP@0.5 {best:.3f}" if best is not None else "not validated"
     pp = result.postprocess
-    chosen = (f"\npost-processing chosen on the validation region: threshold {pp['threshold']:g}, min size "
-              f"{pp['min_size']} px, {'split' if pp['split_touching'] else 'no split'} (AP@0.5 "
+    chosen = (f"\npost-processing chosen on the validation region: {postprocess_text(pp)} (AP@0.5 "
               f"{result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
     if result.scale != 1:
         chosen += (f"\nimages resized {result.scale:.2f}x for training (objects of {result.object_diameter:.0f} px); "
                    "the model resizes new images the same way (Segment's object size)")
     if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
         score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
-        chosen = (f"\npost-processing: threshold {pp['threshold']:g}, min size {pp['min_size']} px, "
-                  f"{'split' if pp['split_touching'] else 'no split'}")
+        chosen = f"\npost-processing: {postprocess_text(pp)}"
     if result.resumed:
         chosen += "\nresumed an interrupted run: the steps count the whole run"
     return (f"saved '{result.name}' ({result.stopped}, {result.steps} steps): {score}{gain}{chosen}"

@@ -104,7 +104,7 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     from napari_unet.training import finetune
 
     real = finetune._score_base
-    tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False}
+    tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False, "split_depth": 1.0}
 
     def score_base(*args, **kwargs):  # the base with `tuned` scores 1.0 (unbeatable)
         metrics, _, _ = real(*args, **kwargs)

@@ -95,9 +95,65 @@ def test_choose_postprocess_picks_what_scores_best_on_held_out_labels():
     labels[faint] = 3
     best, table = choose_postprocess([(probs, labels)])
     assert best["split_touching"] and best["threshold"] < 0.45
-    assert len(table) == 5 * 3 * 2 or len(table) == 5 * 2 * 2  # every choice scored (min sizes may coincide)
+    # every choice scored: 5 thresholds x 3 (or 2 coinciding) min sizes x (split at depth 1 or 2, no split)
+    assert len(table) == 5 * 3 * 3 or len(table) == 5 * 2 * 3
+    assert best["split_depth"] == 1.0  # depth 2 splits them too: ties go to the default
     assert max(score for _, score in table) == pytest.approx(1.0)
     # groups: the mean of each group's mean, so one image of a small group weighs as much as many
     plain = np.zeros((1, 32, 32), np.float32)
     _, grouped = choose_postprocess([(probs, labels, "cells"), (plain, np.zeros((32, 32), np.int32), "empty")])
     assert all(0.0 <= score <= 1.0 for _, score in grouped)
+
+
+@pytest.mark.parametrize("one_object", [True, False])
+def test_choose_postprocess_chooses_the_split_depth_the_labels_want(one_object):
+    """A disc with a smaller lobe: its distance map has a second maximum between 1 and 2 px deep.
+    Where the labels say it is one cell, the split depth 2 is chosen (depth 1 cuts the lobe off);
+    where they say it is two, depth 1; the model file stores it and prediction uses it."""
+    from napari_unet.inference.postprocess import choose_postprocess, postprocess_text
+
+    yy, xx = np.mgrid[:64, :96]
+    big, lobe = (yy - 32) ** 2 + (xx - 40) ** 2 < 10 ** 2, (yy - 32) ** 2 + (xx - 54) ** 2 < 7 ** 2
+    probs = (big | lobe)[None].astype(np.float32) * 0.9 + 0.05
+    assert [probabilities_to_labels(probs, split_depth=d, min_size=4).max() for d in (1.0, 2.0)] == [2, 1]
+    labels = (big | lobe).astype(np.int32)
+    if not one_object:
+        labels[lobe & ~big & (xx > 47)] = 2
+        labels[labels == 1] = 0
+        labels[big] = 1
+    best, _ = choose_postprocess([(probs, labels)])
+    assert best["split_touching"] and best["split_depth"] == (2.0 if one_object else 1.0)
+    assert ("depth 2 px" in postprocess_text(best)) == one_object
+
+
+def test_the_split_depth_a_model_file_stores_is_used_whole_and_block_wise(tmp_path):
+    """Prediction splits at the depth the model was tuned with (block-wise too); files without
+    one split at depth 1, as before the depth was tuned."""
+    import sys
+    from pathlib import Path
+
+    import zarr
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _helpers import blur_net
+
+    from napari_unet.inference.large import segment_to_zarr
+    from napari_unet.inference.predictor import run_to_end
+    from napari_unet.inference.segment import segment_iter
+    from napari_unet.modelfile import load_model, make_config, save_model
+
+    yy, xx = np.mgrid[:96, :128]
+    image = (((yy - 48) ** 2 + (xx - 50) ** 2 < 14 ** 2) | ((yy - 48) ** 2 + (xx - 70) ** 2 < 10 ** 2)) * 200.0
+    net = blur_net()
+    counts = {}
+    for depth in (None, 1.0, 4.0):
+        pp = {"threshold": 0.5, "min_size": 8, "split_touching": True}
+        pp.update({} if depth is None else {"split_depth": depth})
+        path = save_model(tmp_path / f"{depth}.safetensors", net,
+                          make_config(net, "unet", provenance={"postprocess": pp}))
+        assert load_model(path).postprocess["split_depth"] == (depth or 1.0)
+        whole = run_to_end(segment_iter(str(path), image, device="cpu")).labels
+        segment_to_zarr(str(path), image, tmp_path / f"{depth}.zarr", device="cpu", block_size=64, label_halo=48)
+        blocks = zarr.open_array(str(tmp_path / f"{depth}.zarr"), mode="r")[...]
+        counts[depth] = (int(whole.max()), int(blocks.max()))
+    assert counts[None] == counts[1.0] == (2, 2) and counts[4.0] == (1, 1)
