@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     for label, (pp, scores, mean) in zip(("stored", "new"), rows):
         print(f"held out, {label}: " + ", ".join(f"{s} AP@0.5 {m['ap50']:.3f}" for s, m in scores.items()))
     today = dt.date.today().isoformat()
+    set_aside_before = isinstance(model.config.get("provenance", {}).get("chosen_on"), dict)
+    trained_on = "were not trained on" if set_aside_before else "were trained on"
     before, after = rows[0][1], rows[-1][1]
     provenance = dict(model.config.get("provenance", {}))
     provenance["postprocess"] = new
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
     section = (f"## Post-processing chosen again ({today})\n\n"
                f"`scripts/rechoose_postprocess.py` chose the stored post-processing again, the weights unchanged, "
                f"on {' and '.join(f'{len(v)} {s}' for s, v in aside.items())} training images (the ones "
-               f"`train_bundled.py --select-on train` sets aside), from a grid that now also tries a split depth "
+               f"`train_bundled.py --select-on train` sets aside; these weights {trained_on} them), from a grid "
+               f"that now also tries a split depth "
                f"of 2 px and a threshold of 0.7: {pp_text_binary(new)} (was {pp_text_binary(old)}). Held-out "
                "images at the network's scale, scored once: "
                + ", ".join(f"{s} AP@0.5 {before[s]['ap50']:.3f} -> {after[s]['ap50']:.3f}" for s in before)
