@@ -5,8 +5,10 @@ size), with the grid that script uses now (threshold, minimum size, and whether 
 split touching objects: ``SPLITS``): the choice is made on the training images that
 ``train_bundled.py --select-on train`` sets aside (same draw: ``--val-images`` per source, seed
 ``--seed`` + 1), every held-out image is then scored once with the stored and the new settings,
-and the model is written to ``--out`` with the new settings, its provenance and a card section
-that says all this. The weights are not changed.
+and the model is written to ``--out`` with the new settings, its provenance (the held-out scores
+become its validation numbers, as the model table shows them) and a card section that says all
+this. The weights are not changed. The first-click numbers in the bundled cards' section were
+measured after that with ``benchmarks/bench_size_estimate.py`` and added to the card.
 
     python scripts/rechoose_postprocess.py unet --out runs/unet-pp.safetensors --threads 2
 """
@@ -69,6 +71,11 @@ def main(argv=None) -> int:
     before, after = rows[0][1], rows[-1][1]
     provenance = dict(model.config.get("provenance", {}))
     provenance["postprocess"] = new
+    provenance["val_ap50"] = round(sum(m["ap50"] for m in after.values()) / len(after), 4)
+    provenance["val_ap50_per_source"] = {s: round(m["ap50"], 4) for s, m in after.items()}
+    provenance["val_data"] = ("mean of held-out " + " / ".join(
+        f"{s} {m['ap50']:.3f} ({len(held[s])} images)" for s, m in after.items())
+        + ", the objects' size given, post-processing chosen on training images")
     provenance["postprocess_rechosen"] = {
         "date": today, "script": "scripts/rechoose_postprocess.py", "previous": old,
         "chosen_on": {src: sorted(names) for src, names in aside.items()},
@@ -83,13 +90,18 @@ def main(argv=None) -> int:
                "images at the network's scale, scored once: "
                + ", ".join(f"{s} AP@0.5 {before[s]['ap50']:.3f} -> {after[s]['ap50']:.3f}" for s in before)
                + ". The tables above were measured with the previous settings.\n\n")
-    card = model.config.get("card", "")
-    card = card.replace("## Limits", section + "## Limits", 1) if "## Limits" in card else card + "\n" + section
+    def with_section(text: str) -> str:
+        return text.replace("## Limits", section + "## Limits", 1) if "## Limits" in text else text + "\n" + section
+
+    card = with_section(model.config.get("card", ""))
+    # the card beside the input may hold more than the one inside it (train_cgm.py adds a section there)
+    beside = Path(model.path).with_suffix(".md") if model.path else None
+    md = with_section(beside.read_text()) if beside is not None and beside.exists() else card
     config = make_config(net, model.config["architecture"], target="binary", normalization=model.normalization,
                          provenance=provenance, card=card, object_diameter=d)
     config["input"] = {**model.config["input"], **config["input"]}  # what else it declares (size_estimator)
     path = save_model(out, net, config, half=True)
-    path.with_suffix(".md").write_text(card)
+    path.with_suffix(".md").write_text(md)
     print(f"wrote {path}")
     return 0
 

@@ -62,7 +62,8 @@ def _documentation(lm, name: str, card: str, divisor, diameter) -> str:
              f"- Output: the probabilities of the classes {', '.join(lm.classes)} (softmax over the channels). "
              "napari-unet turns them into instance labels with its post-processing"
              + (f" (threshold {lm.postprocess['threshold']:g}, minimum size {lm.postprocess['min_size']} px, "
-                f"{'touching objects split by a watershed' if lm.postprocess['split_touching'] else 'no splitting'})."
+                + (f"touching objects split by a watershed at distance maxima {lm.postprocess['split_depth']:g} px deep"
+                   if lm.postprocess['split_touching'] else 'no splitting') + ")."
                 if lm.postprocess else "."),
              ]
     if diameter:

@@ -341,7 +341,7 @@ def segment_to_zarr(model, image, labels_path=None, probabilities_path=None, **k
 def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path: str | os.PathLike, *,
                                    target: str | None = None, spatial_dims: int | None = None,
                                    threshold: float = 0.5,
-                                   min_size: int = 16, split_touching: bool = True, split_depth: float = 1.0,
+                                   min_size: int = 16, split_touching: bool = True, split_depth: float | None = None,
                                    block_size: int | Sequence[int] | None = None,
                                    label_halo: int | None = None, runner=None,
                                    stop: threading.Event | None = None) -> Iterator[Progress]:
@@ -353,7 +353,7 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     (``target`` defaults to the one recorded in the store). Use it to try other post-processing
     settings on a large image without predicting again. ``min_size`` counts network pixels, as
     in the model file (the scale the store records, see :mod:`napari_unet.scaling`), and so does
-    ``split_depth`` (the model file's is in the store's attributes after a run).
+    ``split_depth``, which defaults to the one the store records (the model's), else 1.
     ``spatial_dims`` and ``label_halo`` default to what the store records (the run's block's
     axes and its label halo, grown by ``1 / scale`` where the model resized the image), else 2
     and 128 (32 for 3D). ``labels_path`` must not be ``probabilities`` nor lie inside it.
@@ -383,7 +383,7 @@ def labels_from_probabilities_iter(probabilities: str | os.PathLike, labels_path
     grid = block_grid(spatial, _block_side(block_size, spatial_dims, ones), ones)
     tmp = labels_path.with_name(f".{labels_path.name}.tmp-{uuid.uuid4().hex[:8]}")
     post = {"threshold": threshold, "min_size": min_size, "split_touching": split_touching,
-            "split_depth": float(split_depth)}
+            "split_depth": float(recorded.get("split_depth", 1.0) if split_depth is None else split_depth)}
     try:
         _create_array(tmp, planes + spatial, (1,) * len(planes) + chunk_shape(grid.block, spatial_dims), np.int32,
                       {"napari_unet": {**recorded, "target": target, **post, "label_halo": label_halo}})

@@ -137,7 +137,7 @@ def test_the_split_depth_a_model_file_stores_is_used_whole_and_block_wise(tmp_pa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from _helpers import blur_net
 
-    from napari_unet.inference.large import segment_to_zarr
+    from napari_unet.inference.large import labels_from_probabilities_iter, segment_to_zarr
     from napari_unet.inference.predictor import run_to_end
     from napari_unet.inference.segment import segment_iter
     from napari_unet.modelfile import load_model, make_config, save_model
@@ -153,7 +153,12 @@ def test_the_split_depth_a_model_file_stores_is_used_whole_and_block_wise(tmp_pa
                           make_config(net, "unet", provenance={"postprocess": pp}))
         assert load_model(path).postprocess["split_depth"] == (depth or 1.0)
         whole = run_to_end(segment_iter(str(path), image, device="cpu")).labels
-        segment_to_zarr(str(path), image, tmp_path / f"{depth}.zarr", device="cpu", block_size=64, label_halo=48)
+        segment_to_zarr(str(path), image, tmp_path / f"{depth}.zarr", tmp_path / f"{depth}-p.zarr", device="cpu",
+                        block_size=64, label_halo=48)
         blocks = zarr.open_array(str(tmp_path / f"{depth}.zarr"), mode="r")[...]
-        counts[depth] = (int(whole.max()), int(blocks.max()))
-    assert counts[None] == counts[1.0] == (2, 2) and counts[4.0] == (1, 1)
+        # re-labelled from the stored probabilities (another threshold): the store's depth by default
+        run_to_end(labels_from_probabilities_iter(tmp_path / f"{depth}-p.zarr", tmp_path / f"{depth}-again.zarr",
+                                                  threshold=0.45, min_size=8))
+        again = zarr.open_array(str(tmp_path / f"{depth}-again.zarr"), mode="r")[...]
+        counts[depth] = (int(whole.max()), int(blocks.max()), int(again.max()))
+    assert counts[None] == counts[1.0] == (2, 2, 2) and counts[4.0] == (1, 1, 1)
