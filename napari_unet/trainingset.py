@@ -373,16 +373,20 @@ class TrainingSet:
                 raise ValueError(f"Entry {name!r} of {self.folder} cannot be read: {exc}") from None
         return image, labels, reviewed
 
-    def triples(self) -> list[tuple]:
-        """Every entry as ``(image, labels, reviewed)``, images with their channel axis first."""
+    def triples(self, names=None, stop=None) -> list[tuple] | None:
+        """The entries ``names`` (default: every entry) as ``(image, labels, reviewed)``, images with
+        their channel axis first, read one entry at a time; None when ``stop`` (a
+        ``threading.Event``) is set before an entry or after the last one (Cancel of a run)."""
         out = []
-        for e in self.entries:
-            image, labels, reviewed = self.load(e.name)
-            axis = e.extra.get("channel_axis")
+        for name in self.names() if names is None else names:
+            if stop is not None and stop.is_set():
+                return None
+            image, labels, reviewed = self.load(name)
+            axis = self.entry(name).extra.get("channel_axis")
             if axis is not None:
                 image = np.moveaxis(image, axis, 0)
             out.append((image, labels, reviewed))
-        return out
+        return None if stop is not None and stop.is_set() else out
 
     # -- helpers ---------------------------------------------------------------------------
     @staticmethod

@@ -25,10 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_bundled import (DEFAULT_PP, load_sources, pp_text, rescale_pairs, score_postprocess,  # noqa: E402
-                           set_aside, tune_postprocess)
+from train_bundled import (DEFAULT_PP, load_sources, rescale_pairs, score_postprocess, set_aside,  # noqa: E402
+                           tune_postprocess)
 
 from napari_unet import datasets  # noqa: E402
+from napari_unet.inference.postprocess import postprocess_text  # noqa: E402
 from napari_unet.modelfile import load_model, make_config, save_model  # noqa: E402
 
 
@@ -59,10 +60,10 @@ def main(argv=None) -> int:
     new = best[0]
     old = {**DEFAULT_PP, **model.postprocess}
     for pp, scores, mean in sorted(table, key=lambda r: -r[2])[:8]:
-        print(f"  {pp_text_binary(pp)}: mean {mean:.3f}  " + "  ".join(f"{s} {m['ap50']:.3f}" for s, m in scores.items()))
+        print(f"  {postprocess_text(pp)}: mean {mean:.3f}  " + "  ".join(f"{s} {m['ap50']:.3f}" for s, m in scores.items()))
     rows = score_postprocess(net, held, [old] + ([new] if new != old else []))
-    print(f"chosen on {sum(len(v) for v in aside.values())} set-aside training images: {pp_text_binary(new)} "
-          f"(stored: {pp_text_binary(old)})")
+    print(f"chosen on {sum(len(v) for v in aside.values())} set-aside training images: {postprocess_text(new)} "
+          f"(stored: {postprocess_text(old)})")
     for label, (pp, scores, mean) in zip(("stored", "new"), rows):
         print(f"held out, {label}: " + ", ".join(f"{s} AP@0.5 {m['ap50']:.3f}" for s, m in scores.items()))
     today = dt.date.today().isoformat()
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
                f"on {' and '.join(f'{len(v)} {s}' for s, v in aside.items())} training images (the ones "
                f"`train_bundled.py --select-on train` sets aside; these weights {trained_on} them), from a grid "
                f"that now also tries a split depth "
-               f"of 2 px and a threshold of 0.7: {pp_text_binary(new)} (was {pp_text_binary(old)}). Held-out "
+               f"of 2 px and a threshold of 0.7: {postprocess_text(new)} (was {postprocess_text(old)}). Held-out "
                "images at the network's scale, scored once: "
                + ", ".join(f"{s} AP@0.5 {before[s]['ap50']:.3f} -> {after[s]['ap50']:.3f}" for s in before)
                + ". The tables above were measured with the previous settings.\n\n")
@@ -104,10 +105,6 @@ def main(argv=None) -> int:
     path.with_suffix(".md").write_text(md)
     print(f"wrote {path}")
     return 0
-
-
-def pp_text_binary(pp: dict) -> str:
-    return pp_text(argparse.Namespace(target="binary"), pp)
 
 
 if __name__ == "__main__":

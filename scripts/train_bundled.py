@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from _options import changed_options  # noqa: E402
 
 from napari_unet import datasets  # noqa: E402
-from napari_unet.inference.postprocess import SPLIT_DEPTHS, probabilities_to_labels  # noqa: E402
+from napari_unet.inference.postprocess import SPLIT_DEPTHS, postprocess_text, probabilities_to_labels  # noqa: E402
 from napari_unet.inference.predictor import Predictor, predict, run_to_end  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
 from napari_unet.modelfile import DEFAULT_NORMALIZATION, TARGETS, load_model, make_config, save_model  # noqa: E402
@@ -273,12 +273,9 @@ def init_text(args) -> str:
 
 
 def pp_text(args, pp: dict) -> str:
-    text = f"threshold {pp['threshold']}, min_size {pp['min_size']}"
     if args.target == "binary":
-        depth = pp.get("split_depth", 1.0)
-        text += (", split touching" + (f" (depth {depth:g} px)" if depth != 1.0 else "")) if pp["split_touching"] \
-            else ", no split"
-    return text
+        return postprocess_text(pp)
+    return f"threshold {pp['threshold']:g}, min size {pp['min_size']} px"
 
 
 def target_text(args) -> str:

@@ -69,26 +69,6 @@ def fit_corrections(triples: Sequence, in_channels: int, spatial_dims: int,
     return checked, notes
 
 
-def read_training_set(ts, names: Sequence[str], stop=None) -> list[tuple] | None:
-    """The entries ``names`` of the training set ``ts`` (a :class:`~napari_unet.trainingset.TrainingSet`)
-    as ``(image, labels, reviewed)``, images with their channel axis first as
-    :meth:`~napari_unet.trainingset.TrainingSet.triples` gives them, read one entry at a time:
-    None when ``stop`` (a ``threading.Event``) is set before an entry or after the last one."""
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
-    triples = []
-    for name in names:
-        if stopped():
-            return None
-        image, labels, reviewed = ts.load(name)
-        axis = ts.entry(name).extra.get("channel_axis")
-        if axis is not None:
-            image = np.moveaxis(image, axis, 0)
-        triples.append((image, labels, reviewed))
-    return None if stopped() else triples
-
-
 def _fit_labels(labels, name: str) -> np.ndarray:
     """Labels checked (:func:`~napari_unet.trainingset.check_labels`) as a 2D image or a stack."""
     try:

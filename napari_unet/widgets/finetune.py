@@ -317,10 +317,10 @@ class FinetuneWidget(JobWidget):
         def job():
             data = triples
             if data is None:
-                from ..training.corrections import fit_corrections, read_training_set
+                from ..training.corrections import fit_corrections
 
                 started = time.perf_counter()
-                data = read_training_set(folder, entries, stop)  # Cancel is heard between entries
+                data = folder.triples(entries, stop)  # Cancel is heard between entries
                 if data is None:
                     from ..training.finetune import FinetuneResult
 
