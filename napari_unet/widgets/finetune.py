@@ -20,6 +20,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import napari.viewer
 import numpy as np
@@ -77,6 +78,18 @@ def result_message(result) -> str:
 
 class Notes(list):
     """Lines for the user from a run's preparation in its worker (shown as warnings on the Qt thread)."""
+
+
+def read_pending(pending: list) -> list:
+    """``(image, labels, reviewed)`` triples from :meth:`FinetuneWidget.viewer_corrections`' items:
+    the image's pixels under each corrections layer are read here (channels first for RGB)."""
+    triples = []
+    for image_source, meta, labels, reviewed in pending:
+        image = np.array(image_for_corrections(image_source, meta), copy=True)
+        if image_source.rgb:
+            image = np.moveaxis(image, -1, 0)
+        triples.append((image, labels, reviewed))
+    return triples
 
 
 class FinetuneWidget(JobWidget):
@@ -215,11 +228,13 @@ class FinetuneWidget(JobWidget):
             return None, f"{what} and no open image has its shape {shape}: open it again under that name"
         return None, (f"{what} and {len(fitting)} images have its shape {shape}: choose its image in 'Image'")
 
-    def viewer_triples(self) -> tuple[list, str]:
-        """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer, as
-        ``(triples, source)``; the layers' names are kept for :meth:`check_triples`' messages. A
-        layer whose image cannot be found is skipped with a warning (an error when none is left)."""
-        triples, names, skipped = [], [], []
+    def viewer_corrections(self) -> tuple[list, str]:
+        """What the corrected layers in the viewer hold now, as ``(pending, source)``: per layer a
+        copy of its labels and reviewed mask, and what its image's pixels are read from (read by
+        :func:`read_pending`, in the run's worker: a lazy image is read from disk). The layers'
+        names are kept for :meth:`check_triples`' messages. A layer whose image cannot be found is
+        skipped with a warning (an error when none is left)."""
+        pending, names, skipped = [], [], []
         for layer in self._viewer.layers:
             meta = _meta(layer)
             if not isinstance(layer, Labels) or meta.get("kind") != "corrections":
@@ -233,12 +248,10 @@ class FinetuneWidget(JobWidget):
             if image_layer is None:
                 skipped.append(why)
                 continue
-            image = np.array(image_for_corrections(image_layer, meta), copy=True)
-            if image_layer.rgb:
-                image = np.moveaxis(image, -1, 0)
-            triples.append((image, np.array(layer.data, copy=True), reviewed))
+            source = SimpleNamespace(data=image_layer.data, multiscale=image_layer.multiscale, rgb=image_layer.rgb)
+            pending.append((source, dict(meta), np.array(layer.data, copy=True), reviewed))
             names.append((layer.name, image_layer.name))
-        if not triples:
+        if not pending:
             if skipped:
                 raise ValueError(skipped[0][0].upper() + skipped[0][1:] + "." +
                                  "".join(f" Also: {why}." for why in skipped[1:]))
@@ -247,7 +260,13 @@ class FinetuneWidget(JobWidget):
         for why in skipped:
             show_warning(f"Skipped: {why}.")
         self._triple_names = names
-        return triples, "layers " + ", ".join(n for n, _ in names)
+        return pending, "layers " + ", ".join(n for n, _ in names)
+
+    def viewer_triples(self) -> tuple[list, str]:
+        """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer, as
+        ``(triples, source)`` (:meth:`viewer_corrections`, read at once)."""
+        pending, source = self.viewer_corrections()
+        return read_pending(pending), source
 
     def training_set(self):
         """The chosen training-set folder, opened (its index only; the images are read by the
@@ -294,20 +313,19 @@ class FinetuneWidget(JobWidget):
                 raise ValueError("Choose a base model.")
             self.ensure_torch()
             inputs = self._base_model_inputs()
+            # the images are read in the worker: a folder's (seconds for a large set), and the layers' (a lazy
+            # image is read from disk); here only what they are read from
             if self.source.value == FROM_VIEWER:
-                triples, source = self.viewer_triples()
-                triples, notes = self.check_triples(triples, *inputs)
+                pending, source = self.viewer_corrections()
                 folder, entries = None, []
-            else:  # a folder's images are read in the worker (seconds for a large set)
+            else:
                 folder = self.training_set()
-                triples, notes, source = None, [], str(folder.folder)
+                pending, source = None, str(folder.folder)
                 entries = folder.names()
                 self._triple_names = [(f"masks/{n}", f"images/{n}") for n in entries]
         except (ValueError, KeyError) as exc:
             self.report_error(str(exc.args[0]) if exc.args else str(exc))
             return
-        for note in notes:
-            show_warning(note)
         from ..training.resume import resuming_finetune_iter
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
@@ -315,10 +333,11 @@ class FinetuneWidget(JobWidget):
         names = list(self._triple_names)
 
         def job():
-            data = triples
-            if data is None:
-                from ..training.corrections import fit_corrections
+            from ..training.corrections import fit_corrections
 
+            if pending is not None:
+                data = read_pending(pending)
+            else:
                 started = time.perf_counter()
                 data = folder.triples(entries, stop)  # Cancel is heard between entries
                 if data is None:
@@ -326,9 +345,9 @@ class FinetuneWidget(JobWidget):
 
                     return FinetuneResult(None, name or "", {}, {}, "stopped by user", 0,
                                           time.perf_counter() - started)
-                data, changed = fit_corrections(data, *inputs, names=names)
-                if changed:
-                    yield Notes(changed)
+            data, changed = fit_corrections(data, *inputs, names=names)
+            if changed:
+                yield Notes(changed)
             # the run's state is kept after every epoch: if napari closes (or crashes) before the end, the same
             # base, corrections, settings and name resume from there next time
             return (yield from resuming_finetune_iter(base, data, settings, name=name, stop=stop, source=source,
@@ -339,7 +358,7 @@ class FinetuneWidget(JobWidget):
         self.plot.clear()
         self.run_button.enabled = False
         self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
-        self.status.value = (f"preparing {len(names) if triples is None else len(triples)} image(s) and scoring "
+        self.status.value = (f"preparing {len(names)} image(s) and scoring "
                              "the base model…")
 
     def _on_progress(self, event):

@@ -148,6 +148,39 @@ def test_a_training_set_folder_is_read_in_the_worker(finetune_widget, click, qtb
     assert any("images/colour" in w for w in warnings), warnings
 
 
+def test_the_viewer_layers_images_are_read_in_the_worker(finetune_widget, click, qtbot, monkeypatch):
+    """Train on the corrected layers reads their images' pixels in the run's worker (a lazy image
+    is read from disk there), and says there what it changed to fit the base model."""
+    import threading
+
+    from napari_unet.widgets import finetune
+
+    da = pytest.importorskip("dask.array")
+    viewer, widget = finetune_widget
+    image = _corrections(viewer, click)
+    colour, name = np.stack([np.asarray(image.data, np.float32)] * 3, -1), image.name
+    viewer.layers.remove(image)  # the corrections' image, now a lazy RGB one (made grey for the base)
+    viewer.add_image(da.from_array(colour, chunks=(64, 64, 3)), name=name, rgb=True)
+    threads, read = [], finetune.image_for_corrections
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return read(*args)
+
+    monkeypatch.setattr(finetune, "image_for_corrections", recorded)
+    warnings = []
+    monkeypatch.setattr(finetune, "show_warning", warnings.append)
+    widget.model.value = "mobile-unet"
+    widget.minutes.value = 0.1
+    click(widget.train_button)
+    assert widget.running and "preparing 1 image(s)" in widget.status.value and not threads
+    qtbot.waitUntil(lambda: bool(warnings), timeout=60_000)
+    click(widget.train_button)  # Cancel
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert threads and threading.main_thread() not in threads
+    assert any(f"colour image '{name}' was converted to grey" in w for w in warnings), warnings
+
+
 def test_cancel_while_a_training_set_folder_is_read_stops_between_entries(finetune_widget, click, qtbot, tmp_path,
                                                                         monkeypatch):
     """Cancel during the worker's read of a folder is heard before the next entry: the run ends
