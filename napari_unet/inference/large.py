@@ -85,7 +85,7 @@ __all__ = ["DEFAULT_BLOCK_2D", "DEFAULT_BLOCK_3D", "DEFAULT_LABEL_HALO", "DEFAUL
 class BlockProgress(Progress):
     """:class:`Progress` of :func:`segment_to_zarr_iter`, with where it stands.
 
-    ``stage``: ``"start"``, ``"predict"``, ``"label"`` (the block's labels are written with
+    ``stage``: ``"estimate"`` (the object size is estimated first), ``"start"``, ``"predict"``, ``"label"`` (the block's labels are written with
     block-local ids) or ``"number"`` (the block has its final ids). ``region``: the index
     (plane indices, then spatial slices) of the block just written, or None. ``labels_path``: the
     store being written when the run writes in place (no ``labels_path`` given), so that a viewer
@@ -302,8 +302,9 @@ def segment_to_zarr_iter(model, image, labels_path: str | os.PathLike | None = N
     stores = BlockStores.prepare(labels_path, probabilities_path, source)
     finished = False
     try:  # from here on a failure removes what prepare made (the temporary folder of an in-place run)
-        diameter, size_estimate = run_to_end(resolve_diameter(lazy, diameter, predictor=predictor, stop=stop,
-                                                              channel_axis=channel_axis, rgb=rgb))
+        diameter, size_estimate = yield from relay(
+            resolve_diameter(lazy, diameter, predictor=predictor, stop=stop, channel_axis=channel_axis, rgb=rgb),
+            lambda p: BlockProgress(p.done, p.total, p.message, stage="estimate"))
         scale = lm.scale(diameter)
         grid, pred_halo, label_halo = _block_geometry(lm, predictor, prepared.spatial_shape, scale, block_size,
                                                       label_halo)

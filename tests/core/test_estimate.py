@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_unet.inference.estimate import estimate_diameter
-from napari_unet.inference.large import segment_to_zarr
+from napari_unet.inference.large import segment_to_zarr_iter
 from napari_unet.inference.predictor import run_to_end
 from napari_unet.inference.segment import segment_iter
 from napari_unet.modelfile import LoadedModel, load_model
@@ -76,9 +76,14 @@ def test_blank_image_finds_no_size(sized):
 def test_block_wise_prediction_estimates_too(sized, nuclei, tmp_path):
     image, _ = nuclei
     big = resize_image(image.astype(np.float32), scaled_shape(image.shape, 2.5))
-    result = segment_to_zarr(sized, big, tmp_path / "l.zarr", block_size=512)
+    events = []
+    result = run_to_end(segment_to_zarr_iter(sized, big, tmp_path / "l.zarr", block_size=512), events.append)
     assert result.size_estimate is not None and result.size_estimate.diameter > 25
     assert sum(result.n_objects) > 10
+    # the estimate's passes are reported (before the blocks), not a silent pause
+    stages = [e.stage for e in events]
+    assert stages[0] == "estimate" and stages.index("start") > stages.index("estimate")
+    assert any("estimating the object size" in e.message for e in events if e.stage == "estimate")
 
 
 def test_cli_estimates_by_default_and_takes_auto(sized, nuclei, tmp_path, capsys):
