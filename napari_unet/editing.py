@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .inputs import EDITED_LABELS, EDITED_LABELS_NON_NEGATIVE, check_instance_labels
 
@@ -183,6 +182,8 @@ def split_object(labels, points, label: int | None = None, above: int = 0) -> Ed
         ids, counts = np.unique(on_line, return_counts=True)  # (never a count per possible id: ids may be huge)
         label = int(ids[counts.argmax()])
     label = _check_label(sheet, label)
+    from scipy import ndimage as ndi  # (here: importing scipy when the Correct dock opens stalled the viewer)
+
     obj = sheet == label
     eight = np.ones((3, 3), bool)
     pieces, _ = ndi.label(obj, structure=eight)  # the object's pieces in this plane before the cut

@@ -274,7 +274,11 @@ WARM_UPS_STARTED = 0  # how many warm-ups this process started (one, however man
 
 def warm_up_imports() -> None:
     """Import what a first prediction, fine-tuning or deep-supervision run imports (imports hold
-    Python's GIL: paid here, in a worker, they do not stall the viewer during a run)."""
+    Python's GIL: paid here, in a worker, they do not stall the viewer during a run). PyTorch's
+    shared libraries are loaded first with the GIL released (:mod:`napari_unet.sharedlibs`)."""
+    from ..sharedlibs import preload_torch
+
+    preload_torch()
     from .. import devices, modelfile, modelinfo  # noqa: F401
     from ..training import finetune  # noqa: F401
     from ..inference import estimate, large, predictor, pyramid, segment, supervision  # noqa: F401

@@ -19,8 +19,10 @@ TIMEOUT_S = 300
 #: "keeps ticking": the longest pause of the event loop. A freeze is forever; this bound is loose
 #: so that a slower or loaded CI machine does not fail it (measured: 1.3-2.0 s on a Xeon with AMX
 #: with two docks' worth of imports in the warm-up thread, 0.3 s while jobs run; 2.5-4.4 s on a
-#: 2-core AMD EPYC with AVX2, the same before and after 2026-12-07's changes, and 5.5-5.7 s under
-#: pytest there, so 5 s failed with no change in the plugin)
+#: 2-core AMD EPYC with AVX2 before 2026-12-07, and 5.5-5.7 s under pytest there, so 5 s failed
+#: with no change in the plugin; 1.37-1.44 s there since PyTorch's libraries load with the GIL
+#: released and the Correct dock no longer imports scipy: napari's own first image layer, which
+#: pauses 1.33-1.44 s with no dock at all)
 MAX_GAP_S = 15.0
 ERRORS = ("Traceback", "has been deleted", "Fatal Python error", "Segmentation fault", "Aborted",
           "QThread: Destroyed", "napari-unet warm-up:")

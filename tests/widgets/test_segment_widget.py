@@ -193,6 +193,20 @@ def test_opening_the_widget_does_not_import_torch_on_the_qt_thread(make_napari_v
     qtbot.waitUntil(lambda: widget.device_info.value.startswith("runs on: "), timeout=60_000)
 
 
+def test_the_dock_modules_leave_the_heavy_imports_to_the_warm_up():
+    """Docking runs on the Qt thread: importing a dock's module must not load PyTorch or
+    scipy.ndimage (the Correct dock's scipy import stalled napari for 0.35-0.5 s)."""
+    import subprocess
+
+    code = ("import sys, napari\n"
+            "v = napari.Viewer(show=False)\n"
+            "import napari_unet.widgets.segment, napari_unet.widgets.correct\n"
+            "import napari_unet.widgets.finetune, napari_unet.widgets.supervision\n"
+            "print(sorted({'torch', 'scipy.ndimage'} & set(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:] + out.stderr[-2000:]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
 def test_the_network_runs_at_a_lower_priority_than_the_viewer(tiny_in_list, segment_widget, run_and_wait,
                                                                monkeypatch):
