@@ -224,7 +224,7 @@ fine-tuning step on a laptop CPU stays short."""
 
 ## Training
 
-Random {args.patch_size}² patches (80 % placed on an object), batch {args.batch_size}, {AUGMENTATION}; loss
+Random {args.patch_size}² patches (80 % placed on an object), batch {args.batch_size}, {LIGHT_AUGMENTATION if getattr(args, 'augment', 'default') == 'light' else AUGMENTATION}; loss
 {SegmentationLoss.from_spec(args.loss).describe()} ({weighting_text(args)}).{supervision} AdamW
 (lr {args.lr:g}, weight decay 1e-4), 50 warm-up steps then cosine decay; budget
 {args.minutes:g} min wall time on the CPU ({torch.get_num_threads()} thread(s)):
@@ -260,6 +260,18 @@ def size_text(args) -> str:
 
 AUGMENTATION = ("augmented with the trainer's defaults (`napari_unet.training.augment.Augmenter`: flips, quarter "
                 "turns, the U-Net paper's elastic deformation, scale, intensity scale / shift / gamma, noise)")
+LIGHT_AUGMENTATION = ("augmented lightly (`--augment light`: flips, quarter turns, intensity scale 0.9-1.1 / shift "
+                      "±0.05 / gamma 0.85-1.2 on 80 % of the patches; no elastic deformation, scale or noise)")
+
+
+def augmenter(args):
+    """The trainer's ``augment`` setting for ``--augment``."""
+    if args.augment == "default":
+        return True
+    from napari_unet.training.augment import Augmenter
+
+    return Augmenter(p_elastic=0.0, p_scale=0.0, p_noise=0.0, intensity_scale=(0.9, 1.1),
+                     intensity_shift=(-0.05, 0.05), gamma=(0.85, 1.2))
 
 
 def init_text(args) -> str:
@@ -360,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sigma", type=float, default=5.0, help="the weight map's sigma in pixels (with --w0)")
     ap.add_argument("--class-weights", choices=("balanced", "none"), default="balanced",
                     help="the weight map's w_c (with --w0): balanced class frequencies, or 1 everywhere")
+    ap.add_argument("--augment", choices=("default", "light"), default="default",
+                    help="default: the trainer's augmentation; light: flips, quarter turns and a milder intensity "
+                         "change only (no elastic deformation, scale or noise), e.g. to go on training a model "
+                         "at a small --lr on images like the real ones")
     ap.add_argument("--val-split", choices=("on", "off"), default="off",
                     help="split touching objects (watershed) when validating during training")
     return ap
@@ -441,7 +457,7 @@ def main(argv=None):
                              gap_weight=1.0 if args.w0 is not None else args.gap_weight,
                              weight_map=weight_map_params(args), target=args.target,
                              postprocess=val_postprocess(args), deep_supervision=spec.deep_supervision,
-                             classification_weight=args.classification_weight)
+                             classification_weight=args.classification_weight, augment=augmenter(args))
     gen = train_iter(net, train_pairs, val_pairs, settings, image_weights=weights,
                      loss=SegmentationLoss.from_spec(args.loss), checkpoint=args.checkpoint, resume=args.resume)
     recent: list[float] = []
