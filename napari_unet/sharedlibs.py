@@ -1,15 +1,16 @@
 """PyTorch's shared libraries mapped into the process before ``import torch``, without holding the GIL.
 
-``import torch`` loads ``libtorch_cpu`` (hundreds of MB; with CUDA, also cuDNN and cuBLAS) while
-holding Python's GIL: Python's extension loader and ``ctypes.CDLL`` keep it during ``dlopen``. In
-a worker thread that still stalls napari's event loop, for 0.2 s with the files in the page cache
-and for seconds when they are read from disk. A ``dlopen`` called as a ``ctypes`` foreign function
+``import torch`` loads ``libtorch_cpu`` (hundreds of MB) while holding Python's GIL: Python's
+extension loader and ``ctypes.CDLL`` keep it during ``dlopen``. In a worker thread that still
+stalls napari's event loop, for 0.2 s with the files in the page cache and longer when they are
+read from disk. A ``dlopen`` called as a ``ctypes`` foreign function
 releases the GIL; once the libraries are loaded, ``import torch`` finds them there and only links
 to them. ``benchmarks/bench_import_stall.py`` measures the longest pause of the main thread.
 
 The libraries are opened ``RTLD_LOCAL`` (as Python opens extension modules), so no symbol becomes
 global that would not have been; one that is missing or fails to load is skipped, and
-``import torch`` then loads (or reports) it as it always does.
+``import torch`` then loads (or reports) it as it always does. Only PyTorch's own ``torch/lib``
+folder is looked in (pip wheels); elsewhere (a conda build's shared ``lib``) nothing is preloaded.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ import os
 import sys
 from pathlib import Path
 
-#: in dependency order (each one's dependencies first); only those present are opened
-LIBRARIES = ("libc10", "libtorch_cpu", "libc10_cuda", "libtorch_cuda", "libtorch", "libtorch_python")
+#: in dependency order (each one's dependencies first); only those present are opened. Not
+#: ``libtorch_python`` (its code expects the GIL held), and with a GPU build (``GPU_LIBRARIES``)
+#: only ``CPU_ONLY``: PyTorch loads the CUDA (ROCm, XPU) libraries itself, in an order that keeps an
+#: older toolkit on ``LD_LIBRARY_PATH`` from being picked up, and ``libtorch`` pulls them in
+LIBRARIES = ("libc10", "libtorch_cpu", "libtorch")
+GPU_LIBRARIES = ("libtorch_cuda", "libtorch_hip", "libtorch_xpu")
+CPU_ONLY = ("libc10", "libtorch_cpu")
 
 
 def _dlopen():
@@ -43,7 +49,9 @@ def torch_library_paths() -> list[Path]:
         return []
     folder = Path(spec.origin).parent / "lib"
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
-    return [folder / f"{name}{suffix}" for name in LIBRARIES if (folder / f"{name}{suffix}").is_file()]
+    gpu_build = any((folder / f"{name}{suffix}").is_file() for name in GPU_LIBRARIES)
+    names = [name for name in LIBRARIES if not gpu_build or name in CPU_ONLY]
+    return [folder / f"{name}{suffix}" for name in names if (folder / f"{name}{suffix}").is_file()]
 
 
 def preload_torch() -> list[str]:

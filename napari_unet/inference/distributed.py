@@ -69,6 +69,24 @@ class FileError:
     message: str
 
 
+class _FileShare:
+    """How much of a block-wise file is done, from its :class:`~.large.BlockProgress` events: the
+    object-size estimate (stage ``"estimate"``) counts for ``ESTIMATE`` of the file, the blocks for
+    the rest, so the file's progress never goes back when its blocks start."""
+
+    ESTIMATE = 0.05
+
+    def __init__(self):
+        self.estimated = False
+
+    def __call__(self, event) -> float:
+        fraction = event.done / max(event.total, 1)
+        if getattr(event, "stage", "") == "estimate":
+            self.estimated = True
+            return self.ESTIMATE * fraction
+        return self.ESTIMATE + (1 - self.ESTIMATE) * fraction if self.estimated else fraction
+
+
 def _described(estimate) -> str | None:
     return None if estimate is None else estimate.describe()
 
@@ -198,10 +216,9 @@ def segment_files_iter(model, jobs: Sequence[FileJob], runner, options: dict, se
                                          threshold=options.get("threshold"), min_size=options.get("min_size"),
                                          split_touching=options.get("split_touching"), torch_threads=torch_threads,
                                          diameter=options.get("diameter"), stop=stop, **settings)
-        name = Path(job.image).name
+        name, of_file = Path(job.image).name, _FileShare()
         try:
-            result = yield from relay(gen, lambda e: Progress(done + e.done / max(e.total, 1), total,
-                                                              f"{name}: {e.message}"))
+            result = yield from relay(gen, lambda e: Progress(done + of_file(e), total, f"{name}: {e.message}"))
         except (ValueError, OSError) as exc:
             done += 1
             yield _error(job, exc)

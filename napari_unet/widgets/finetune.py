@@ -167,6 +167,7 @@ class FinetuneWidget(JobWidget):
                              tooltip="Name of the new model (empty: <base>-ft-<date>), saved in your model folder.")
         self.train_button = PushButton(text="Train")
         self.plot = LossPlot()
+        self._new_chart = False
         self.status = Label(label="")
         wrap(self.status)
         wrap(self.device_info)
@@ -355,7 +356,7 @@ class FinetuneWidget(JobWidget):
 
         self._started = time.perf_counter()
         self._budget = settings.minutes * 60 if settings.minutes else None
-        self.plot.clear()
+        self._new_chart = True  # the last run's chart stays until this one reports (a bad input keeps it)
         self.run_button.enabled = False
         self.start_job(job, self._on_result, "napari-unet: fine-tuning", total=100, stop=stop)
         self.status.value = (f"preparing {len(names)} image(s) and scoring "
@@ -366,6 +367,9 @@ class FinetuneWidget(JobWidget):
             for note in event:
                 show_warning(note)
             return
+        if self._new_chart:
+            self.plot.clear()
+            self._new_chart = False
         if event.step == 0:
             if event.val_ap is not None:
                 self.plot.set_baseline(event.val_ap)

@@ -125,3 +125,18 @@ def test_a_model_may_measure_sizes_with_the_bundled_unet(nuclei, make_random_mod
     image = nuclei[0]
     assert estimate_diameter(delegating, image, device="cpu").diameter == \
         estimate_diameter("unet", image, device="cpu").diameter
+
+
+def test_a_block_wise_files_progress_never_goes_back_after_its_estimate():
+    """Several files (CLI, Dask): the estimate's passes fill a small share of a file's progress and
+    its blocks the rest, so the bar does not reach the file's end and jump back."""
+    from napari_unet.inference.distributed import _FileShare
+    from napari_unet.inference.large import BlockProgress
+
+    share = _FileShare()
+    events = ([BlockProgress(i, 6, stage="estimate") for i in range(1, 7)]
+              + [BlockProgress(0, 10, stage="start")] + [BlockProgress(i, 10, stage="predict") for i in range(1, 11)])
+    fractions = [share(e) for e in events]
+    assert fractions == sorted(fractions) and fractions[5] <= 0.05 and fractions[-1] == pytest.approx(1.0)
+    plain = _FileShare()  # no estimate (the size given): the blocks are the whole file
+    assert plain(BlockProgress(5, 10, stage="predict")) == pytest.approx(0.5)

@@ -11,6 +11,11 @@ import pytest
 
 @pytest.mark.skipif(sys.platform not in ("linux", "darwin"), reason="dlopen is POSIX's")
 def test_torch_imports_and_runs_after_its_libraries_are_preloaded():
+    import importlib.util
+    from pathlib import Path
+
+    if not list((Path(importlib.util.find_spec("torch").origin).parent / "lib").glob("libtorch_cpu.*")):
+        pytest.skip("this PyTorch keeps its libraries outside torch/lib (nothing to preload)")
     code = ("import json\n"
             "from napari_unet.sharedlibs import preload_torch\n"
             "loaded = preload_torch()\n"
@@ -31,3 +36,35 @@ def test_nothing_is_preloaded_without_torch(monkeypatch):
     monkeypatch.setattr(sharedlibs.importlib.util, "find_spec", lambda name: None)
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     assert sharedlibs.torch_library_paths() == [] and sharedlibs.preload_torch() == []
+
+
+@pytest.mark.skipif(sys.platform not in ("linux", "darwin"), reason="dlopen is POSIX's")
+def test_dlopen_is_called_without_the_gil():
+    """A ``CDLL`` foreign function releases the GIL during the call; a ``PyDLL`` one (or
+    ``ctypes.CDLL(path)``) would keep it, and the viewer would wait again."""
+    import ctypes
+
+    from napari_unet.sharedlibs import _dlopen
+
+    dlopen = _dlopen()
+    assert dlopen is not None and not dlopen._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+
+
+def test_a_gpu_build_preloads_only_the_cpu_libraries(tmp_path, monkeypatch):
+    """PyTorch loads the CUDA libraries itself, in its own order: with them present, only libc10
+    and libtorch_cpu are opened early (libtorch would pull libtorch_cuda in)."""
+    from types import SimpleNamespace
+
+    from napari_unet import sharedlibs
+
+    lib = tmp_path / "torch" / "lib"
+    lib.mkdir(parents=True)
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    for name in ("libc10", "libtorch_cpu", "libtorch", "libtorch_python", "libtorch_cuda"):
+        (lib / f"{name}{suffix}").write_bytes(b"")
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(sharedlibs.importlib.util, "find_spec",
+                        lambda name: SimpleNamespace(origin=str(tmp_path / "torch" / "__init__.py")))
+    assert [p.stem for p in sharedlibs.torch_library_paths()] == ["libc10", "libtorch_cpu"]
+    (lib / f"libtorch_cuda{suffix}").unlink()
+    assert [p.stem for p in sharedlibs.torch_library_paths()] == ["libc10", "libtorch_cpu", "libtorch"]

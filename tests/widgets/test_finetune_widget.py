@@ -173,12 +173,29 @@ def test_the_viewer_layers_images_are_read_in_the_worker(finetune_widget, click,
     widget.model.value = "mobile-unet"
     widget.minutes.value = 0.1
     click(widget.train_button)
-    assert widget.running and "preparing 1 image(s)" in widget.status.value and not threads
+    assert widget.running and "preparing 1 image(s)" in widget.status.value
     qtbot.waitUntil(lambda: bool(warnings), timeout=60_000)
     click(widget.train_button)  # Cancel
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert threads and threading.main_thread() not in threads
     assert any(f"colour image '{name}' was converted to grey" in w for w in warnings), warnings
+
+
+def test_a_run_refused_in_its_worker_keeps_the_last_runs_chart(finetune_widget, click, qtbot):
+    """The corrections are checked against the base model in the worker: a refusal says why and
+    leaves the previous run's chart as it was (the chart is cleared by the new run's first report)."""
+    viewer, widget = finetune_widget
+    image = _corrections(viewer, click)
+    name, pixels = image.name, np.asarray(image.data)
+    viewer.layers.remove(image)  # the corrections' image, now with two channels: a one-channel base refuses it
+    viewer.add_image(np.stack([pixels, pixels]), name=name)
+    widget.plot.add_loss(1, 0.5)  # the last run's chart
+    widget.plot.add_loss(2, 0.4)
+    widget.model.value = "mobile-unet"
+    click(widget.train_button)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "takes 1 channel(s)" in widget.status.value
+    assert widget.plot.losses == [(1, 0.5), (2, 0.4)] and widget.last_result is None
 
 
 def test_cancel_while_a_training_set_folder_is_read_stops_between_entries(finetune_widget, click, qtbot, tmp_path,
