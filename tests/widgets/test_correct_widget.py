@@ -512,3 +512,30 @@ def test_the_weight_map_shown_is_the_fine_tune_docks_loss(make_napari_viewer):
     assert correct._loss_class_weights() is None  # the default loss: the border term alone
     finetune.loss.value = "weight-map CE (U-Net paper)"
     assert correct._loss_class_weights() == "balanced"
+
+
+def test_the_correct_dock_alone_loads_its_split_tool_in_a_worker():
+    """With Correct as the only dock (no warm-up), the split tool's scipy.ndimage is imported by a
+    worker, not on the Qt thread at the first split (a 0.35-0.5 s pause)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threading\n"
+            "importers = []\n"
+            "class Watch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'scipy.ndimage':\n"
+            "            importers.append(threading.current_thread() is threading.main_thread())\n"
+            "sys.meta_path.insert(0, Watch())\n"
+            "import napari\n"
+            "from qtpy.QtWidgets import QApplication\n"
+            "v = napari.Viewer(show=False)\n"
+            "v.window.add_plugin_dock_widget('napari-unet', 'Correct')\n"
+            "from napari_unet.widgets import _workers\n"
+            "import time\n"
+            "end = time.time() + 60\n"
+            "while (_workers.running() or 'scipy.ndimage' not in sys.modules) and time.time() < end:\n"
+            "    QApplication.processEvents(); time.sleep(0.01)\n"
+            "print(importers)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "[False]", out.stdout[-500:] + out.stderr[-2000:]
