@@ -124,3 +124,75 @@ def resize_labels(labels: np.ndarray, shape) -> np.ndarray:
     cols = np.minimum(((np.arange(shape[1]) + 0.5) * labels.shape[-1] / shape[1]).astype(np.int64),
                       labels.shape[-1] - 1)
     return labels[..., rows[:, None], cols[None, :]]
+
+
+# -- a window of a plane, resized on the plane's own grid -----------------------------------------
+def _grid_samples(n_from: int, n_to: int, start: int, size: int) -> tuple[int, np.ndarray]:
+    """Along one axis of a resize from ``n_from`` to ``n_to`` pixels (:func:`resize_image`'s: pixel
+    centres at ``(j + 0.5) * n_from / n_to - 0.5``): the first index ``j0`` of the resized samples
+    that fall inside the window ``[start, start + size)`` of the source, and their coordinates in
+    the window."""
+    ratio = n_from / n_to
+    first = math.ceil((start + 0.5) / ratio - 0.5 - 1e-9)
+    last = math.floor((start + size - 1 + 0.5) / ratio - 0.5 + 1e-9)
+    j = np.arange(first, max(first, last + 1))
+    return first, (j + 0.5) * ratio - 0.5 - start
+
+
+def _linear(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """``a`` sampled at fractional ``coords`` along ``axis`` by linear interpolation (clamped at its ends)."""
+    n = a.shape[axis]
+    c = np.clip(coords, 0, n - 1)
+    lo = np.minimum(np.floor(c).astype(np.int64), max(0, n - 2))
+    w = (c - lo).astype(np.float32)
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    w = w.reshape(shape)
+    return np.take(a, lo, axis=axis) * (1 - w) + np.take(a, hi, axis=axis) * w
+
+
+def _anti_alias(a: np.ndarray, factors) -> np.ndarray:
+    """The Gaussian blur :func:`resize_image` applies before shrinking (sigma ``(factor - 1) / 2``
+    along the last two axes, ``factor`` = source / resized pixels), or ``a`` when nothing shrinks."""
+    if not any(f > 1 for f in factors):
+        return a
+    from scipy import ndimage as ndi
+
+    sigma = [0.0] * (a.ndim - 2) + [max(0.0, (f - 1) / 2) for f in factors]
+    return ndi.gaussian_filter(a, sigma, mode="mirror")
+
+
+def resize_window(window: np.ndarray, origin, plane_shape, scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The window ``(..., H, W)`` of a plane of in-plane shape ``plane_shape``, whose first pixel
+    is at ``origin`` (row, column; may be negative for a mirrored margin), resized as
+    :func:`resize_image` resizes the whole plane to :func:`scaled_shape`: the samples of the
+    plane's resized grid that fall inside the window, as ``(resized window, its origin on that
+    grid)``. Windows that overlap give the same values where they overlap (away from their edges,
+    where the anti-aliasing blur sees less), so blocks of a large image have no resampling seams."""
+    window = np.asarray(window, np.float32)
+    full = scaled_shape(plane_shape, scale)[-2:]
+    plane_shape = tuple(int(n) for n in plane_shape[-2:])
+    out = _anti_alias(window, [n / m for n, m in zip(plane_shape, full)])
+    starts = []
+    for k, (n, m, o) in enumerate(zip(plane_shape, full, origin)):
+        axis = window.ndim - 2 + k
+        first, coords = _grid_samples(n, m, int(o), window.shape[axis])
+        out = _linear(out, coords, axis)
+        starts.append(first)
+    return out.astype(np.float32, copy=False), tuple(starts)
+
+
+def unresize_window(resized: np.ndarray, resized_origin, plane_shape, scale: float, origin, shape) -> np.ndarray:
+    """The inverse of :func:`resize_window`: ``resized`` (a window of the plane's resized grid at
+    ``resized_origin``) brought back to the plane's pixels of the window at ``origin`` with in-plane
+    ``shape``, as :func:`resize_image` brings a whole resized plane back."""
+    resized = np.asarray(resized, np.float32)
+    full = scaled_shape(plane_shape, scale)[-2:]
+    plane_shape = tuple(int(n) for n in plane_shape[-2:])
+    out = _anti_alias(resized, [m / n for n, m in zip(plane_shape, full)])
+    for k, (n, m, o, r, size) in enumerate(zip(plane_shape, full, origin, resized_origin, shape)):
+        axis = resized.ndim - 2 + k
+        i = np.arange(int(o), int(o) + int(size))
+        out = _linear(out, (i + 0.5) * (m / n) - 0.5 - r, axis)
+    return out.astype(np.float32, copy=False)

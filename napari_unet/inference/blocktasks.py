@@ -29,7 +29,7 @@ from .lazyio import SourcePlane, _open_array, _open_source
 from .postprocess import probabilities_to_labels
 from .predictor import Predictor
 from .runners import cached_predictor, model_loads
-from ..scaling import resize_image, scaled_shape
+from ..scaling import resize_window, unresize_window
 from .tiling import read_window
 
 
@@ -65,9 +65,11 @@ def predict_block_iter(plan: LargePlan, source, plane: int, block: tuple[int, ..
     core = plan.grid.core(block)
     h = plan.halo
     size = [s.stop - s.start + 2 * h for s in core]
-    window = normalizer(read_window(src, [s.start - h for s in core], size))
-    if plan.scale != 1:  # the network sees the window resized; its probabilities come back to the window's size
-        window = resize_image(window, scaled_shape(window.shape, plan.scale))
+    origin = [s.start - h for s in core]
+    window = normalizer(read_window(src, origin, size))
+    if plan.scale != 1:  # the network sees the window resized on the plane's resized grid (no seams between
+        # blocks); its probabilities come back to the window's pixels the same way
+        window, net_origin = resize_window(window, origin[-2:], plan.grid.shape, plan.scale)
     out = np.empty((plan.n_out,) + tuple(window.shape[1:]), np.float32)
     warnings = [] if warnings is None else warnings
     while True:
@@ -78,7 +80,7 @@ def predict_block_iter(plan: LargePlan, source, plane: int, block: tuple[int, ..
         except torch.OutOfMemoryError:
             warnings.append(predictor.recover_from_oom())
     if plan.scale != 1:
-        out = resize_image(out, size)
+        out = unresize_window(out, net_origin, plan.grid.shape, plan.scale, origin[-2:], size[-2:])
     inner = (slice(None),) + tuple(slice(h, h + s.stop - s.start) for s in core)
     result = out[inner]
     probs = _open_array(plan.probabilities)

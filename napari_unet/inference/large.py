@@ -9,8 +9,9 @@ them on a dask cluster):
    the tiled :class:`~.predictor.Predictor` on it and write the core's probabilities to a zarr
    array. Where the network's receptive field fits in the halo this equals the single-pass
    prediction up to float rounding; otherwise it differs like tile seams do. For a model that
-   resizes images (``scale != 1``) each block's window is resized on its own grid, so near seams
-   the probabilities differ from a single pass's (by up to ~0.2 in the tests; see README).
+   resizes images (``scale != 1``) each block's window is resized on the plane's resized grid
+   (:func:`~napari_unet.scaling.resize_window`), so blocks agree where they overlap (no seams);
+   a single pass normalises the resized plane rather than the plane, hence differs slightly.
 2. **label**: read the probabilities of the core grown by ``label_halo`` pixels (clipped to the
    image) and post-process them with :func:`~.postprocess.probabilities_to_labels`. The labels of
    a pixel depend only on its connected foreground region, so every object whose region lies

@@ -222,3 +222,25 @@ def test_small_objects_are_not_enlarged_by_default(make_random_model, nuclei_sam
     loaded = load_model(result.path)
     assert loaded.scale() == 1.0 and loaded.object_diameter == pytest.approx(loaded.image_object_diameter)
     assert math.isfinite(loaded.object_diameter)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.667, 1.37, 0.31])
+def test_a_window_is_resized_on_the_planes_own_grid(scale):
+    """resize_window / unresize_window give, inside a window, what resizing the whole plane (and
+    back) gives there, so overlapping blocks of a large image agree where they overlap."""
+    from scipy import ndimage as ndi
+
+    from napari_unet.scaling import resize_window, unresize_window
+
+    rng = np.random.default_rng(0)
+    plane = ndi.gaussian_filter(rng.random((2, 300, 280)).astype(np.float32), (0, 2, 2))
+    full = resize_image(plane, scaled_shape(plane.shape, scale))
+    back = resize_image(full, plane.shape)
+    (r0, c0), (h, w), m = (60, 45), (150, 170), 12  # m: away from the window's edges (the blur sees less there)
+    resized, (j0, k0) = resize_window(plane[:, r0:r0 + h, c0:c0 + w], (r0, c0), plane.shape, scale)
+    on_grid = full[:, j0:j0 + resized.shape[1], k0:k0 + resized.shape[2]]
+    np.testing.assert_allclose(resized[:, m:-m, m:-m], on_grid[:, m:-m, m:-m], atol=1e-5)
+    returned = unresize_window(on_grid, (j0, k0), plane.shape, scale, (r0, c0), (h, w))
+    assert returned.shape == (2, h, w)
+    np.testing.assert_allclose(returned[:, 2 * m:-2 * m, 2 * m:-2 * m], back[:, r0 + 2 * m:r0 + h - 2 * m,
+                                                                                c0 + 2 * m:c0 + w - 2 * m], atol=1e-5)
