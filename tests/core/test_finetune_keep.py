@@ -180,3 +180,23 @@ def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_
     refused = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="strict"))
     assert kept.discarded == "" and kept.path is not None
     assert refused.discarded.startswith("not saved") and "by more than 5.000" in refused.discarded
+
+
+@pytest.mark.parametrize("gain,replaced", [(0.03, False), (0.08, True)])
+def test_the_bases_own_post_processing_is_replaced_only_by_more_than_one_object(monkeypatch, gain, replaced):
+    """The base's stored post-processing was chosen on many images; settings tuned on a few dozen
+    held-out objects replace it only when they score more than the margin better (smaller gains
+    are noise: on 8 other frames they lost). The bar for fine-tuned weights is the best either way."""
+    from napari_unet.inference import postprocess
+    from napari_unet.training import finetune, validation
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[8:24, 8:24], labels[36:56, 30:50] = 1, 2
+    probs = (labels > 0).astype(np.float32)[None]
+    monkeypatch.setattr(validation, "held_out_probabilities", lambda *args: iter([(probs, labels)]))
+    own = {"threshold": 0.5, "min_size": 16, "split_touching": True, "split_depth": 1.0}
+    grid_best = {**own, "threshold": 0.6}
+    monkeypatch.setattr(postprocess, "choose_postprocess", lambda items, target: (grid_best, [(grid_best, 1.0 + gain)]))
+    metrics, bar, chosen = finetune._score_base(None, [], {}, "cpu", own, "binary", None, tune=True, margin=0.05)
+    assert metrics["ap50"] == 1.0 and bar == pytest.approx(1.0 + gain)
+    assert chosen == (grid_best if replaced else None)
