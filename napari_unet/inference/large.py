@@ -10,8 +10,10 @@ them on a dask cluster):
    array. Where the network's receptive field fits in the halo this equals the single-pass
    prediction up to float rounding; otherwise it differs like tile seams do. For a model that
    resizes images (``scale != 1``) each block's window is resized on the plane's resized grid
-   (:func:`~napari_unet.scaling.resize_window`), so blocks agree where they overlap (no seams);
-   a single pass normalises the resized plane rather than the plane, hence differs slightly.
+   (:func:`~napari_unet.scaling.resize_window`), so the blocks' inputs agree where they overlap
+   (no resampling seams); a network that pools still sees each window at its own phase of the
+   pooling grid, and a single pass normalises the resized plane rather than the plane, so both
+   differ slightly from a single pass.
 2. **label**: read the probabilities of the core grown by ``label_halo`` pixels (clipped to the
    image) and post-process them with :func:`~.postprocess.probabilities_to_labels`. The labels of
    a pixel depend only on its connected foreground region, so every object whose region lies

@@ -422,6 +422,6 @@ class FinetuneRun:
         return (f"the fine-tuned weights (validation AP@0.5 {best:.3f}) did not beat the base model with "
                 f"post-processing tuned on your corrections ({self.base_bar:.3f}; {self.baseline['ap50']:.3f} with "
                 f"its own){margin}: saved the base model's weights with "
-                + ("its own post-processing (the tuned settings did not beat it" + margin + ")" if own
+                + ("its own post-processing, which the tuned settings did not beat" + margin.split(" (")[0] if own
                    else "that post-processing")
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))

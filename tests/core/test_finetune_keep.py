@@ -152,6 +152,12 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     assert saved.object_diameter == 16.0 and not saved.estimates_size
     assert saved.image_object_diameter == pytest.approx(diameter, abs=0.01)
     assert f"objects of {diameter:.0f} px across" in saved.config["card"]
+    if tuned is None:  # the base's own settings are kept, with their own score
+        assert saved.postprocess == load_model(base).postprocess and result.postprocess == saved.postprocess
+        assert result.tuned_ap50 == pytest.approx(result.baseline["ap50"], abs=1e-4)
+        assert "its own post-processing" in result.discarded
+    else:
+        assert saved.postprocess["threshold"] == tuned["threshold"]
 
 
 def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_model, tmp_path, one_thread,

@@ -530,6 +530,8 @@ def test_the_correct_dock_alone_loads_its_split_tool_in_a_worker():
             "import napari\n"
             "from qtpy.QtWidgets import QApplication\n"
             "v = napari.Viewer(show=False)\n"
+            "if 'scipy.ndimage' in sys.modules:\n"
+            "    print('loaded before'); sys.exit(0)\n"
             "v.window.add_plugin_dock_widget('napari-unet', 'Correct')\n"
             "from napari_unet.widgets import _workers\n"
             "import time\n"
@@ -538,4 +540,7 @@ def test_the_correct_dock_alone_loads_its_split_tool_in_a_worker():
             "    QApplication.processEvents(); time.sleep(0.01)\n"
             "print(importers)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "[False]", out.stdout[-500:] + out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if last == "loaded before":
+        pytest.skip("this napari imports scipy.ndimage itself at start-up")
+    assert last == "[False]", out.stdout[-500:] + out.stderr[-2000:]
