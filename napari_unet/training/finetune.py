@@ -418,10 +418,10 @@ class FinetuneRun:
         self.tuned = round(self.baseline["ap50"], 4) if own else self.base_bar
         self.saved = self.save(loaded.net.eval(), self.config(result.stopped, self.baseline, 0, result.steps,
                                                               result.seconds, weights_net=loaded.net))
-        margin = f" by more than {self.margin:.3f} (one held-out object)" if self.margin else ""
+        gain = f" by more than {self.margin:.3f}" if self.margin else ""
         return (f"the fine-tuned weights (validation AP@0.5 {best:.3f}) did not beat the base model with "
                 f"post-processing tuned on your corrections ({self.base_bar:.3f}; {self.baseline['ap50']:.3f} with "
-                f"its own){margin}: saved the base model's weights with "
-                + ("its own post-processing, which the tuned settings did not beat" + margin.split(" (")[0] if own
+                f"its own){gain + ' (one held-out object)' if gain else ''}: saved the base model's weights with "
+                + (f"its own post-processing, which the tuned settings did not beat{gain}" if own
                    else "that post-processing")
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))

@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import tempfile
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -237,6 +238,12 @@ def corrections_full_shape(layer) -> tuple:
     holds a region of a large layer)."""
     full = layer_meta(layer).get("full_shape")
     return tuple(int(n) for n in full) if full else tuple(layer.data.shape)
+
+
+def pixels_source(image_layer) -> SimpleNamespace:
+    """What :func:`image_for_corrections` reads an image layer's pixels from, taken on the Qt
+    thread as the layer is now, so that a worker can read them (a lazy image is read from disk)."""
+    return SimpleNamespace(data=image_layer.data, multiscale=image_layer.multiscale, rgb=image_layer.rgb)
 
 
 def image_for_corrections(image_layer, meta: dict) -> np.ndarray:

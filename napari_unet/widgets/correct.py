@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import napari.viewer
 import numpy as np
@@ -41,7 +40,7 @@ from . import _workers
 from ._autosave import Autosave
 from ._base import JobWidget, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
-from ._layers import KEY, current_plane, image_for_corrections, real_viewer
+from ._layers import KEY, current_plane, image_for_corrections, pixels_source, real_viewer
 
 TOOLS = ("paint (napari)", "delete object (click)", "merge objects (click two)", "split object (click two ends)")
 
@@ -463,7 +462,7 @@ class CorrectWidget(JobWidget):
                              "paint the reviewed layer first. Unreviewed pixels are ignored by training.")
         # the image's pixels are read in the worker (a lazy or multiscale image is read from disk): here only
         # what it reads them from, as it is now
-        image_source = SimpleNamespace(data=image_layer.data, multiscale=image_layer.multiscale, rgb=image_layer.rgb)
+        image_source = pixels_source(image_layer)
         meta = dict(_meta(corrected))
         name, lead = corrected.name, ()
         whole = not (self.plane_only.value and labels.ndim > 2)  # whole layers stay linked for autosave

@@ -20,7 +20,6 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from types import SimpleNamespace
 
 import napari.viewer
 import numpy as np
@@ -30,7 +29,7 @@ from napari.utils.notifications import show_info, show_warning
 
 from ._base import DEVICES, JobWidget, device_line, layer_meta as _meta
 from ._dock import TRAINING_FOLDER, wrap
-from ._layers import corrections_full_shape, image_for_corrections, input_images
+from ._layers import corrections_full_shape, image_for_corrections, input_images, pixels_source
 from ._plot import LossPlot
 
 FROM_VIEWER = "corrected layers in the viewer"
@@ -106,7 +105,6 @@ class FinetuneWidget(JobWidget):
         super().__init__(viewer)  # PyTorch loads in a worker (widgets._workers.warm_up)
         FinetuneWidget.instances.add(self)
         self.last_result = None
-        self._triple_names: list[tuple[str, str]] = []  # (labels, image) names of the last triples, for messages
         self._build_controls()
         self.train_button.changed.connect(self._on_train_clicked)
         self.run_button.changed.connect(self.run_new_model)
@@ -229,12 +227,13 @@ class FinetuneWidget(JobWidget):
             return None, f"{what} and no open image has its shape {shape}: open it again under that name"
         return None, (f"{what} and {len(fitting)} images have its shape {shape}: choose its image in 'Image'")
 
-    def viewer_corrections(self) -> tuple[list, str]:
-        """What the corrected layers in the viewer hold now, as ``(pending, source)``: per layer a
-        copy of its labels and reviewed mask, and what its image's pixels are read from (read by
-        :func:`read_pending`, in the run's worker: a lazy image is read from disk). The layers'
-        names are kept for :meth:`check_triples`' messages. A layer whose image cannot be found is
-        skipped with a warning (an error when none is left)."""
+    def viewer_corrections(self) -> tuple[list, list, str]:
+        """What the corrected layers in the viewer hold now, as ``(pending, names, source)``: per
+        layer a copy of its labels and reviewed mask, and what its image's pixels are read from
+        (read by :func:`read_pending`, in the run's worker: a lazy image is read from disk); the
+        ``(labels, image)`` layer names, for the messages of
+        :func:`~napari_unet.training.corrections.fit_corrections`. A layer whose image cannot be
+        found is skipped with a warning (an error when none is left)."""
         pending, names, skipped = [], [], []
         for layer in self._viewer.layers:
             meta = _meta(layer)
@@ -249,7 +248,7 @@ class FinetuneWidget(JobWidget):
             if image_layer is None:
                 skipped.append(why)
                 continue
-            source = SimpleNamespace(data=image_layer.data, multiscale=image_layer.multiscale, rgb=image_layer.rgb)
+            source = pixels_source(image_layer)
             pending.append((source, dict(meta), np.array(layer.data, copy=True), reviewed))
             names.append((layer.name, image_layer.name))
         if not pending:
@@ -260,13 +259,12 @@ class FinetuneWidget(JobWidget):
                              "mark reviewed), or train on a training-set folder.")
         for why in skipped:
             show_warning(f"Skipped: {why}.")
-        self._triple_names = names
-        return pending, "layers " + ", ".join(n for n, _ in names)
+        return pending, names, "layers " + ", ".join(n for n, _ in names)
 
     def viewer_triples(self) -> tuple[list, str]:
         """Copies of ``(image, labels, reviewed)`` of every corrected layer in the viewer, as
         ``(triples, source)`` (:meth:`viewer_corrections`, read at once)."""
-        pending, source = self.viewer_corrections()
+        pending, _, source = self.viewer_corrections()
         return read_pending(pending), source
 
     def training_set(self):
@@ -284,13 +282,6 @@ class FinetuneWidget(JobWidget):
         config = read_config(resolve_model_path(self.model.value))
         dims = config["arguments"].get("spatial_dims", get_spec(config["architecture"]).spatial_dims)
         return int(config["input"]["channels"]), int(dims)
-
-    def check_triples(self, triples: list, in_channels: int, spatial_dims: int) -> tuple[list, list[str]]:
-        """The triples made fit for the base model, and what was changed (for the user): see
-        :func:`~napari_unet.training.corrections.fit_corrections`; its messages name the layers."""
-        from ..training.corrections import fit_corrections
-
-        return fit_corrections(triples, in_channels, spatial_dims, names=self._triple_names)
 
     # -- running ---------------------------------------------------------------------------
     def _on_train_clicked(self, *_):
@@ -317,13 +308,13 @@ class FinetuneWidget(JobWidget):
             # the images are read in the worker: a folder's (seconds for a large set), and the layers' (a lazy
             # image is read from disk); here only what they are read from
             if self.source.value == FROM_VIEWER:
-                pending, source = self.viewer_corrections()
+                pending, names, source = self.viewer_corrections()
                 folder, entries = None, []
             else:
                 folder = self.training_set()
                 pending, source = None, str(folder.folder)
                 entries = folder.names()
-                self._triple_names = [(f"masks/{n}", f"images/{n}") for n in entries]
+                names = [(f"masks/{n}", f"images/{n}") for n in entries]
         except (ValueError, KeyError) as exc:
             self.report_error(str(exc.args[0]) if exc.args else str(exc))
             return
@@ -331,7 +322,6 @@ class FinetuneWidget(JobWidget):
 
         settings, base, name = self.settings(), self.model.value, self.name.value.strip() or None
         stop, lifetime, resume = threading.Event(), self.lifetime, bool(self.resume.value)
-        names = list(self._triple_names)
 
         def job():
             from ..training.corrections import fit_corrections

@@ -351,7 +351,9 @@ def test_a_run_interrupted_by_closing_its_dock_resumes_next_time(make_napari_vie
 
     viewer, widget = open_dock()
     triples, _ = widget.viewer_triples()
-    triples, _ = widget.check_triples(triples, *widget._base_model_inputs())
+    from napari_unet.training.corrections import fit_corrections
+
+    triples, _ = fit_corrections(triples, *widget._base_model_inputs())  # as the run's worker fits them
     state = resumable(run_key("unet", triples, widget.settings(), "resumed nuclei"))
     assert not state.exists
     click(widget.train_button)
