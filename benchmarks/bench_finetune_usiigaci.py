@@ -99,6 +99,7 @@ def run_finetune(arm: str, corrected, scored, minutes: float, seed: int, out: st
         return {"ap50": float("nan"), "steps": result.steps, "seconds": seconds, "note": result.stopped}
     scores = score_model(load_model(result.path), scored)
     return {**scores, "steps": result.steps, "seconds": seconds, "val": result.metrics.get("ap50"),
+            "tuned": result.tuned_ap50, "kept": result.discarded or f"{result.weights} weights",
             "pp": {**result.postprocess, **({"weights": "base's"} if result.weights == "base" else {})}}
 
 
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
                 else:
                     r = run_finetune(arm, corrected, scored, args.minutes, seed, out)
                 rows[arm].append(r)
-                extra = f", val {r['val']:.3f}, pp {r['pp']}" if r.get("val") is not None else \
+                extra = f", val {r['val']:.3f}, with its pp {r['tuned']}, pp {r['pp']}; {r['kept']}" \
+                    if r.get("val") is not None else \
                     f" ({r['note']})" if r.get("note") else ""
                 print(f"seed {seed} {arm}: AP@0.5 {r['ap50']:.3f} (F1 {r.get('f1', float('nan')):.3f}), "
                       f"{r['steps']} steps in {r['seconds']:.0f} s{extra}", flush=True)

@@ -174,7 +174,8 @@ def _report(result, out: Path) -> int:
               f"(AP@0.5 {result.tuned_ap50:.3f})" if result.tuned_ap50 is not None else "")
     score = (f"best validation AP@0.5 {result.metrics['ap50']:.3f} at step {result.best_step} of {result.steps}"
              if result.metrics else f"not validated, {result.steps} steps")
-    if result.weights == "base":
+    if result.weights == "base":  # the discarded note says where its post-processing was chosen
         score = f"{result.discarded}; {result.steps} steps"
+        chosen = f"; post-processing: {postprocess_text(result.postprocess)}"
     print(f"saved {result.path} ({score}; {result.stopped}){chosen}")
     return 0

@@ -160,7 +160,7 @@ def postprocess_text(pp: dict) -> str:
     return f"threshold {pp['threshold']:g}, min size {pp['min_size']} px, {split}"
 
 
-def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict, list]:
+def choose_postprocess(items, target: str = "binary", metric=None, stop=None) -> tuple[dict, list]:
     """The post-processing that scores best on held-out data, and the table of every choice.
 
     ``items``: ``(probabilities (K, *spatial), labels (*spatial))`` pairs (probabilities
@@ -169,7 +169,8 @@ def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict
     images does not outvote one with few). ``metric(labels, prediction) -> dict`` with ``ap50``
     defaults to :func:`napari_unet.metrics.evaluate`. A few seconds on a few megapixels.
     Returns ``(best settings for probabilities_to_labels, [(settings, score), ...])``; ties go to
-    the first choice in the grid order nearest the defaults (threshold 0.5).
+    the first choice in the grid order nearest the defaults (threshold 0.5). Setting ``stop`` (a
+    ``threading.Event``) raises :class:`~napari_unet.jobs.PredictionCancelled` between two settings.
     """
     from ..metrics import evaluate
 
@@ -191,6 +192,10 @@ def choose_postprocess(items, target: str = "binary", metric=None) -> tuple[dict
             for split in splits:
                 pp = {"threshold": threshold, "min_size": min_size, "split_touching": True,
                       "split_depth": SPLIT_DEPTHS[0], **split}
+                if stop is not None and stop.is_set():
+                    from ..jobs import PredictionCancelled
+
+                    raise PredictionCancelled()
                 groups: dict = {}
                 for probs, labels, group in items:
                     predicted = probabilities_to_labels(probs, target=target, **pp)

@@ -57,7 +57,9 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
     if base_weights:
         card += (f"The fine-tuned weights scored no better than `{loaded.name}` with post-processing tuned on "
                  "the same held-out regions, so this file holds the base model's weights, unchanged, with "
-                 "that post-processing"
+                 + (f"its own post-processing (no other settings beat it on all the reviewed regions by more than "
+                    f"{run.gain_text()})" if run.base.postprocess is None else
+                    "post-processing chosen on all the reviewed regions (the base trained on none of them)")
                  + (f", for objects of {diameter:.0f} px across as in the corrections (images are resized "
                     f"so that they reach the network's {loaded.object_diameter:g} px unless told another "
                     "object size)" if loaded.object_diameter and diameter else "") + ".\n\n")
@@ -75,5 +77,6 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
         pp = run.postprocess
         from ..inference.postprocess import postprocess_text
 
-        card += f"\nPost-processing chosen on the same regions: {postprocess_text(pp)} (AP@0.5 {run.tuned:.3f}).\n"
+        where = ", scored on all the reviewed regions" if base_weights else " chosen on the same regions"
+        card += f"\nPost-processing{where}: {postprocess_text(pp)} (AP@0.5 {run.tuned:.3f}).\n"
     return card

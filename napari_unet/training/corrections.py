@@ -145,6 +145,12 @@ def _crop(triple, region):
     return image[lead + region], labels[region], reviewed[region]
 
 
+def _region(triple, box: tuple | None = None) -> tuple:
+    """``(image, labels)`` of a triple's reviewed region: its box (or ``box``), labels 0 where not reviewed."""
+    image, labels, reviewed = _crop(triple, _reviewed_box(triple[2]) if box is None else box)
+    return image, np.where(reviewed, labels, 0)
+
+
 def _reviewed_box(reviewed) -> tuple:
     """The bounding box (slices) of the reviewed pixels."""
     idx = np.nonzero(np.asarray(reviewed))
@@ -188,11 +194,8 @@ def split_by_region(triples: Sequence, fraction: float = 0.25, min_side: int = 6
 
     def whole(held):
         train = [t for i, t in enumerate(triples) if i not in held]
-        val = []
-        for i in sorted(held):  # cut to the reviewed region's box: objects found outside it are no errors
-            if np.asarray(triples[i][2]).any():
-                image, lab, rev = _crop(triples[i], _reviewed_box(triples[i][2]))
-                val.append((image, np.where(rev, lab, 0)))
+        # cut to the reviewed region's box: objects found outside it are no errors
+        val = [_region(triples[i]) for i in sorted(held) if np.asarray(triples[i][2]).any()]
         return train, val
 
     order = list(dict.fromkeys(groups))  # the images, in the order given
@@ -264,6 +267,7 @@ class PreparedCorrections:
     train: list
     val: list
     base_val: list  # the validation regions at the base model's own scale
+    base_scale: float  # the factor the base model resizes the corrections by
     scale: float
     net_diameter: float | None
     diameter: float | None
@@ -285,4 +289,53 @@ class PreparedCorrections:
         base_scale = loaded.scale(diameter) if net_diameter else 1.0
         resized_val = [_resized(v, scale) for v in val]
         base_val = resized_val if base_scale == scale else [_resized(v, base_scale) for v in val]
-        return cls([_resized(t, scale) for t in train], resized_val, base_val, scale, net_diameter, diameter)
+        return cls([_resized(t, scale) for t in train], resized_val, base_val, base_scale, scale, net_diameter,
+                   diameter)
+
+    def base_regions(self, checked) -> list:
+        """The reviewed regions of ``checked`` (the corrections this was split from) that the base
+        model is scored on to choose its post-processing (:func:`reviewed_regions`), at its scale."""
+        return [_resized(r, self.base_scale) for r in reviewed_regions(checked, self.base_scale)]
+
+
+#: pixels (at the base model's scale) of the corrections the base is scored on to choose its
+#: post-processing: 2 megapixels, about 22 s of prediction and grid on two CPU cores (3 Usiigaci
+#: frames at the bundled unet's scale: 0.7 megapixels, 6 s more than the held-out strips alone)
+REGIONS_BUDGET = 2_000_000
+
+
+def reviewed_regions(triples: Sequence, scale: float = 1.0, budget: float = REGIONS_BUDGET,
+                     min_side: int = 64) -> list:
+    """``(image, labels)`` of the corrections' reviewed regions, for scoring a model that trained on
+    none of them (the base): four times the objects of the held-out strips when there are three
+    images (3 Usiigaci frames: 213 objects against 56).
+
+    Each image's reviewed box where it is fully reviewed (in an unreviewed hole, the objects a model
+    finds would count as false ones), the images in turn (the planes of stacks one after another,
+    so that one stack does not take all the budget), each cut along its longer in-plane axis to what
+    is left of ``budget`` pixels at ``scale`` (a cut under ``min_side`` pixels is left out)."""
+    groups = list(getattr(triples, "groups", range(len(triples))))
+    seen: dict = {}
+    order = []
+    for i, group in enumerate(groups):  # the first plane of every image, then the second, ...
+        order.append((seen.get(group, 0), i))
+        seen[group] = seen.get(group, 0) + 1
+    regions, left = [], float(budget)
+    for _, i in sorted(order):
+        triple = triples[i]
+        reviewed = np.asarray(triple[2], bool)
+        box = _reviewed_box(reviewed)
+        if not reviewed[box].all():
+            continue
+        sides = [b.stop - b.start for b in box]
+        pixels = float(np.prod(sides)) * scale ** 2  # only the in-plane axes are resized
+        if pixels > left:
+            axis = int(np.argmax(sides[-2:])) + len(sides) - 2
+            keep = int(sides[axis] * left / pixels)
+            if keep < min_side:
+                continue
+            box = tuple(slice(b.start, b.start + keep) if a == axis else b for a, b in enumerate(box))
+            pixels = left
+        regions.append(_region(triple, box))
+        left -= pixels
+    return regions

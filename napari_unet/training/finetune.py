@@ -124,7 +124,8 @@ class FinetuneResult:
     history: list = field(default_factory=list)
     warnings: list = field(default_factory=list)  # e.g. "Out of CUDA memory at step 12: continuing with batch size 2."
     postprocess: dict = field(default_factory=dict)  # the post-processing stored with the model
-    tuned_ap50: float | None = None  # validation AP@0.5 with it (chosen on the same regions)
+    tuned_ap50: float | None = None  # validation AP@0.5 with it (on the held-out regions; with the base's
+    # weights kept, on all the reviewed regions, where its post-processing is chosen)
     best_step: int = 0  # the step of the best validation (of the saved weights)
     discarded: str = ""  # why the fine-tuned weights were not kept although training ran (not better than the base)
     weights: str = "fine-tuned"  # or "base": the saved file holds the base's weights with tuned post-processing
@@ -139,31 +140,54 @@ class FinetuneResult:
         return self.metrics.get("ap50", 0.0) - self.baseline.get("ap50", 0.0)
 
 
-def _score_base(net, val, normalization, device, postprocess, target, stop, tune: bool, margin: float = 0.0):
-    """``(metrics with the base model's own post-processing, its best AP@0.5 over the tuning grid
-    and its own settings or None, the grid's best settings when they beat its own by more than
-    ``margin`` or None)`` on the held-out regions, predicted once: a fine-tuned model is kept only
-    if it beats the second (both sides then choose their post-processing on the same data). The
-    base's own settings were chosen on many images: a few held-out objects replace them only by
-    more than ``margin`` (one object's worth). Bundled ``unet`` on 3 Usiigaci frames: settings
-    chosen there scored 0.786 on 8 other frames, its own 0.813-0.817; there the gain on the strips
-    was above the margin, so that case is not caught yet (benchmarks/README.md)."""
-    from ..inference.postprocess import choose_postprocess, probabilities_to_labels
-    from ..metrics import evaluate, mean_metrics
+@dataclass
+class BaseScore:
+    """The base model scored on the corrections before training."""
+
+    metrics: dict  # with its own post-processing, on the held-out part
+    bar: float | None = None  # its best there, own settings or the grid's: what fine-tuned weights must beat
+    postprocess: dict | None = None  # settings chosen on all reviewed regions, where they beat its own by the margin
+    own_all: float | None = None  # AP@0.5 with its own settings on all reviewed regions
+    best_all: float | None = None  # the grid's best there
+
+
+def _score_base(net, val, regions, normalization, device, postprocess, target, stop, tune: bool,
+                margin: float = 0.0) -> BaseScore:
+    """The base model on the held-out regions ``val`` and, with ``tune``, on all the reviewed
+    ``regions`` (none of which it trained on), each predicted once.
+
+    Fine-tuned weights are judged on ``val`` only (they trained on the rest), against the base's
+    best there over the post-processing grid: both sides choose their settings on the same data.
+    What the base keeps, should it win, is chosen on all ``regions``: four times the objects of
+    the strips for 3 corrected frames. Its own settings were chosen on many images, so the grid's
+    replace them only by more than ``margin`` (one object's worth). Bundled ``unet`` on 3 Usiigaci
+    frames, scored on 8 others: its own settings 0.817, the strips' choice 0.786, all regions'
+    choice 0.803 (the 3 frames prefer the shallower split, the 8 do not: benchmarks/README.md)."""
+    from ..inference.postprocess import choose_postprocess
+    from ..metrics import mean_metrics
 
     from . import validation
 
-    items = list(validation.held_out_probabilities(net, val, normalization, device, target, stop))
-    metrics = mean_metrics([evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
-                            for probs, labels in items])
+    def scored(pairs):
+        items = list(validation.held_out_probabilities(net, pairs, normalization, device, target, stop))
+        return items, mean_metrics([_evaluate(probs, labels, target, postprocess) for probs, labels in items])
+
+    items, metrics = scored(val)
     if not tune:
-        return metrics, None, None
-    best, table = choose_postprocess(items, target)
-    best_score = max(score for _, score in table)
-    bar = round(max(best_score, metrics["ap50"]), 4)  # what fine-tuned weights must beat, whichever settings
-    if best_score > metrics["ap50"] + margin:  # the grid beats the base's own settings on the user's data
-        return metrics, bar, best
-    return metrics, bar, None
+        return BaseScore(metrics)
+    table = choose_postprocess(items, target, stop=stop)[1]
+    bar = round(max(max(score for _, score in table), metrics["ap50"]), 4)
+    everything, own = scored(regions) if regions else (items, metrics)
+    best, table = choose_postprocess(everything, target, stop=stop)
+    own_all, best_all = round(own["ap50"], 4), round(max(score for _, score in table), 4)
+    return BaseScore(metrics, bar, best if best_all > own_all + margin else None, own_all, best_all)
+
+
+def _evaluate(probs, labels, target, postprocess) -> dict:
+    from ..inference.postprocess import probabilities_to_labels
+    from ..metrics import evaluate
+
+    return evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
 
 
 def _min_gain(settings: FinetuneSettings, val) -> float:
@@ -243,11 +267,12 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
 
     With ``settings.only_if_better`` (the default) a model that does not validate better than the
     base model is not saved, not even as a checkpoint: both are judged by their best AP@0.5 over
-    the post-processing grid on the same held-out regions. When the base model with the grid's
-    best settings beats its own settings, that is saved instead (the base's weights, unchanged,
-    with the tuned post-processing: ``FinetuneResult.weights == "base"``); ``discarded`` says
-    what happened. With ``settings.validate`` (the default) a
-    training set from which nothing can be held out is refused before training, and so is a base
+    the post-processing grid on the same held-out regions. When the base wins and settings chosen
+    on all the reviewed regions (none of which it trained on) beat its own there by more than one
+    object's worth, or it estimates object sizes (then made for the corrections' size), the base
+    is saved instead: its weights, unchanged, with those settings or its own
+    (``FinetuneResult.weights == "base"``); ``discarded`` says what happened. With
+    ``settings.validate`` (the default) a training set from which nothing can be held out is refused before training, and so is a base
     that runs a BioImage.IO package's own network (``ValueError``; a package napari-unet exported
     is rebuilt as a napari-unet network and can be fine-tuned).
     """
@@ -299,19 +324,27 @@ class FinetuneRun:
         self.weight_map = settings.weight_map()
         self.path, self.name = output_path(self.loaded, name, out_dir, path, overwrite)
         self.data = PreparedCorrections.split(settings, self.loaded, checked)
+        self.checked = checked
         self.postprocess, self.tuned = self.loaded.postprocess, None
-        self.baseline, self.base_bar, self.base_pp = {}, None, None  # the bar: the base's best on the held-out part
+        self.base = BaseScore({})  # the base scored on the corrections (score_base)
         self.margin = _min_gain(settings, self.data.val)
         self.saved = None
 
     def stopped_early(self) -> FinetuneResult:
         return FinetuneResult(None, self.name, {}, {}, "stopped by user", 0, time.perf_counter() - self.started)
 
+    @property
+    def baseline(self) -> dict:
+        """The base model's metrics on the held-out part, with its own post-processing."""
+        return self.base.metrics
+
     def score_base(self) -> None:
         if self.data.val and self.target == self.loaded.target:
-            self.baseline, self.base_bar, self.base_pp = _score_base(
-                self.net, self.data.base_val, self.loaded.normalization, self.settings.device, self.postprocess,
-                self.target, self.stop, tune=self.settings.only_if_better, margin=self.margin)
+            tune = self.settings.only_if_better
+            regions = self.data.base_regions(self.checked) if tune else []
+            self.base = _score_base(self.net, self.data.base_val, regions, self.loaded.normalization,
+                                    self.settings.device, self.postprocess, self.target, self.stop, tune=tune,
+                                    margin=_min_gain(self.settings, regions))
 
     def focus_maps(self):
         """Where the base model is wrong, for the sampler (with ``settings.focus``), or None."""
@@ -323,7 +356,7 @@ class FinetuneRun:
                                      self.postprocess, self.target, stop=self.stop)
 
     def beats_base(self, score: float | None) -> bool:
-        return self.base_bar is None or (score is not None and score > self.base_bar + self.margin)
+        return self.base.bar is None or (score is not None and score > self.base.bar + self.margin)
 
     def save(self, weights_net, config) -> Path:
         from ..modelfile import save_model
@@ -389,9 +422,7 @@ class FinetuneRun:
         if result.metrics:
             best = max(result.metrics["ap50"], self.tuned if self.tuned is not None else -1.0)
             if not self.beats_base(best):
-                discarded = (f"not saved: its validation AP@0.5 {best:.3f} is not better than the base model's "
-                             f"{self.base_bar:.3f}"
-                             + (f" by more than {self.margin:.3f} (one held-out object)" if self.margin else ""))
+                discarded = f"not saved: its validation AP@0.5 {self.short_of(best)}"
                 self.postprocess = self.loaded.postprocess
         # without validation the last state is all there is: worth keeping unless nothing was trained
         # or the loss broke (the weights that made it break are suspect)
@@ -401,27 +432,53 @@ class FinetuneRun:
         if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
             self.saved = self.save(self.net.eval(), self.config(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
-        elif discarded and (self.base_pp is not None or (self.loaded.estimates_size and data.diameter)) \
+        elif discarded and (self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter)) \
                 and not stopped_by_user:
             discarded, weights = self.keep_base(result, best), "base"
         return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, result.stopped, result.steps,
                               result.seconds, result.history, list(result.warnings), dict(self.postprocess),
                               self.tuned, result.best_step, discarded, weights, data.scale, data.diameter)
 
+    def short_of(self, best: float) -> str:
+        """How ``best`` (a validation AP@0.5) fell short of the base: "0.912 is not above 0.931, the base
+        model's 0.913 plus one held-out object", with the digits that tell the numbers apart."""
+        need = self.base.bar + self.margin
+        shown_best, shown_need, shown_bar = _distinct(best, need, self.base.bar)
+        if not self.margin:
+            return f"{shown_best} is not above the base model's {shown_bar}"
+        return f"{shown_best} is not above {shown_need}, the base model's {shown_bar} plus {self.gain_text()}"
+
+    def gain_text(self) -> str:
+        return "one held-out object" if self.settings.min_gain is None else "the gain asked for"
+
     def keep_base(self, result, best: float) -> str:
-        """Save the base's weights with the post-processing tuned on the held-out part (and, for a base
-        that estimates the objects' size, made for the corrections' size): they beat the fine-tuned
-        weights, so they are the best model for these images. Returns what the status says."""
-        loaded, diameter = self.loaded, self.data.diameter
-        own = self.base_pp is None  # the grid did not beat the base's own settings by more than the margin
-        self.postprocess = dict(loaded.postprocess if own else self.base_pp)
-        self.tuned = round(self.baseline["ap50"], 4) if own else self.base_bar
+        """Save the base's weights with the post-processing chosen on all the reviewed regions (and, for
+        a base that estimates the objects' size, made for the corrections' size): they beat the
+        fine-tuned weights, so they are the best model for these images. Returns what the status says."""
+        loaded, diameter, base = self.loaded, self.data.diameter, self.base
+        own = base.postprocess is None  # other settings did not beat the base's own by more than one object
+        self.postprocess = dict(loaded.postprocess if own else base.postprocess)
+        self.tuned = base.own_all if own else base.best_all
         self.saved = self.save(loaded.net.eval(), self.config(result.stopped, self.baseline, 0, result.steps,
                                                               result.seconds, weights_net=loaded.net))
-        gain = f" by more than {self.margin:.3f}" if self.margin else ""
-        return (f"the fine-tuned weights (validation AP@0.5 {best:.3f}) did not beat the base model with "
-                f"post-processing tuned on your corrections ({self.base_bar:.3f}; {self.baseline['ap50']:.3f} with "
-                f"its own){gain + ' (one held-out object)' if gain else ''}: saved the base model's weights with "
-                + (f"its own post-processing, which the tuned settings did not beat{gain}" if own
-                   else "that post-processing")
+        best_all, own_all = _distinct(base.best_all, base.own_all)[:2]
+        kept = (f"its own post-processing, AP@0.5 {own_all} on all your reviewed regions (no other settings beat "
+                f"it by more than {self.gain_text()} there)" if own else
+                f"post-processing chosen on all your reviewed regions, AP@0.5 {best_all} there ({own_all} with its "
+                "own)")
+        return (f"the fine-tuned weights did not beat the base model: validation AP@0.5 {self.short_of(best)}. "
+                f"Saved the base model's weights with {kept}"
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))
+
+
+def _distinct(*values: float) -> list[str]:
+    """``values`` written with 3 decimals, or as many more (up to 6) as it takes for the written
+    numbers to compare as the values do: 0.9621 and 0.9615 as "0.9621" and "0.9615", not both "0.962"."""
+    def order(numbers):
+        return [np.sign(round(a - b, 9)) for a in numbers for b in numbers]  # float noise is no difference
+
+    for digits in (3, 4, 5, 6):
+        shown = [f"{v:.{digits}f}" for v in values]
+        if order([float(x) for x in shown]) == order(values):
+            return shown
+    return [f"{v:.3f}" for v in values]

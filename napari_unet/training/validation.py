@@ -75,4 +75,5 @@ def tune_postprocess(net, pairs: Sequence, normalization: dict = DEFAULT, device
     :func:`~napari_unet.inference.postprocess.choose_postprocess`."""
     from ..inference.postprocess import choose_postprocess
 
-    return choose_postprocess(list(held_out_probabilities(net, pairs, normalization, device, target, stop)), target)
+    return choose_postprocess(list(held_out_probabilities(net, pairs, normalization, device, target, stop)), target,
+                              stop=stop)

@@ -67,7 +67,7 @@ def result_message(result) -> str:
         chosen += (f"\nimages resized {result.scale:.2f}x for training (objects of {result.object_diameter:.0f} px); "
                    "the model resizes new images the same way (Segment's object size)")
     if result.weights == "base":  # fine-tuning did not beat the base with tuned post-processing
-        score, gain = f"{result.discarded}; validation AP@0.5 {result.tuned_ap50:.3f}", ""
+        score, gain = result.discarded, ""  # which scores, and where its post-processing was chosen
         chosen = f"\npost-processing: {postprocess_text(pp)}"
     if result.resumed:
         chosen += "\nresumed an interrupted run: the steps count the whole run"

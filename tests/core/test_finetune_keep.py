@@ -3,6 +3,8 @@ unless validation was turned off, and short runs validate several times."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -29,9 +31,9 @@ def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, 
     real, bars = finetune._score_base, []
 
     def score_base(*args, **kwargs):  # the real scoring, and an unbeatable base (AP@0.5 1 after tuning)
-        metrics, bar, _ = real(*args, **kwargs)
-        bars.append(bar)
-        return metrics, (1.0 if kwargs["tune"] else None), None
+        score = real(*args, **kwargs)
+        bars.append(score.bar)
+        return replace(score, bar=1.0 if kwargs["tune"] else None, postprocess=None)
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     base = make_random_model("keep-base")
@@ -41,8 +43,8 @@ def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, 
     assert bars[0] >= result.baseline["ap50"]
     assert result.steps == 2 and result.metrics and result.path is None and not list(tmp_path.iterdir())
     best = max(result.metrics["ap50"], result.tuned_ap50)
-    assert result.discarded.startswith(f"not saved: its validation AP@0.5 {best:.3f} is not better than the base "
-                                       "model's 1.000 by more than ")
+    assert result.discarded.startswith(f"not saved: its validation AP@0.5 {best:.3f} is not above ")
+    assert result.discarded.endswith(", the base model's 1.000 plus one held-out object")
     kept = run_to_end(finetune_iter(str(base), crops, _settings(only_if_better=False), out_dir=tmp_path,
                                     name="kept"))
     assert kept.path == tmp_path / "kept.safetensors" and kept.discarded == ""
@@ -103,20 +105,23 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
 
     from napari_unet.training import finetune
 
-    real = finetune._score_base
+    real, seen = finetune._score_base, []
     tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False, "split_depth": 1.0}
 
     def score_base(*args, **kwargs):  # the base with `tuned` scores 1.0 (unbeatable)
-        metrics, _, _ = real(*args, **kwargs)
-        return metrics, 1.0, dict(tuned)
+        seen.append((len(args[1]), len(args[2])))  # the held-out regions, all the reviewed regions
+        return replace(real(*args, **kwargs), bar=1.0, postprocess=dict(tuned), own_all=0.25, best_all=1.0)
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     base = make_random_model("keep-base-4")
     result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=2, steps_per_epoch=1), out_dir=tmp_path,
                                       name="base-tuned"))
     assert result.weights == "base" and result.path == tmp_path / "base-tuned.safetensors"
+    assert seen == [(2, 2)]  # a strip of each crop is held out; the post-processing is chosen on both crops
     assert result.postprocess == tuned and result.tuned_ap50 == 1.0
-    assert "saved the base model's weights with that post-processing" in result.discarded
+    assert result.discarded.startswith("the fine-tuned weights did not beat the base model: validation AP@0.5 ")
+    assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions, AP@0.5 1.000 "
+            "there (0.250 with its own)") in result.discarded
     saved, original = load_model(result.path), load_model(base)
     assert saved.postprocess == tuned and saved.config["provenance"]["weights"].startswith("the base model's")
     for key, value in original.net.state_dict().items():
@@ -133,11 +138,12 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     from napari_unet.modelfile import make_config, save_model
     from napari_unet.scaling import median_diameter
 
-    real = finetune._score_base
+    real, scores = finetune._score_base, []
 
     def score_base(*args, **kwargs):  # the base is unbeatable, with tuned post-processing or its own (None)
-        metrics, _, _ = real(*args, **kwargs)
-        return metrics, 1.0, tuned
+        score = replace(real(*args, **kwargs), bar=1.0, postprocess=tuned)
+        scores.append(score)
+        return score
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     random = load_model(make_random_model("sized-base"))
@@ -154,8 +160,9 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     assert f"objects of {diameter:.0f} px across" in saved.config["card"]
     if tuned is None:  # the base's own settings are kept, with their own score
         assert saved.postprocess == load_model(base).postprocess and result.postprocess == saved.postprocess
-        assert result.tuned_ap50 == pytest.approx(result.baseline["ap50"], abs=1e-4)
-        assert "its own post-processing" in result.discarded
+        assert scores[0].own_all is not None and result.tuned_ap50 == scores[0].own_all  # on all reviewed regions
+        assert "its own post-processing, AP@0.5" in result.discarded
+        assert "its own post-processing (no other settings beat it" in saved.config["card"]
     else:
         assert saved.postprocess["threshold"] == tuned["threshold"]
 
@@ -176,8 +183,7 @@ def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_
     real = finetune._score_base
 
     def score_base(*args, **kwargs):  # a base any model beats (-1), unless the margin is out of reach
-        metrics, _, _ = real(*args, **kwargs)
-        return metrics, -1.0, None
+        return replace(real(*args, **kwargs), bar=-1.0, postprocess=None)
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
     monkeypatch.setattr(finetune, "_min_gain", lambda settings, val: 0.0 if settings.min_gain == 0 else 5.0)
@@ -185,24 +191,51 @@ def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_
                                     name="free"))
     refused = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="strict"))
     assert kept.discarded == "" and kept.path is not None
-    assert refused.discarded.startswith("not saved") and "by more than 5.000" in refused.discarded
+    assert refused.discarded.startswith("not saved") \
+        and "is not above 4.000, the base model's -1.000 plus one held-out object" in refused.discarded
 
 
 @pytest.mark.parametrize("gain,replaced", [(0.03, False), (0.08, True)])
-def test_the_bases_own_post_processing_is_replaced_only_by_more_than_one_object(monkeypatch, gain, replaced):
-    """The base's stored post-processing was chosen on many images; settings tuned on a few dozen
-    held-out objects replace it only when they score more than the margin better (smaller gains
-    are noise: on 8 other frames they lost). The bar for fine-tuned weights is the best either way."""
+def test_the_bases_post_processing_is_chosen_on_all_reviewed_regions_by_more_than_one_object(monkeypatch, gain,
+                                                                                          replaced):
+    """The bar for fine-tuned weights is the base's best on the held-out regions (both choose their
+    settings there); what the base keeps is chosen on all the reviewed regions (it trained on none),
+    and replaces its own settings (chosen on many images) only by more than the margin."""
     from napari_unet.inference import postprocess
     from napari_unet.training import finetune, validation
 
     labels = np.zeros((64, 64), np.int32)
     labels[8:24, 8:24], labels[36:56, 30:50] = 1, 2
     probs = (labels > 0).astype(np.float32)[None]
-    monkeypatch.setattr(validation, "held_out_probabilities", lambda *args: iter([(probs, labels)]))
+    val, regions = [("strip", labels)], [("strip", labels), ("rest", labels)]
+    predicted = []
+
+    def held_out_probabilities(net, pairs, *args):
+        predicted.append([name for name, _ in pairs])
+        return iter([(probs, lab) for _, lab in pairs])
+
+    monkeypatch.setattr(validation, "held_out_probabilities", held_out_probabilities)
     own = {"threshold": 0.5, "min_size": 16, "split_touching": True, "split_depth": 1.0}
-    grid_best = {**own, "threshold": 0.6}
-    monkeypatch.setattr(postprocess, "choose_postprocess", lambda items, target: (grid_best, [(grid_best, 1.0 + gain)]))
-    metrics, bar, chosen = finetune._score_base(None, [], {}, "cpu", own, "binary", None, tune=True, margin=0.05)
-    assert metrics["ap50"] == 1.0 and bar == pytest.approx(1.0 + gain)
-    assert chosen == (grid_best if replaced else None)
+    strips_best, all_best = {**own, "threshold": 0.6}, {**own, "threshold": 0.4}
+
+    def choose(items, target, stop=None):  # the strips alone: 0.9; all regions: own (1.0) plus the gain
+        return (all_best, [(all_best, 1.0 + gain)]) if len(items) == 2 else (strips_best, [(strips_best, 0.9)])
+
+    monkeypatch.setattr(postprocess, "choose_postprocess", choose)
+    score = finetune._score_base(None, val, regions, {}, "cpu", own, "binary", None, tune=True, margin=0.05)
+    assert predicted == [["strip"], ["strip", "rest"]]
+    assert score.metrics["ap50"] == 1.0 and score.bar == 1.0  # its own settings beat the strips' grid there
+    assert score.own_all == 1.0 and score.best_all == pytest.approx(1.0 + gain)
+    assert score.postprocess == (all_best if replaced else None)
+    untuned = finetune._score_base(None, val, regions, {}, "cpu", own, "binary", None, tune=False)
+    assert untuned.bar is None and untuned.postprocess is None and predicted[-1] == ["strip"]
+
+
+def test_scores_that_differ_are_written_so():
+    from napari_unet.training.finetune import _distinct
+
+    assert _distinct(0.96149, 0.96151, 0.9) == ["0.961", "0.962", "0.900"]  # the order survives rounding
+    assert _distinct(0.9621, 0.9615) == ["0.9621", "0.9615"]  # not "0.962 is not above 0.962"
+    assert _distinct(0.96151, 0.96149) == ["0.962", "0.961"]
+    assert _distinct(0.961549, 0.96151) == ["0.96155", "0.96151"]
+    assert _distinct(0.5, 0.25) == ["0.500", "0.250"] and _distinct(0.5, 0.5) == ["0.500", "0.500"]

@@ -105,6 +105,29 @@ def test_choose_postprocess_picks_what_scores_best_on_held_out_labels():
     assert all(0.0 <= score <= 1.0 for _, score in grouped)
 
 
+def test_choose_postprocess_stops_between_two_settings():
+    """Choosing on megapixels of corrections takes seconds: a cancel does not wait for the whole grid."""
+    import threading
+
+    from napari_unet.inference.postprocess import choose_postprocess
+    from napari_unet.jobs import PredictionCancelled
+
+    labels = np.zeros((32, 32), np.int32)
+    labels[4:12, 4:12] = 1
+    probs = (labels > 0).astype(np.float32)[None]
+    stop, calls = threading.Event(), []
+
+    def metric(truth, predicted):  # the user cancels while the first setting is scored
+        calls.append(1)
+        stop.set()
+        return {"ap50": 1.0}
+
+    with pytest.raises(PredictionCancelled):
+        choose_postprocess([(probs, labels)], metric=metric, stop=stop)
+    assert calls == [1]
+    assert choose_postprocess([(probs, labels)], stop=threading.Event())[0]["threshold"] == 0.5
+
+
 @pytest.mark.parametrize("one_object", [True, False])
 def test_choose_postprocess_chooses_the_split_depth_the_labels_want(one_object):
     """A disc with a smaller lobe: its distance map has a second maximum between 1 and 2 px deep.

@@ -350,6 +350,58 @@ def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp
     assert model.config["provenance"]["weight_map"] == {"w0": 10.0, "sigma": 5.0, "class_weights": None}
 
 
+def test_the_base_is_scored_on_the_fully_reviewed_regions_within_a_pixel_budget():
+    """The base model trained on none of the corrections: their reviewed boxes choose its
+    post-processing, where fully reviewed (objects in an unreviewed hole would count as false), the
+    images in turn (one stack does not take the budget), the last one cut to what is left of it."""
+    from napari_unet.training.corrections import Corrections, reviewed_regions
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, (100, 120)).astype(np.int32)
+    box = np.zeros((100, 120), bool)
+    box[10:60, 20:100] = True
+    holed = box.copy()
+    holed[10:20, 20:30] = False
+    images = [rng.random((100, 120)) for _ in range(3)]
+    triples = [(images[0], labels, holed), (images[1], labels, box), (images[2], labels, np.ones_like(box))]
+    regions = reviewed_regions(triples)
+    assert [r[0].shape for r in regions] == [(50, 80), (100, 120)]  # the holed box is left out
+    np.testing.assert_array_equal(regions[0][0], images[1][10:60, 20:100])
+    np.testing.assert_array_equal(regions[0][1], labels[10:60, 20:100])
+    # the budget counts pixels at the base's scale; the region that passes it is cut along its longer axis
+    cut = reviewed_regions(triples, budget=4000 + 100 * 70)
+    assert [r[0].shape for r in cut] == [(50, 80), (100, 70)]
+    np.testing.assert_array_equal(cut[1][0], images[2][:, :70])
+    assert [r[0].shape for r in reviewed_regions(triples, scale=0.5, budget=1000 + 2500)] == [(50, 80), (100, 100)]
+    assert len(reviewed_regions(triples, budget=4000 + 100 * 63)) == 1  # a cut under 64 px is left out
+    # the planes of a stack (one group) come after the first plane of every other image
+    stack = Corrections([triples[1]] * 3 + [triples[2]], groups=[0, 0, 0, 1])
+    assert [r[0].shape for r in reviewed_regions(stack, budget=4000 + 12000 + 4000)] == [(50, 80), (100, 120),
+                                                                                             (50, 80)]
+
+
+def test_the_base_is_scored_at_its_own_scale_on_all_the_corrections(nuclei_pairs, make_random_model, tmp_path):
+    """A base that declares its object size is scored on the corrections resized by its own scale
+    (not the training scale): the held-out strips and all the reviewed regions alike."""
+    from napari_unet.finetune import FinetuneSettings
+    from napari_unet.modelfile import load_model, make_config, save_model
+    from napari_unet.training.corrections import PreparedCorrections, check_corrections
+
+    random = load_model(make_random_model("scaled-base"))
+    base = load_model(save_model(tmp_path / "scaled.safetensors", random.net,
+                                 make_config(random.net, "unet", "binary", random.normalization, {}, "# s", 16.0)))
+    triples = [(image, labels, None) for image, labels in nuclei_pairs[:2]]
+    checked = check_corrections(triples, 2)
+    data = PreparedCorrections.split(FinetuneSettings(object_diameter=8.0), base, checked)
+    assert data.scale != data.base_scale and data.base_scale == pytest.approx(base.scale(data.diameter))
+    regions = data.base_regions(checked)
+    assert len(regions) == 2
+    for (image, labels, _), (r_image, r_labels) in zip(checked, regions):
+        expected = tuple(round(n * data.base_scale) for n in labels.shape)
+        assert r_labels.shape == r_image.shape[-2:] and max(abs(a - b) for a, b in zip(r_labels.shape, expected)) <= 1
+    assert [v[1].shape[1] for v in data.base_val] == [r[1].shape[1] for r in regions]  # the strips: same scale
+
+
 def test_validation_split_three_images_all_train_four_hold_one_out_whole():
     """Three corrected images all train (a reviewed strip of each is held out, cut off its training
     image); from four on, every 4th image is held out whole. Never a pixel in both."""
