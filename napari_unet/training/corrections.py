@@ -299,8 +299,8 @@ class PreparedCorrections:
 
 
 #: pixels (at the base model's scale) of the corrections the base is scored on to choose its
-#: post-processing: 2 megapixels, about 22 s of prediction and grid on two CPU cores (3 Usiigaci
-#: frames at the bundled unet's scale: 0.7 megapixels, 6 s more than the held-out strips alone)
+#: post-processing when it beats its fine-tuned weights: 2 megapixels, about 22 s of prediction and
+#: grid on two CPU cores (3 Usiigaci frames at the bundled unet's scale: 0.7 megapixels, 6 s)
 REGIONS_BUDGET = 2_000_000
 
 

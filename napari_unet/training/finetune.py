@@ -16,7 +16,7 @@ import copy
 import datetime as dt
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -142,7 +142,8 @@ class FinetuneResult:
 
 @dataclass
 class BaseScore:
-    """The base model scored on the corrections before training."""
+    """The base model scored on the corrections: before training on the held-out part, and, when it
+    wins, on all the reviewed regions to choose what it keeps (:func:`_base_postprocess`)."""
 
     metrics: dict  # with its own post-processing, on the held-out part
     bar: float | None = None  # its best there, own settings or the grid's: what fine-tuned weights must beat
@@ -151,36 +152,45 @@ class BaseScore:
     best_all: float | None = None  # the grid's best there
 
 
-def _score_base(net, val, regions, normalization, device, postprocess, target, stop, tune: bool,
-                margin: float = 0.0) -> BaseScore:
-    """The base model on the held-out regions ``val`` and, with ``tune``, on all the reviewed
-    ``regions`` (none of which it trained on), each predicted once.
-
-    Fine-tuned weights are judged on ``val`` only (they trained on the rest), against the base's
-    best there over the post-processing grid: both sides choose their settings on the same data.
-    What the base keeps, should it win, is chosen on all ``regions``: four times the objects of
-    the strips for 3 corrected frames. Its own settings were chosen on many images, so the grid's
-    replace them only by more than ``margin`` (one object's worth). Bundled ``unet`` on 3 Usiigaci
-    frames, scored on 8 others: its own settings 0.817, the strips' choice 0.786, all regions'
-    choice 0.803 (the 3 frames prefer the shallower split, the 8 do not: benchmarks/README.md)."""
+def _score_base(net, val, normalization, device, postprocess, target, stop, tune: bool) -> BaseScore:
+    """The base model on the held-out regions ``val``, predicted once: its metrics with its own
+    post-processing and (with ``tune``) the bar, its best AP@0.5 over the post-processing grid or
+    its own settings. Fine-tuned weights are judged on ``val`` only (they trained on the rest)
+    against that bar: both sides choose their settings on the same data."""
     from ..inference.postprocess import choose_postprocess
+
+    items, metrics = _predicted(net, val, normalization, device, postprocess, target, stop)
+    if not tune:
+        return BaseScore(metrics)
+    table = choose_postprocess(items, target, stop=stop)[1]
+    return BaseScore(metrics, round(max(max(score for _, score in table), metrics["ap50"]), 4))
+
+
+def _base_postprocess(net, regions, normalization, device, postprocess, target, stop,
+                      margin: float) -> tuple[dict | None, float, float]:
+    """``(settings or None, AP@0.5 with its own, the grid's best)`` of a base model that beat its
+    fine-tuned weights, on all the reviewed ``regions`` (it trained on none of them: four times
+    the objects of the strips for 3 corrected frames). Its own settings were chosen on many
+    images, so the grid's replace them (settings, not None) only by more than ``margin`` (one
+    object's worth). Bundled ``unet`` on 3 Usiigaci frames, scored on 8 others: its own settings
+    0.817, the strips' choice 0.786, all regions' choice 0.803 (the 3 frames prefer the shallower
+    split, the 8 do not: benchmarks/README.md)."""
+    from ..inference.postprocess import choose_postprocess
+
+    items, own = _predicted(net, regions, normalization, device, postprocess, target, stop)
+    best, table = choose_postprocess(items, target, stop=stop)
+    own_all, best_all = round(own["ap50"], 4), round(max(score for _, score in table), 4)
+    return (best if best_all > own_all + margin else None), own_all, best_all
+
+
+def _predicted(net, pairs, normalization, device, postprocess, target, stop) -> tuple[list, dict]:
+    """``((probabilities, labels) of each pair, mean metrics with postprocess)``."""
     from ..metrics import mean_metrics
 
     from . import validation
 
-    def scored(pairs):
-        items = list(validation.held_out_probabilities(net, pairs, normalization, device, target, stop))
-        return items, mean_metrics([_evaluate(probs, labels, target, postprocess) for probs, labels in items])
-
-    items, metrics = scored(val)
-    if not tune:
-        return BaseScore(metrics)
-    table = choose_postprocess(items, target, stop=stop)[1]
-    bar = round(max(max(score for _, score in table), metrics["ap50"]), 4)
-    everything, own = scored(regions) if regions else (items, metrics)
-    best, table = choose_postprocess(everything, target, stop=stop)
-    own_all, best_all = round(own["ap50"], 4), round(max(score for _, score in table), 4)
-    return BaseScore(metrics, bar, best if best_all > own_all + margin else None, own_all, best_all)
+    items = list(validation.held_out_probabilities(net, pairs, normalization, device, target, stop))
+    return items, mean_metrics([_evaluate(probs, labels, target, postprocess) for probs, labels in items])
 
 
 def _evaluate(probs, labels, target, postprocess) -> dict:
@@ -340,11 +350,24 @@ class FinetuneRun:
 
     def score_base(self) -> None:
         if self.data.val and self.target == self.loaded.target:
-            tune = self.settings.only_if_better
-            regions = self.data.base_regions(self.checked) if tune else []
-            self.base = _score_base(self.net, self.data.base_val, regions, self.loaded.normalization,
-                                    self.settings.device, self.postprocess, self.target, self.stop, tune=tune,
-                                    margin=_min_gain(self.settings, regions))
+            self.base = _score_base(self.net, self.data.base_val, self.loaded.normalization, self.settings.device,
+                                    self.postprocess, self.target, self.stop, tune=self.settings.only_if_better)
+
+    def choose_base_postprocess(self) -> bool:
+        """For a base that beat its fine-tuned weights: choose its post-processing on all the
+        reviewed regions (a few seconds; only then, so a run whose weights win does not wait for
+        it). False when stopped meanwhile."""
+        from ..jobs import PredictionCancelled
+
+        regions = self.data.base_regions(self.checked)
+        try:
+            chosen = _base_postprocess(self.loaded.net, regions, self.loaded.normalization, self.settings.device,
+                                       self.loaded.postprocess, self.target, self.stop,
+                                       _min_gain(self.settings, regions))
+        except PredictionCancelled:
+            return False
+        self.base = replace(self.base, **dict(zip(("postprocess", "own_all", "best_all"), chosen)))
+        return True
 
     def focus_maps(self):
         """Where the base model is wrong, for the sampler (with ``settings.focus``), or None."""
@@ -432,8 +455,8 @@ class FinetuneRun:
         if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
             self.saved = self.save(self.net.eval(), self.config(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
-        elif discarded and (self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter)) \
-                and not stopped_by_user:
+        elif discarded and not stopped_by_user and self.choose_base_postprocess() \
+                and (self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter)):
             discarded, weights = self.keep_base(result, best), "base"
         return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, result.stopped, result.steps,
                               result.seconds, result.history, list(result.warnings), dict(self.postprocess),

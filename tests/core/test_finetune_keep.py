@@ -33,9 +33,10 @@ def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, 
     def score_base(*args, **kwargs):  # the real scoring, and an unbeatable base (AP@0.5 1 after tuning)
         score = real(*args, **kwargs)
         bars.append(score.bar)
-        return replace(score, bar=1.0 if kwargs["tune"] else None, postprocess=None)
+        return replace(score, bar=1.0 if kwargs["tune"] else None)
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
     base = make_random_model("keep-base")
     settings = _settings(epochs=2, steps_per_epoch=1)
     result = run_to_end(finetune_iter(str(base), crops, settings, out_dir=tmp_path, name="same"))
@@ -108,16 +109,21 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     real, seen = finetune._score_base, []
     tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False, "split_depth": 1.0}
 
-    def score_base(*args, **kwargs):  # the base with `tuned` scores 1.0 (unbeatable)
-        seen.append((len(args[1]), len(args[2])))  # the held-out regions, all the reviewed regions
-        return replace(real(*args, **kwargs), bar=1.0, postprocess=dict(tuned), own_all=0.25, best_all=1.0)
+    def score_base(*args, **kwargs):  # the base scores 1.0 (unbeatable)
+        seen.append(len(args[1]))  # the held-out regions
+        return replace(real(*args, **kwargs), bar=1.0)
+
+    def base_postprocess(net, regions, *args):  # `tuned` beats its own settings on all the reviewed regions
+        seen.append(len(regions))
+        return dict(tuned), 0.25, 1.0
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_base_postprocess", base_postprocess)
     base = make_random_model("keep-base-4")
     result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=2, steps_per_epoch=1), out_dir=tmp_path,
                                       name="base-tuned"))
     assert result.weights == "base" and result.path == tmp_path / "base-tuned.safetensors"
-    assert seen == [(2, 2)]  # a strip of each crop is held out; the post-processing is chosen on both crops
+    assert seen == [2, 2]  # a strip of each crop is held out; the post-processing is chosen on both crops
     assert result.postprocess == tuned and result.tuned_ap50 == 1.0
     assert result.discarded.startswith("the fine-tuned weights did not beat the base model: validation AP@0.5 ")
     assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions, AP@0.5 1.000 "
@@ -138,14 +144,18 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     from napari_unet.modelfile import make_config, save_model
     from napari_unet.scaling import median_diameter
 
-    real, scores = finetune._score_base, []
+    real, real_choice, scores = finetune._score_base, finetune._base_postprocess, []
 
-    def score_base(*args, **kwargs):  # the base is unbeatable, with tuned post-processing or its own (None)
-        score = replace(real(*args, **kwargs), bar=1.0, postprocess=tuned)
-        scores.append(score)
-        return score
+    def score_base(*args, **kwargs):  # the base is unbeatable
+        return replace(real(*args, **kwargs), bar=1.0)
+
+    def base_postprocess(*args):  # with tuned post-processing or its own (None)
+        chosen = (tuned,) + real_choice(*args)[1:]
+        scores.append(chosen)
+        return chosen
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_base_postprocess", base_postprocess)
     random = load_model(make_random_model("sized-base"))
     base = save_model(tmp_path / f"sized-{tuned is None}.safetensors", random.net,
                       make_config(random.net, "unet", "binary", random.normalization, {}, "# sized", 16.0))
@@ -160,7 +170,7 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     assert f"objects of {diameter:.0f} px across" in saved.config["card"]
     if tuned is None:  # the base's own settings are kept, with their own score
         assert saved.postprocess == load_model(base).postprocess and result.postprocess == saved.postprocess
-        assert scores[0].own_all is not None and result.tuned_ap50 == scores[0].own_all  # on all reviewed regions
+        assert scores[0][1] is not None and result.tuned_ap50 == scores[0][1]  # on all the reviewed regions
         assert "its own post-processing, AP@0.5" in result.discarded
         assert "its own post-processing (no other settings beat it" in saved.config["card"]
     else:
@@ -183,9 +193,10 @@ def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_
     real = finetune._score_base
 
     def score_base(*args, **kwargs):  # a base any model beats (-1), unless the margin is out of reach
-        return replace(real(*args, **kwargs), bar=-1.0, postprocess=None)
+        return replace(real(*args, **kwargs), bar=-1.0)
 
     monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
     monkeypatch.setattr(finetune, "_min_gain", lambda settings, val: 0.0 if settings.min_gain == 0 else 5.0)
     kept = run_to_end(finetune_iter(str(base), crops, _settings(min_gain=0.0, epochs=1), out_dir=tmp_path,
                                     name="free"))
@@ -207,7 +218,6 @@ def test_the_bases_post_processing_is_chosen_on_all_reviewed_regions_by_more_tha
     labels = np.zeros((64, 64), np.int32)
     labels[8:24, 8:24], labels[36:56, 30:50] = 1, 2
     probs = (labels > 0).astype(np.float32)[None]
-    val, regions = [("strip", labels)], [("strip", labels), ("rest", labels)]
     predicted = []
 
     def held_out_probabilities(net, pairs, *args):
@@ -222,13 +232,28 @@ def test_the_bases_post_processing_is_chosen_on_all_reviewed_regions_by_more_tha
         return (all_best, [(all_best, 1.0 + gain)]) if len(items) == 2 else (strips_best, [(strips_best, 0.9)])
 
     monkeypatch.setattr(postprocess, "choose_postprocess", choose)
-    score = finetune._score_base(None, val, regions, {}, "cpu", own, "binary", None, tune=True, margin=0.05)
-    assert predicted == [["strip"], ["strip", "rest"]]
-    assert score.metrics["ap50"] == 1.0 and score.bar == 1.0  # its own settings beat the strips' grid there
-    assert score.own_all == 1.0 and score.best_all == pytest.approx(1.0 + gain)
-    assert score.postprocess == (all_best if replaced else None)
-    untuned = finetune._score_base(None, val, regions, {}, "cpu", own, "binary", None, tune=False)
-    assert untuned.bar is None and untuned.postprocess is None and predicted[-1] == ["strip"]
+    score = finetune._score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=True)
+    assert predicted == [["strip"]] and score.metrics["ap50"] == 1.0
+    assert score.bar == 1.0  # its own settings beat the strips' grid there
+    chosen = finetune._base_postprocess(None, [("strip", labels), ("rest", labels)], {}, "cpu", own, "binary", None,
+                                        0.05)
+    assert predicted[-1] == ["strip", "rest"]
+    assert chosen == ((all_best if replaced else None), 1.0, pytest.approx(1.0 + gain))
+    untuned = finetune._score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=False)
+    assert untuned.bar is None and len(predicted) == 3
+
+
+def test_a_run_whose_weights_win_never_scores_the_base_on_all_regions(crops, make_random_model, tmp_path,
+                                                                      one_thread, monkeypatch):
+    """Choosing the base's post-processing on all the corrections takes seconds: only a base that won waits for it."""
+    from napari_unet.training import finetune
+
+    real, calls = finetune._score_base, []
+    monkeypatch.setattr(finetune, "_score_base", lambda *a, **k: replace(real(*a, **k), bar=-1.0))  # any model wins
+    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: calls.append(1))
+    result = run_to_end(finetune_iter(str(make_random_model("winner-base")), crops, _settings(min_gain=0.0),
+                                      out_dir=tmp_path, name="winner"))
+    assert result.weights == "fine-tuned" and result.path is not None and calls == []
 
 
 def test_scores_that_differ_are_written_so():

@@ -288,11 +288,11 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
 
     def score_base(*args, **kwargs):  # the base scores 0.8, with its own post-processing and tuned
         score = real_score_base(*args, **kwargs)
-        return replace(score, metrics={**score.metrics, "ap50": 0.8}, bar=0.8 if kwargs["tune"] else None,
-                       postprocess=None)
+        return replace(score, metrics={**score.metrics, "ap50": 0.8}, bar=0.8 if kwargs["tune"] else None)
 
     monkeypatch.setattr(validation, "validate", validate)
     monkeypatch.setattr(finetune, "_score_base", score_base)
+    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.8, 0.8))  # and its own settings win
     monkeypatch.setattr(validation, "tune_postprocess", lambda *a, **k: ({"threshold": 0.5, "min_size": 16,
                                                                        "split_touching": True}, [(None, 0.7)]))
     viewer, widget = finetune_widget
