@@ -485,10 +485,9 @@ class FinetuneRun:
         self.saved = self.save(loaded.net.eval(), self.config(result.stopped, self.baseline, 0, result.steps,
                                                               result.seconds, weights_net=loaded.net))
         best_all, own_all = _distinct(base.best_all, base.own_all)[:2]
-        kept = (f"its own post-processing, AP@0.5 {own_all} on all your reviewed regions (no other settings beat "
-                f"it by more than {self.gain_text()} there)" if own else
-                f"post-processing chosen on all your reviewed regions, AP@0.5 {best_all} there ({own_all} with its "
-                "own)")
+        kept = (f"its own post-processing (AP@0.5 {own_all} on all your reviewed regions)" if own else
+                f"post-processing chosen on all your reviewed regions (AP@0.5 {best_all} there, {own_all} with "
+                "its own)")
         return (f"the fine-tuned weights did not beat the base model: validation AP@0.5 {self.short_of(best)}. "
                 f"Saved the base model's weights with {kept}"
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))

@@ -126,8 +126,8 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     assert seen == [2, 2]  # a strip of each crop is held out; the post-processing is chosen on both crops
     assert result.postprocess == tuned and result.tuned_ap50 == 1.0
     assert result.discarded.startswith("the fine-tuned weights did not beat the base model: validation AP@0.5 ")
-    assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions, AP@0.5 1.000 "
-            "there (0.250 with its own)") in result.discarded
+    assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions (AP@0.5 1.000 "
+            "there, 0.250 with its own)") in result.discarded
     saved, original = load_model(result.path), load_model(base)
     assert saved.postprocess == tuned and saved.config["provenance"]["weights"].startswith("the base model's")
     for key, value in original.net.state_dict().items():
@@ -171,7 +171,7 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     if tuned is None:  # the base's own settings are kept, with their own score
         assert saved.postprocess == load_model(base).postprocess and result.postprocess == saved.postprocess
         assert scores[0][1] is not None and result.tuned_ap50 == scores[0][1]  # on all the reviewed regions
-        assert "its own post-processing, AP@0.5" in result.discarded
+        assert "its own post-processing (AP@0.5" in result.discarded
         assert "its own post-processing (no other settings beat it" in saved.config["card"]
     else:
         assert saved.postprocess["threshold"] == tuned["threshold"]
