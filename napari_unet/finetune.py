@@ -1,6 +1,6 @@
 """Fine-tuning on the user's corrections: the engine lives in :mod:`napari_unet.training.finetune`
-(with :mod:`~napari_unet.training.corrections`, :mod:`~napari_unet.training.resume` and
-:mod:`~napari_unet.training.card`); this module keeps its public names importable from here."""
+(with :mod:`~napari_unet.training.corrections`, :mod:`~napari_unet.training.basescore`,
+:mod:`~napari_unet.training.resume` and :mod:`~napari_unet.training.card`); this module keeps its public names importable from here."""
 
 from .training.corrections import DEFAULT_OBJECT_DIAMETER, split_by_region, training_scale
 from .training.finetune import (DEFAULT_LOSS, LOSS_PRESETS, FinetuneResult, FinetuneSettings, finetune_iter,

@@ -58,7 +58,7 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
         card += (f"The fine-tuned weights scored no better than `{loaded.name}` with post-processing tuned on "
                  "the same held-out regions, so this file holds the base model's weights, unchanged, with "
                  + (f"its own post-processing (no other settings beat it on all the reviewed regions by more than "
-                    f"{run.gain_text()})" if run.base.postprocess is None else
+                    f"{run.gain_text(held_out=False)})" if run.base.postprocess is None else
                     "post-processing chosen on all the reviewed regions (the base trained on none of them)")
                  + (f", for objects of {diameter:.0f} px across as in the corrections (images are resized "
                     f"so that they reach the network's {loaded.object_diameter:g} px unless told another "

@@ -2,7 +2,7 @@
 
 The engine behind the Fine-tune widget, ``napari-unet train`` and Python: corrected triples
 ``(image, labels, reviewed)`` are checked and split into training and validation *by region*
-(:mod:`.corrections`), the base model is trained with :func:`~napari_unet.training.trainer.train_iter`
+(:mod:`.corrections`), the base model is scored on them (:mod:`.basescore`) and trained with :func:`~napari_unet.training.trainer.train_iter`
 (on images resized so that their objects reach the network's object size), every better
 validation is checkpointed atomically into the user's model folder, and the final file carries
 a model card (:mod:`.card`). :func:`finetune_iter` is a generator of
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
-
 from ..catalog import SUFFIX, bundled_models, known_models, user_model_dir
 from ..trainingset import safe_name
+from . import basescore
 from .corrections import DEFAULT_OBJECT_DIAMETER, PreparedCorrections, check_corrections, split_by_region, training_scale
 
 __all__ = ["DEFAULT_LOSS", "DEFAULT_OBJECT_DIAMETER", "LOSS_PRESETS", "FinetuneResult", "FinetuneRun", "FinetuneSettings",
@@ -128,7 +127,7 @@ class FinetuneResult:
     # weights kept, on all the reviewed regions, where its post-processing is chosen)
     best_step: int = 0  # the step of the best validation (of the saved weights)
     discarded: str = ""  # why the fine-tuned weights were not kept although training ran (not better than the base)
-    weights: str = "fine-tuned"  # or "base": the saved file holds the base's weights with tuned post-processing
+    weights: str = "fine-tuned"  # or "base": the saved file holds the base's weights (see FinetuneRun.keep_base)
     scale: float = 1.0  # the factor the corrections were resized by for training (see napari_unet.scaling)
     object_diameter: float | None = None  # the corrections' median object diameter, pixels
     resumed: bool = False  # the run went on from an interrupted one (the Fine-tune widget's resume)
@@ -138,78 +137,6 @@ class FinetuneResult:
         if not self.metrics or not self.baseline:
             return None
         return self.metrics.get("ap50", 0.0) - self.baseline.get("ap50", 0.0)
-
-
-@dataclass
-class BaseScore:
-    """The base model scored on the corrections: before training on the held-out part, and, when it
-    wins, on all the reviewed regions to choose what it keeps (:func:`_base_postprocess`)."""
-
-    metrics: dict  # with its own post-processing, on the held-out part
-    bar: float | None = None  # its best there, own settings or the grid's: what fine-tuned weights must beat
-    postprocess: dict | None = None  # settings chosen on all reviewed regions, where they beat its own by the margin
-    own_all: float | None = None  # AP@0.5 with its own settings on all reviewed regions
-    best_all: float | None = None  # the grid's best there
-
-
-def _score_base(net, val, normalization, device, postprocess, target, stop, tune: bool) -> BaseScore:
-    """The base model on the held-out regions ``val``, predicted once: its metrics with its own
-    post-processing and (with ``tune``) the bar, its best AP@0.5 over the post-processing grid or
-    its own settings. Fine-tuned weights are judged on ``val`` only (they trained on the rest)
-    against that bar: both sides choose their settings on the same data."""
-    from ..inference.postprocess import choose_postprocess
-
-    items, metrics = _predicted(net, val, normalization, device, postprocess, target, stop)
-    if not tune:
-        return BaseScore(metrics)
-    table = choose_postprocess(items, target, stop=stop)[1]
-    return BaseScore(metrics, round(max(max(score for _, score in table), metrics["ap50"]), 4))
-
-
-def _base_postprocess(net, regions, normalization, device, postprocess, target, stop,
-                      margin: float) -> tuple[dict | None, float, float]:
-    """``(settings or None, AP@0.5 with its own, the grid's best)`` of a base model that beat its
-    fine-tuned weights, on all the reviewed ``regions`` (it trained on none of them: four times
-    the objects of the strips for 3 corrected frames). Its own settings were chosen on many
-    images, so the grid's replace them (settings, not None) only by more than ``margin`` (one
-    object's worth). Bundled ``unet`` on 3 Usiigaci frames, scored on 8 others: its own settings
-    0.817, the strips' choice 0.786, all regions' choice 0.803 (the 3 frames prefer the shallower
-    split, the 8 do not: benchmarks/README.md)."""
-    from ..inference.postprocess import choose_postprocess
-
-    items, own = _predicted(net, regions, normalization, device, postprocess, target, stop)
-    best, table = choose_postprocess(items, target, stop=stop)
-    own_all, best_all = round(own["ap50"], 4), round(max(score for _, score in table), 4)
-    return (best if best_all > own_all + margin else None), own_all, best_all
-
-
-def _predicted(net, pairs, normalization, device, postprocess, target, stop) -> tuple[list, dict]:
-    """``((probabilities, labels) of each pair, mean metrics with postprocess)``."""
-    from ..metrics import mean_metrics
-
-    from . import validation
-
-    items = list(validation.held_out_probabilities(net, pairs, normalization, device, target, stop))
-    return items, mean_metrics([_evaluate(probs, labels, target, postprocess) for probs, labels in items])
-
-
-def _evaluate(probs, labels, target, postprocess) -> dict:
-    from ..inference.postprocess import probabilities_to_labels
-    from ..metrics import evaluate
-
-    return evaluate(labels, probabilities_to_labels(probs, target=target, **(postprocess or {})))
-
-
-def _min_gain(settings: FinetuneSettings, val) -> float:
-    """The validation AP@0.5 a fine-tuned model must gain over its base to be kept: the setting, or
-    one held-out object's worth (1 / the objects in the held-out regions). A few corrected images
-    leave a few dozen held-out objects, cut from the very images trained on: a smaller gain is
-    noise. (Bundled unet, 3 Usiigaci frames, 25 % strips: the base scored 0.896 there, fine-tuned
-    weights up to 0.03 better there scored 0.72-0.76 on 8 other frames, the base 0.786.)"""
-    if settings.min_gain is not None:
-        return max(0.0, float(settings.min_gain))
-    objects = sum(int(np.count_nonzero(np.unique(np.asarray(labels)))) for _, labels in val)
-    return 1.0 / objects if objects else 0.0
 
 
 def unique_model_name(base: str) -> str:
@@ -278,10 +205,11 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     With ``settings.only_if_better`` (the default) a model that does not validate better than the
     base model is not saved, not even as a checkpoint: both are judged by their best AP@0.5 over
     the post-processing grid on the same held-out regions. When the base wins and settings chosen
-    on all the reviewed regions (none of which it trained on) beat its own there by more than one
-    object's worth, or it estimates object sizes (then made for the corrections' size), the base
-    is saved instead: its weights, unchanged, with those settings or its own
-    (``FinetuneResult.weights == "base"``); ``discarded`` says what happened. With
+    on all the fully reviewed regions (none of which it trained on; within 2 megapixels) beat its
+    own there by more than one object's worth (or ``settings.min_gain``), or it estimates object
+    sizes (then made for the corrections' size), the base is saved instead: its weights,
+    unchanged, with those settings or its own (``FinetuneResult.weights == "base"``);
+    ``discarded`` says what happened. With
     ``settings.validate`` (the default) a training set from which nothing can be held out is refused before training, and so is a base
     that runs a BioImage.IO package's own network (``ValueError``; a package napari-unet exported
     is rebuilt as a napari-unet network and can be fine-tuned).
@@ -336,8 +264,8 @@ class FinetuneRun:
         self.data = PreparedCorrections.split(settings, self.loaded, checked)
         self.checked = checked
         self.postprocess, self.tuned = self.loaded.postprocess, None
-        self.base = BaseScore({})  # the base scored on the corrections (score_base)
-        self.margin = _min_gain(settings, self.data.val)
+        self.base = basescore.BaseScore({})  # the base scored on the corrections (score_base)
+        self.margin = basescore.min_gain(settings, self.data.val)
         self.saved = None
 
     def stopped_early(self) -> FinetuneResult:
@@ -350,23 +278,25 @@ class FinetuneRun:
 
     def score_base(self) -> None:
         if self.data.val and self.target == self.loaded.target:
-            self.base = _score_base(self.net, self.data.base_val, self.loaded.normalization, self.settings.device,
-                                    self.postprocess, self.target, self.stop, tune=self.settings.only_if_better)
+            self.base = basescore.score_base(self.net, self.data.base_val, self.loaded.normalization,
+                                             self.settings.device, self.postprocess, self.target, self.stop,
+                                             tune=self.settings.only_if_better)
 
     def choose_base_postprocess(self) -> bool:
-        """For a base that beat its fine-tuned weights: choose its post-processing on all the
-        reviewed regions (a few seconds; only then, so a run whose weights win does not wait for
-        it). False when stopped meanwhile."""
+        """For a base that beat its fine-tuned weights: choose its post-processing on all the fully
+        reviewed regions, or on the held-out part when none is (seconds: 6 s for 3 Usiigaci frames
+        on 2 CPU cores, about 22 s for the 2-megapixel budget; only then, so a run whose weights win
+        does not wait for it). False when stopped meanwhile."""
         from ..jobs import PredictionCancelled
 
-        regions = self.data.base_regions(self.checked)
+        regions = self.data.base_regions(self.checked) or self.data.base_val
         try:
-            chosen = _base_postprocess(self.loaded.net, regions, self.loaded.normalization, self.settings.device,
-                                       self.loaded.postprocess, self.target, self.stop,
-                                       _min_gain(self.settings, regions))
+            postprocess, own_all, best_all = basescore.base_postprocess(
+                self.loaded.net, regions, self.loaded.normalization, self.settings.device, self.loaded.postprocess,
+                self.target, self.stop, basescore.min_gain(self.settings, regions))
         except PredictionCancelled:
             return False
-        self.base = replace(self.base, **dict(zip(("postprocess", "own_all", "best_all"), chosen)))
+        self.base = replace(self.base, postprocess=postprocess, own_all=own_all, best_all=best_all)
         return True
 
     def focus_maps(self):
@@ -455,9 +385,11 @@ class FinetuneRun:
         if (result.metrics and not discarded) or (not result.metrics and unvalidated_ok):
             self.saved = self.save(self.net.eval(), self.config(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
-        elif discarded and not stopped_by_user and self.choose_base_postprocess() \
-                and (self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter)):
-            discarded, weights = self.keep_base(result, best), "base"
+        elif discarded and not stopped_by_user:  # the base won: saved if its settings or its size are new
+            if not self.choose_base_postprocess():
+                discarded += "; stopped while the base model's post-processing was chosen"
+            elif self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter):
+                discarded, weights = self.keep_base(result, best), "base"
         return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, result.stopped, result.steps,
                               result.seconds, result.history, list(result.warnings), dict(self.postprocess),
                               self.tuned, result.best_step, discarded, weights, data.scale, data.diameter)
@@ -466,13 +398,16 @@ class FinetuneRun:
         """How ``best`` (a validation AP@0.5) fell short of the base: "0.912 is not above 0.931, the base
         model's 0.913 plus one held-out object", with the digits that tell the numbers apart."""
         need = self.base.bar + self.margin
-        shown_best, shown_need, shown_bar = _distinct(best, need, self.base.bar)
+        shown_best, shown_need, shown_bar = basescore.distinct(best, need, self.base.bar)
         if not self.margin:
             return f"{shown_best} is not above the base model's {shown_bar}"
         return f"{shown_best} is not above {shown_need}, the base model's {shown_bar} plus {self.gain_text()}"
 
-    def gain_text(self) -> str:
-        return "one held-out object" if self.settings.min_gain is None else "the gain asked for"
+    def gain_text(self, held_out: bool = True) -> str:
+        """The margin in words: one object's worth (of the held-out part, or of all the reviewed regions)."""
+        if self.settings.min_gain is not None:
+            return "the gain asked for"
+        return "one held-out object" if held_out else "one object"
 
     def keep_base(self, result, best: float) -> str:
         """Save the base's weights with the post-processing chosen on all the reviewed regions (and, for
@@ -484,23 +419,10 @@ class FinetuneRun:
         self.tuned = base.own_all if own else base.best_all
         self.saved = self.save(loaded.net.eval(), self.config(result.stopped, self.baseline, 0, result.steps,
                                                               result.seconds, weights_net=loaded.net))
-        best_all, own_all = _distinct(base.best_all, base.own_all)[:2]
+        best_all, own_all = basescore.distinct(base.best_all, base.own_all)
         kept = (f"its own post-processing (AP@0.5 {own_all} on all your reviewed regions)" if own else
                 f"post-processing chosen on all your reviewed regions (AP@0.5 {best_all} there, {own_all} with "
                 "its own)")
         return (f"the fine-tuned weights did not beat the base model: validation AP@0.5 {self.short_of(best)}. "
                 f"Saved the base model's weights with {kept}"
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))
-
-
-def _distinct(*values: float) -> list[str]:
-    """``values`` written with 3 decimals, or as many more (up to 6) as it takes for the written
-    numbers to compare as the values do: 0.9621 and 0.9615 as "0.9621" and "0.9615", not both "0.962"."""
-    def order(numbers):
-        return [np.sign(round(a - b, 9)) for a in numbers for b in numbers]  # float noise is no difference
-
-    for digits in (3, 4, 5, 6):
-        shown = [f"{v:.{digits}f}" for v in values]
-        if order([float(x) for x in shown]) == order(values):
-            return shown
-    return [f"{v:.3f}" for v in values]

@@ -26,17 +26,17 @@ def _settings(**kwargs):
 
 def test_a_model_no_better_than_its_base_is_not_saved(crops, make_random_model, tmp_path, one_thread,
                                                       monkeypatch):
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
 
-    real, bars = finetune._score_base, []
+    real, bars = basescore.score_base, []
 
     def score_base(*args, **kwargs):  # the real scoring, and an unbeatable base (AP@0.5 1 after tuning)
         score = real(*args, **kwargs)
         bars.append(score.bar)
         return replace(score, bar=1.0 if kwargs["tune"] else None)
 
-    monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
+    monkeypatch.setattr(basescore, "score_base", score_base)
+    monkeypatch.setattr(basescore, "base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
     base = make_random_model("keep-base")
     settings = _settings(epochs=2, steps_per_epoch=1)
     result = run_to_end(finetune_iter(str(base), crops, settings, out_dir=tmp_path, name="same"))
@@ -104,26 +104,27 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     held-out part: better for these images than the base as it was and than the fine-tuned weights."""
     import torch
 
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
 
-    real, seen = finetune._score_base, []
+    real, seen = basescore.score_base, []
     tuned = {"threshold": 0.6, "min_size": 8, "split_touching": False, "split_depth": 1.0}
 
     def score_base(*args, **kwargs):  # the base scores 1.0 (unbeatable)
-        seen.append(len(args[1]))  # the held-out regions
+        seen.append([labels.shape for _, labels in args[1]])  # the held-out regions
         return replace(real(*args, **kwargs), bar=1.0)
 
     def base_postprocess(net, regions, *args):  # `tuned` beats its own settings on all the reviewed regions
-        seen.append(len(regions))
+        seen.append([labels.shape for _, labels in regions])
         return dict(tuned), 0.25, 1.0
 
-    monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(finetune, "_base_postprocess", base_postprocess)
+    monkeypatch.setattr(basescore, "score_base", score_base)
+    monkeypatch.setattr(basescore, "base_postprocess", base_postprocess)
     base = make_random_model("keep-base-4")
     result = run_to_end(finetune_iter(str(base), crops, _settings(epochs=2, steps_per_epoch=1), out_dir=tmp_path,
                                       name="base-tuned"))
     assert result.weights == "base" and result.path == tmp_path / "base-tuned.safetensors"
-    assert seen == [2, 2]  # a strip of each crop is held out; the post-processing is chosen on both crops
+    # a strip of each crop is held out; the post-processing is chosen on both whole crops
+    assert seen == [[(64, 256)] * 2, [(256, 256)] * 2]
     assert result.postprocess == tuned and result.tuned_ap50 == 1.0
     assert result.discarded.startswith("the fine-tuned weights did not beat the base model: validation AP@0.5 ")
     assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions (AP@0.5 1.000 "
@@ -140,11 +141,11 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
                                                                monkeypatch, tuned):
     """A base that estimates the objects' size in every image was scored (and its post-processing
     tuned) at the size of the corrected objects: the saved file is for objects of that size."""
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
     from napari_unet.modelfile import make_config, save_model
     from napari_unet.scaling import median_diameter
 
-    real, real_choice, scores = finetune._score_base, finetune._base_postprocess, []
+    real, real_choice, scores = basescore.score_base, basescore.base_postprocess, []
 
     def score_base(*args, **kwargs):  # the base is unbeatable
         return replace(real(*args, **kwargs), bar=1.0)
@@ -154,8 +155,8 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
         scores.append(chosen)
         return chosen
 
-    monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(finetune, "_base_postprocess", base_postprocess)
+    monkeypatch.setattr(basescore, "score_base", score_base)
+    monkeypatch.setattr(basescore, "base_postprocess", base_postprocess)
     random = load_model(make_random_model("sized-base"))
     base = save_model(tmp_path / f"sized-{tuned is None}.safetensors", random.net,
                       make_config(random.net, "unet", "binary", random.normalization, {}, "# sized", 16.0))
@@ -170,7 +171,7 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
     assert f"objects of {diameter:.0f} px across" in saved.config["card"]
     if tuned is None:  # the base's own settings are kept, with their own score
         assert saved.postprocess == load_model(base).postprocess and result.postprocess == saved.postprocess
-        assert scores[0][1] is not None and result.tuned_ap50 == scores[0][1]  # on all the reviewed regions
+        assert result.tuned_ap50 == scores[0][1]  # its own settings' score on all the reviewed regions
         assert "its own post-processing (AP@0.5" in result.discarded
         assert "its own post-processing (no other settings beat it" in saved.config["card"]
     else:
@@ -179,25 +180,25 @@ def test_the_kept_base_is_for_objects_of_the_corrections_size(crops, make_random
 
 def test_a_gain_of_one_held_out_object_or_less_is_not_enough(crops, make_random_model, tmp_path, one_thread,
                                                               monkeypatch):
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
 
     labels = np.zeros((64, 64), np.int32)
     for i in range(20):
         labels[(i // 5) * 16:(i // 5) * 16 + 8, (i % 5) * 12:(i % 5) * 12 + 8] = i + 1
     val = [(np.zeros((64, 64)), labels[:32]), (np.zeros((64, 64)), labels[32:])]
-    assert finetune._min_gain(finetune.FinetuneSettings(), val) == pytest.approx(1 / 20)
-    assert finetune._min_gain(finetune.FinetuneSettings(min_gain=0.0), val) == 0.0
-    assert finetune._min_gain(finetune.FinetuneSettings(), []) == 0.0
+    assert basescore.min_gain(FinetuneSettings(), val) == pytest.approx(1 / 20)
+    assert basescore.min_gain(FinetuneSettings(min_gain=0.0), val) == 0.0
+    assert basescore.min_gain(FinetuneSettings(), []) == 0.0
     # the margin decides: the same run is kept with none, and not with one no model can clear
     base = make_random_model("margin-base")
-    real = finetune._score_base
+    real = basescore.score_base
 
     def score_base(*args, **kwargs):  # a base any model beats (-1), unless the margin is out of reach
         return replace(real(*args, **kwargs), bar=-1.0)
 
-    monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
-    monkeypatch.setattr(finetune, "_min_gain", lambda settings, val: 0.0 if settings.min_gain == 0 else 5.0)
+    monkeypatch.setattr(basescore, "score_base", score_base)
+    monkeypatch.setattr(basescore, "base_postprocess", lambda *args: (None, 0.5, 0.5))  # its own settings win
+    monkeypatch.setattr(basescore, "min_gain", lambda settings, val: 0.0 if settings.min_gain == 0 else 5.0)
     kept = run_to_end(finetune_iter(str(base), crops, _settings(min_gain=0.0, epochs=1), out_dir=tmp_path,
                                     name="free"))
     refused = run_to_end(finetune_iter(str(base), crops, _settings(epochs=1), out_dir=tmp_path, name="strict"))
@@ -213,7 +214,7 @@ def test_the_bases_post_processing_is_chosen_on_all_reviewed_regions_by_more_tha
     settings there); what the base keeps is chosen on all the reviewed regions (it trained on none),
     and replaces its own settings (chosen on many images) only by more than the margin."""
     from napari_unet.inference import postprocess
-    from napari_unet.training import finetune, validation
+    from napari_unet.training import basescore, validation
 
     labels = np.zeros((64, 64), np.int32)
     labels[8:24, 8:24], labels[36:56, 30:50] = 1, 2
@@ -232,32 +233,66 @@ def test_the_bases_post_processing_is_chosen_on_all_reviewed_regions_by_more_tha
         return (all_best, [(all_best, 1.0 + gain)]) if len(items) == 2 else (strips_best, [(strips_best, 0.9)])
 
     monkeypatch.setattr(postprocess, "choose_postprocess", choose)
-    score = finetune._score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=True)
+    score = basescore.score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=True)
     assert predicted == [["strip"]] and score.metrics["ap50"] == 1.0
     assert score.bar == 1.0  # its own settings beat the strips' grid there
-    chosen = finetune._base_postprocess(None, [("strip", labels), ("rest", labels)], {}, "cpu", own, "binary", None,
+    chosen = basescore.base_postprocess(None, [("strip", labels), ("rest", labels)], {}, "cpu", own, "binary", None,
                                         0.05)
     assert predicted[-1] == ["strip", "rest"]
     assert chosen == ((all_best if replaced else None), 1.0, pytest.approx(1.0 + gain))
-    untuned = finetune._score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=False)
+    untuned = basescore.score_base(None, [("strip", labels)], {}, "cpu", own, "binary", None, tune=False)
     assert untuned.bar is None and len(predicted) == 3
 
 
 def test_a_run_whose_weights_win_never_scores_the_base_on_all_regions(crops, make_random_model, tmp_path,
                                                                       one_thread, monkeypatch):
     """Choosing the base's post-processing on all the corrections takes seconds: only a base that won waits for it."""
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
 
-    real, calls = finetune._score_base, []
-    monkeypatch.setattr(finetune, "_score_base", lambda *a, **k: replace(real(*a, **k), bar=-1.0))  # any model wins
-    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: calls.append(1))
+    real, calls = basescore.score_base, []
+    monkeypatch.setattr(basescore, "score_base", lambda *a, **k: replace(real(*a, **k), bar=-1.0))  # any model wins
+    monkeypatch.setattr(basescore, "base_postprocess", lambda *args: calls.append(1))
     result = run_to_end(finetune_iter(str(make_random_model("winner-base")), crops, _settings(min_gain=0.0),
                                       out_dir=tmp_path, name="winner"))
     assert result.weights == "fine-tuned" and result.path is not None and calls == []
 
 
+def test_with_no_fully_reviewed_region_the_base_is_scored_on_the_held_out_part(crops, make_random_model, tmp_path,
+                                                                               one_thread, monkeypatch):
+    """A hole in every reviewed area (objects found there would count as false): the base's
+    post-processing is chosen on the fully reviewed held-out strips; a cancel then saves nothing
+    and says so."""
+    import threading
+
+    from napari_unet.jobs import PredictionCancelled
+    from napari_unet.training import basescore
+
+    holed = []
+    for image, labels, _ in crops:
+        reviewed = np.ones(labels.shape, bool)
+        reviewed[10:20, 10:20] = False
+        holed.append((image, labels, reviewed))
+    real, seen, stop = basescore.score_base, [], threading.Event()
+    monkeypatch.setattr(basescore, "score_base", lambda *a, **k: replace(real(*a, **k), bar=1.0))  # unbeatable
+
+    def base_postprocess(net, regions, *args):
+        seen.append([labels.shape for _, labels in regions])
+        if len(seen) == 2:  # the second run: the user cancels while the base is scored
+            stop.set()
+            raise PredictionCancelled()
+        return None, 0.5, 0.5
+
+    monkeypatch.setattr(basescore, "base_postprocess", base_postprocess)
+    base = make_random_model("holed-base")
+    first = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed"))
+    assert seen == [[(64, 256)] * 2] and first.path is None and first.discarded.startswith("not saved")
+    second = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed", stop=stop))
+    assert second.path is None and not list(tmp_path.iterdir())
+    assert second.discarded.endswith("; stopped while the base model's post-processing was chosen")
+
+
 def test_scores_that_differ_are_written_so():
-    from napari_unet.training.finetune import _distinct
+    from napari_unet.training.basescore import distinct as _distinct
 
     assert _distinct(0.96149, 0.96151, 0.9) == ["0.961", "0.962", "0.900"]  # the order survives rounding
     assert _distinct(0.9621, 0.9615) == ["0.9621", "0.9615"]  # not "0.962 is not above 0.962"

@@ -277,10 +277,10 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 
 def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(finetune_widget, click, qtbot,
                                                                             monkeypatch, tiny_in_list):
-    from napari_unet.training import finetune
+    from napari_unet.training import basescore
     from napari_unet.training import validation
 
-    real_validate, real_score_base, calls = validation.validate, finetune._score_base, []
+    real_validate, real_score_base, calls = validation.validate, basescore.score_base, []
 
     def validate(*args, **kwargs):  # every fine-tuned state scores 0.7
         calls.append(1)
@@ -291,8 +291,8 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
         return replace(score, metrics={**score.metrics, "ap50": 0.8}, bar=0.8 if kwargs["tune"] else None)
 
     monkeypatch.setattr(validation, "validate", validate)
-    monkeypatch.setattr(finetune, "_score_base", score_base)
-    monkeypatch.setattr(finetune, "_base_postprocess", lambda *args: (None, 0.8, 0.8))  # and its own settings win
+    monkeypatch.setattr(basescore, "score_base", score_base)
+    monkeypatch.setattr(basescore, "base_postprocess", lambda *args: (None, 0.8, 0.8))  # and its own settings win
     monkeypatch.setattr(validation, "tune_postprocess", lambda *a, **k: ({"threshold": 0.5, "min_size": 16,
                                                                        "split_touching": True}, [(None, 0.7)]))
     viewer, widget = finetune_widget
