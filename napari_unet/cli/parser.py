@@ -101,7 +101,8 @@ def _add_train(sub) -> None:
     p.add_argument("--patience", type=int, default=None,
                    help="stop early after this many validations without a better validation AP@0.5")
     _add_sizes(p)
-    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: {d.patches(2)[1]} for 2D models, {d.patches(3)[1]} for 3D ones")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr:g})")
     p.add_argument("--seed", type=int, default=None, help=f"default {d.seed}")
     p.add_argument("--device", default=None, help=f"auto | cpu | cuda | cuda:N | mps (default {d.device})")
@@ -125,12 +126,16 @@ def _add_weight_map(p, d) -> None:
 
 def _add_sizes(p) -> None:
     """``train``'s object and patch sizes."""
+    from ..training.finetune import FinetuneSettings
+
+    d = FinetuneSettings()
     p.add_argument("--object-diameter", type=float, default=None, metavar="PX",
                    help="train with objects resized to this diameter (default: the base model's, else objects over "
                         "30 px are shrunk to 30)")
     p.add_argument("--no-resize", action="store_true", help="train at the images' own size")
     p.add_argument("--patch-size", type=int, nargs="+", default=None,
-                   help="patch side, or one size per axis (default: 256 for 2D models, 16 64 64 for 3D)")
+                   help=f"patch side, or one size per axis (default: {d.patches(2)[0][0]} for 2D models, "
+                        f"{' '.join(map(str, d.patches(3)[0]))} for 3D)")
 
 
 def _add_export(sub) -> None:

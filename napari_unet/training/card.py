@@ -32,13 +32,16 @@ def finetuned_config(run, stopped: str, metrics: dict, best_step: int, steps: in
 
 def _provenance(run, stopped, metrics, best_step, steps, seconds, base_weights: bool) -> dict:
     loaded, data, settings = run.loaded, run.data, run.settings
+    patch, batch = settings.patches(loaded.spatial_dims)  # what trained (the settings' None: the defaults)
+    if isinstance(patch, int):
+        patch = (patch,) * loaded.spatial_dims
     return {
         "trained": True, "fine_tuned": not base_weights, "base_model": loaded.name,
         "weights": "the base model's, unchanged (fine-tuning did not beat them)" if base_weights else "fine-tuned",
         "base_provenance": loaded.config.get("provenance", {}).get("data"),
         "data": run.source or "corrections", "train_images": len(data.train), "val_regions": len(data.val),
         "loss": run.spec, "loss_preset": settings.loss, "weight_map": run.weight_map, "target": run.target,
-        "settings": asdict(settings), "steps": steps, "best_step": best_step, "stopped": stopped,
+        "settings": asdict(settings), "patch_size": list(patch), "batch_size": batch, "steps": steps, "best_step": best_step, "stopped": stopped,
         "val_ap50": metrics.get("ap50"), "val_metrics": metrics, "baseline_val_ap50": run.baseline.get("ap50"),
         "seconds": round(seconds, 1), "date": dt.datetime.now().isoformat(timespec="seconds"),
         "postprocess": run.postprocess, "postprocess_tuned": run.tuned is not None,

@@ -122,6 +122,7 @@ class FinetuneWidget(JobWidget):
         from ..training.finetune import LOSS_PRESETS, FinetuneSettings
 
         defaults = FinetuneSettings()
+        patch, batch = defaults.patches(2)
         self.model = ComboBox(label="Base model", choices=self._model_choices,
                               tooltip="The model to start from: a bundled one or one of yours. It is never modified.")
         self.source = ComboBox(label="Train on", choices=(FROM_VIEWER, FROM_FOLDER), value=FROM_VIEWER,
@@ -142,7 +143,7 @@ class FinetuneWidget(JobWidget):
         self.minutes = FloatSpinBox(label="Minutes", value=defaults.minutes, min=0.1, max=24 * 60, step=0.5,
                                     tooltip=f"Training time, validation included. {defaults.minutes:g} min on a "
                                             "laptop CPU already gives a clear gain on a new kind of image "
-                                            f"(patches of 256 px, batch {defaults.batch_size}, "
+                                            f"(2D models: batches of {batch} patches of {patch[0]} px, "
                                             f"learning rate {defaults.lr:g} with warm-up and cosine decay).")
         self.augment = CheckBox(text="Augmentation (flips, elastic, intensity)", value=defaults.augment)
         self.only_if_better = CheckBox(text="Keep only if better than the base model", value=defaults.only_if_better,

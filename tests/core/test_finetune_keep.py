@@ -98,6 +98,30 @@ def test_focus_on_the_base_models_errors_trains_and_is_recorded(crops, make_rand
     assert load_model(result.path).config["provenance"]["settings"]["focus"] == 0.5
 
 
+def test_2d_fine_tuning_defaults_to_batches_of_8_patches_of_128_px(crops, make_random_model, tmp_path, one_thread,
+                                                                    monkeypatch):
+    """Twice the steps of 4 patches of 256 px in the same minutes (benchmarks/README.md); what trained
+    is recorded; a size given is kept; 3D models keep 4 patches of 16 x 64 x 64."""
+    from napari_unet.training import trainer
+
+    seen, real = [], trainer.train_iter
+
+    def train_iter(net, train, val, settings, **kwargs):
+        seen.append((settings.patch_size, settings.batch_size))
+        return (yield from real(net, train, val, settings, **kwargs))
+
+    monkeypatch.setattr(trainer, "train_iter", train_iter)
+    defaults = FinetuneSettings()
+    assert defaults.patches(2) == ((128, 128), 8) and defaults.patches(3) == ((16, 64, 64), 4)
+    assert FinetuneSettings(patch_size=96, batch_size=2).patches(2) == (96, 2)
+    settings = _settings(patch_size=None, batch_size=None, steps_per_epoch=1, only_if_better=False)
+    result = run_to_end(finetune_iter(str(make_random_model("patch-base")), crops, settings, out_dir=tmp_path,
+                                      name="patches"))
+    assert seen == [((128, 128), 8)] and result.steps == 1
+    provenance = load_model(result.path).config["provenance"]
+    assert provenance["patch_size"] == [128, 128] and provenance["batch_size"] == 8
+
+
 def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_beat_it(
         crops, make_random_model, tmp_path, one_thread, monkeypatch):
     """The base model's weights, unchanged, with the post-processing that scored best on the
