@@ -20,7 +20,7 @@ CPU (preparation and validation included for ours):
     python benchmarks/bench_finetune_usiigaci.py --minutes 5 --seeds 0 1 2 --threads 2 \\
         --arms finetune:benchmarks/weights/unet-nuclei-only.safetensors finetune:unet monai
 
-An arm may change the defaults to compare a lever side by side: ``finetune:unet?lr=1e-3,batch_size=8``
+An arm may change the defaults to compare a lever side by side: ``finetune:unet?lr=1e-3,patch_size=256,batch_size=4``
 (fields of :class:`~napari_unet.finetune.FinetuneSettings`; ``?resize=False`` trains at the frames'
 own size instead of shrinking their 69 px cells to the network's object diameter). The
 fine-tuned model is scored as a user would run it: at the object size stored in its file.

@@ -18,6 +18,7 @@ class BaseScore:
     postprocess: dict | None = None  # settings chosen on all reviewed regions, where they beat its own by the margin
     own_all: float | None = None  # AP@0.5 with its own settings on all reviewed regions
     best_all: float | None = None  # the grid's best there
+    regions: str = "all the reviewed regions"  # where those were scored (the held-out part when none is whole)
 
 
 def score_base(net, val, normalization, device, postprocess, target, stop, tune: bool) -> BaseScore:

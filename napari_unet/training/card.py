@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict
 
+import numpy as np
+
 from ..modelfile import make_config
 
 
@@ -32,16 +34,17 @@ def finetuned_config(run, stopped: str, metrics: dict, best_step: int, steps: in
 
 def _provenance(run, stopped, metrics, best_step, steps, seconds, base_weights: bool) -> dict:
     loaded, data, settings = run.loaded, run.data, run.settings
-    patch, batch = settings.patches(loaded.spatial_dims)  # what trained (the settings' None: the defaults)
-    if isinstance(patch, int):
-        patch = (patch,) * loaded.spatial_dims
+    # the patches and batch the run began with (a batch halved when memory ran out is in its warnings)
+    patch, batch = settings.patches(loaded.spatial_dims, loaded.net.size_divisor)
+    patch = [int(p) for p in ((patch,) * loaded.spatial_dims if np.ndim(patch) == 0 else patch)]
     return {
         "trained": True, "fine_tuned": not base_weights, "base_model": loaded.name,
         "weights": "the base model's, unchanged (fine-tuning did not beat them)" if base_weights else "fine-tuned",
         "base_provenance": loaded.config.get("provenance", {}).get("data"),
         "data": run.source or "corrections", "train_images": len(data.train), "val_regions": len(data.val),
         "loss": run.spec, "loss_preset": settings.loss, "weight_map": run.weight_map, "target": run.target,
-        "settings": asdict(settings), "patch_size": list(patch), "batch_size": batch, "steps": steps, "best_step": best_step, "stopped": stopped,
+        "settings": asdict(settings), "steps": steps,
+        **({} if base_weights else {"patch_size": patch, "batch_size": int(batch)}), "best_step": best_step, "stopped": stopped,
         "val_ap50": metrics.get("ap50"), "val_metrics": metrics, "baseline_val_ap50": run.baseline.get("ap50"),
         "seconds": round(seconds, 1), "date": dt.datetime.now().isoformat(timespec="seconds"),
         "postprocess": run.postprocess, "postprocess_tuned": run.tuned is not None,
@@ -60,9 +63,9 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
     if base_weights:
         card += (f"The fine-tuned weights scored no better than `{loaded.name}` with post-processing tuned on "
                  "the same held-out regions, so this file holds the base model's weights, unchanged, with "
-                 + (f"its own post-processing (no other settings beat it on all the reviewed regions by more than "
+                 + (f"its own post-processing (no other settings beat it on {run.base.regions} by more than "
                     f"{run.gain_text(held_out=False)})" if run.base.postprocess is None else
-                    "post-processing chosen on all the reviewed regions (the base trained on none of them)")
+                    f"post-processing chosen on {run.base.regions} (the base trained on none of them)")
                  + (f", for objects of {diameter:.0f} px across as in the corrections (images are resized "
                     f"so that they reach the network's {loaded.object_diameter:g} px unless told another "
                     "object size)" if loaded.object_diameter and diameter else "") + ".\n\n")
@@ -80,6 +83,6 @@ def _card(run, stopped, metrics, steps, base_weights: bool) -> str:
         pp = run.postprocess
         from ..inference.postprocess import postprocess_text
 
-        where = ", scored on all the reviewed regions" if base_weights else " chosen on the same regions"
+        where = f", scored on {run.base.regions}" if base_weights else " chosen on the same regions"
         card += f"\nPost-processing{where}: {postprocess_text(pp)} (AP@0.5 {run.tuned:.3f}).\n"
     return card

@@ -105,18 +105,21 @@ class FinetuneSettings:
         kind = self.loss_spec()[1] if self.weights is None else (None if self.weights == "none" else self.weights)
         return weight_map_params(kind, self.w0, self.sigma)
 
-    def patches(self, spatial_dims: int) -> tuple:
-        """``(patch size, batch size)`` for a network of ``spatial_dims``: the settings', else :data:`PATCHES`'."""
+    def patches(self, spatial_dims: int, divisor: Sequence[int] | None = None) -> tuple:
+        """``(patch size, batch size)`` for a network of ``spatial_dims``: the settings', else
+        :data:`PATCHES`' (rounded up to a multiple of the network's ``divisor`` when given)."""
         patch, batch = PATCHES[spatial_dims]
+        if divisor is not None:
+            patch = tuple(-(-p // d) * d for p, d in zip(patch, divisor))
         return (patch if self.patch_size is None else self.patch_size,
                 batch if self.batch_size is None else self.batch_size)
 
-    def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool, spatial_dims: int = 2):
-        """The trainer's settings (:class:`~.trainer.TrainSettings`) for this fine-tuning of a network of
-        ``spatial_dims`` (``focus``: the base model's error maps are given)."""
+    def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool, net):
+        """The trainer's settings (:class:`~.trainer.TrainSettings`) for this fine-tuning of ``net``
+        (``focus``: the base model's error maps are given)."""
         from . import trainer
 
-        patch_size, batch_size = self.patches(spatial_dims)
+        patch_size, batch_size = self.patches(net.spatial_dims, net.size_divisor)
         return trainer.TrainSettings(
             patch_size=patch_size, batch_size=batch_size, lr=self.lr, epochs=self.epochs,
             minutes=self.minutes, steps_per_epoch=self.steps_per_epoch, seed=self.seed, normalization=normalization,
@@ -305,14 +308,16 @@ class FinetuneRun:
         does not wait for it). False when stopped meanwhile."""
         from ..jobs import PredictionCancelled
 
-        regions = self.data.base_regions(self.checked) or self.data.base_val
+        whole = self.data.base_regions(self.checked)
+        regions = whole or self.data.base_val
         try:
             postprocess, own_all, best_all = basescore.base_postprocess(
                 self.loaded.net, regions, self.loaded.normalization, self.settings.device, self.loaded.postprocess,
                 self.target, self.stop, basescore.min_gain(self.settings, regions))
         except PredictionCancelled:
             return False
-        self.base = replace(self.base, postprocess=postprocess, own_all=own_all, best_all=best_all)
+        self.base = replace(self.base, postprocess=postprocess, own_all=own_all, best_all=best_all,
+                            regions="all the reviewed regions" if whole else "the held-out regions")
         return True
 
     def focus_maps(self):
@@ -350,7 +355,7 @@ class FinetuneRun:
         if self.target != self.loaded.target:
             self.net.set_out_channels(len(TARGETS[self.target]))
         settings = self.settings.train_settings(self.loaded.normalization, self.target, self.postprocess,
-                                                spatial_dims=self.net.spatial_dims,
+                                                net=self.net,
                                                 focus=focus_maps is not None)
         from . import trainer
 
@@ -437,9 +442,8 @@ class FinetuneRun:
         self.saved = self.save(loaded.net.eval(), self.config(result.stopped, self.baseline, 0, result.steps,
                                                               result.seconds, weights_net=loaded.net))
         best_all, own_all = basescore.distinct(base.best_all, base.own_all)
-        kept = (f"its own post-processing (AP@0.5 {own_all} on all your reviewed regions)" if own else
-                f"post-processing chosen on all your reviewed regions (AP@0.5 {best_all} there, {own_all} with "
-                "its own)")
+        kept = (f"its own post-processing (AP@0.5 {own_all} on {base.regions})" if own else
+                f"post-processing chosen on {base.regions} (AP@0.5 {best_all} there, {own_all} with its own)")
         return (f"the fine-tuned weights did not beat the base model: validation AP@0.5 {self.short_of(best)}. "
                 f"Saved the base model's weights with {kept}"
                 + (f", for objects of {diameter:.0f} px" if loaded.estimates_size and diameter else ""))

@@ -143,7 +143,8 @@ class FinetuneWidget(JobWidget):
         self.minutes = FloatSpinBox(label="Minutes", value=defaults.minutes, min=0.1, max=24 * 60, step=0.5,
                                     tooltip=f"Training time, validation included. {defaults.minutes:g} min on a "
                                             "laptop CPU already gives a clear gain on a new kind of image "
-                                            f"(2D models: batches of {batch} patches of {patch[0]} px, "
+                                            f"(2D models: batches of {batch} patches of {patch[0]} px, 3D: "
+                                            f"{defaults.patches(3)[1]} of {' x '.join(map(str, defaults.patches(3)[0]))}; "
                                             f"learning rate {defaults.lr:g} with warm-up and cosine decay).")
         self.augment = CheckBox(text="Augmentation (flips, elastic, intensity)", value=defaults.augment)
         self.only_if_better = CheckBox(text="Keep only if better than the base model", value=defaults.only_if_better,

@@ -151,7 +151,7 @@ def test_the_base_with_tuned_post_processing_is_kept_when_fine_tuning_does_not_b
     assert seen == [[(64, 256)] * 2, [(256, 256)] * 2]
     assert result.postprocess == tuned and result.tuned_ap50 == 1.0
     assert result.discarded.startswith("the fine-tuned weights did not beat the base model: validation AP@0.5 ")
-    assert ("Saved the base model's weights with post-processing chosen on all your reviewed regions (AP@0.5 1.000 "
+    assert ("Saved the base model's weights with post-processing chosen on all the reviewed regions (AP@0.5 1.000 "
             "there, 0.250 with its own)") in result.discarded
     saved, original = load_model(result.path), load_model(base)
     assert saved.postprocess == tuned and saved.config["provenance"]["weights"].startswith("the base model's")
@@ -304,14 +304,16 @@ def test_with_no_fully_reviewed_region_the_base_is_scored_on_the_held_out_part(c
         if len(seen) == 2:  # the second run: the user cancels while the base is scored
             stop.set()
             raise PredictionCancelled()
-        return None, 0.5, 0.5
+        return {"threshold": 0.6, "min_size": 8, "split_touching": True, "split_depth": 1.0}, 0.5, 0.9
 
     monkeypatch.setattr(basescore, "base_postprocess", base_postprocess)
     base = make_random_model("holed-base")
     first = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed"))
-    assert seen == [[(64, 256)] * 2] and first.path is None and first.discarded.startswith("not saved")
-    second = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed", stop=stop))
-    assert second.path is None and not list(tmp_path.iterdir())
+    assert seen == [[(64, 256)] * 2] and first.weights == "base" and first.path == tmp_path / "holed.safetensors"
+    assert "chosen on the held-out regions (AP@0.5 0.900 there, 0.500 with its own)" in first.discarded
+    assert "chosen on the held-out regions" in load_model(first.path).config["card"]
+    second = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed-2", stop=stop))
+    assert second.path is None and [p.name for p in tmp_path.iterdir()] == ["holed.safetensors"]
     assert second.discarded.endswith("; stopped while the base model's post-processing was chosen")
 
 
