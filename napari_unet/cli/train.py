@@ -123,6 +123,10 @@ def _event_printer():
     show = progress_printer("train")
 
     def on_event(event):
+        if event.phase:  # after training: the post-processing is chosen (seconds)
+            end_progress_line()
+            print(event.phase, flush=True)
+            return
         if event.step == 0:
             if event.val_ap is not None:
                 print(f"base model: validation AP@0.5 {event.val_ap:.3f}", flush=True)

@@ -8,8 +8,8 @@ stopped run stops) by
   any), ``optim/<i>/<key>`` (AdamW's per-parameter state: ``step``, ``exp_avg``,
   ``exp_avg_sq``) and ``rng/torch`` (PyTorch's CPU random state);
 * JSON metadata ``napari_unet_checkpoint``: the step, the training time spent, the best
-  validation score and step, the validation history, the batch size and the numpy generator's
-  state (the patch sampler and augmentation draw from it).
+  validation score and step, the validation history, the batch size, the patch shape and the
+  numpy generator's state (the patch sampler and augmentation draw from it).
 
 A run resumed from a checkpoint takes the same steps as one that never stopped (on the CPU,
 up to floating-point rounding; tested).
@@ -42,6 +42,7 @@ class TrainingState:
     best_ap: float = -1.0
     best_metrics: dict = field(default_factory=dict)
     history: list = field(default_factory=list)  # (step, metrics) of every validation
+    patch_shape: tuple | None = None  # None in checkpoints written before it was recorded
 
 
 def save_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -58,15 +59,18 @@ def save_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: to
     tensors["rng/torch"] = torch.get_rng_state()
     meta = {"format": FORMAT, "step": state.step, "seconds": state.seconds, "batch_size": state.batch_size,
             "best_step": state.best_step, "best_ap": state.best_ap, "best_metrics": state.best_metrics,
-            "history": state.history, "numpy_rng": numpy_rng.bit_generator.state}
+            "history": state.history, "numpy_rng": numpy_rng.bit_generator.state,
+            "patch_shape": None if state.patch_shape is None else [int(n) for n in state.patch_shape]}
     path = Path(path)
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={KEY: json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    numpy_rng: np.random.Generator) -> tuple[TrainingState, dict | None]:
+                    numpy_rng: np.random.Generator, patch_shape=None) -> tuple[TrainingState, dict | None]:
     """Restore ``net``, ``optimizer`` and the random state from a checkpoint; returns where the run
-    stood and the best validated weights (None if none). ``ValueError`` names what does not fit."""
+    stood and the best validated weights (None if none). ``ValueError`` names what does not fit:
+    another network, or ``patch_shape`` (the resuming run's) other than the checkpoint's (checked
+    before anything is restored)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -78,6 +82,13 @@ def load_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: to
         raise ValueError(f"{path}: not a readable napari-unet training checkpoint ({exc}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a napari-unet training checkpoint.")
+    saved_patch = meta.get("patch_shape")
+    if saved_patch is not None and patch_shape is not None and tuple(saved_patch) != tuple(patch_shape):
+        def shown(shape):
+            return " x ".join(str(int(n)) for n in shape)
+
+        raise ValueError(f"{path}: the run was trained on patches of {shown(saved_patch)} px, this one asks for "
+                         f"{shown(patch_shape)} px: resume with the same patch size, or train without resuming.")
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     try:
         net.load_state_dict(model, strict=True)
@@ -99,5 +110,6 @@ def load_checkpoint(path: str | os.PathLike, net: torch.nn.Module, optimizer: to
     state = TrainingState(step=int(meta["step"]), seconds=float(meta["seconds"]), batch_size=int(meta["batch_size"]),
                           best_step=int(meta["best_step"]), best_ap=float(meta["best_ap"]),
                           best_metrics=dict(meta["best_metrics"]),
-                          history=[(int(s), dict(m)) for s, m in meta["history"]])
+                          history=[(int(s), dict(m)) for s, m in meta["history"]],
+                          patch_shape=None if meta.get("patch_shape") is None else tuple(meta["patch_shape"]))
     return state, best

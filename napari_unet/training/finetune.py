@@ -214,7 +214,8 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     Ctrl-C; the widget saves nothing then).
 
     Yields :class:`~napari_unet.training.trainer.TrainingEvent` (the first one, ``step=0``,
-    carries the base model's validation score as ``val_metrics``); returns a
+    carries the base model's validation score as ``val_metrics``; after training, events with a
+    ``phase`` say what the next seconds are spent on: choosing the post-processing); returns a
     :class:`FinetuneResult`. Stopping (``stop.set()``) ends the run within about a second at any
     point (scoring the base model, a training step, a validation pass) and keeps the best model
     so far; nothing is saved when no validation has run yet. Neither the base model nor any other
@@ -247,7 +248,7 @@ def finetune_iter(base, triples: Sequence, settings: FinetuneSettings | None = N
     yield TrainingEvent(0, 0, float("nan"), run.baseline.get("ap50"), 0.0, None,
                                 validated=bool(run.baseline), val_metrics=run.baseline or None)
     result = yield from run.train(focus_maps, checkpoint, resume)
-    return run.finish(result, keep_unvalidated)
+    return (yield from run.finish(result, keep_unvalidated))
 
 
 def _refuse_package_network(loaded) -> None:
@@ -371,13 +372,19 @@ class FinetuneRun:
                                                              event.step, 0.0))
             yield event
 
-    def finish(self, result, keep_unvalidated: bool) -> FinetuneResult:
-        """Tune the post-processing, decide what is kept (fine-tuned weights, the base's, nothing), save it."""
+    def finish(self, result, keep_unvalidated: bool):
+        """Tune the post-processing, decide what is kept (fine-tuned weights, the base's, nothing), save it.
+        A generator: yields a phase event before each part that takes seconds; returns the result."""
         from ..jobs import PredictionCancelled
+        from .trainer import TrainingEvent
 
-        data, stop = self.data, self.stop
+        def phase(text):
+            return TrainingEvent(result.steps, 0, float("nan"), None, 0.0, None, phase=text)
+
+        data, stop, stopped = self.data, self.stop, result.stopped
         stopped_by_user = stop is not None and stop.is_set()
         if result.metrics and data.val and not stopped_by_user:
+            yield phase("choosing the post-processing on the held-out regions…")
             try:  # the post-processing for this model, chosen on the held-out regions (a few seconds)
                 from . import validation
 
@@ -392,7 +399,7 @@ class FinetuneRun:
                 else:
                     self.postprocess, self.tuned = self.loaded.postprocess, round(result.metrics["ap50"], 4)
             except PredictionCancelled:
-                self.postprocess = self.loaded.postprocess
+                self.postprocess, stopped = self.loaded.postprocess, "stopped by user"
         discarded, best = "", None
         if result.metrics:
             best = max(result.metrics["ap50"], self.tuned if self.tuned is not None else -1.0)
@@ -408,11 +415,13 @@ class FinetuneRun:
             self.saved = self.save(self.net.eval(), self.config(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
         elif discarded and not stopped_by_user:  # the base won: saved if its settings or its size are new
+            yield phase("the base model validates better: choosing its post-processing on the reviewed regions…")
             if not self.choose_base_postprocess():
                 discarded += "; stopped while the base model's post-processing was chosen"
+                stopped = "stopped by user"
             elif self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter):
                 discarded, weights = self.keep_base(result, best), "base"
-        return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, result.stopped, result.steps,
+        return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, stopped, result.steps,
                               result.seconds, result.history, list(result.warnings), dict(self.postprocess),
                               self.tuned, result.best_step, discarded, weights, data.scale, data.diameter)
 

@@ -31,7 +31,8 @@ class TrainingEvent:
     ``loss`` is this step's loss (``nan`` on a pure validation event); ``val_ap`` the latest
     validation AP@0.5 (None before the first validation); ``seconds_left`` an estimate (None
     until one exists); ``validated`` is True on the step where validation just ran, with its
-    ``val_metrics``.
+    ``val_metrics``. An event with a ``phase`` is not a step: it says what the run does next
+    for a while (e.g. choosing the post-processing after training), for a status line.
     """
 
     step: int
@@ -45,6 +46,7 @@ class TrainingEvent:
     val_metrics: dict | None = None
     parts: dict = field(default_factory=dict)
     improved: bool = False  # this validation is the best so far (a checkpoint is worth writing now)
+    phase: str = ""
 
 
 @dataclass
@@ -111,7 +113,8 @@ class Run:
         if self.checkpoint is None or not os.path.isfile(self.checkpoint):
             raise ValueError(f"Nothing to resume from: the checkpoint {self.checkpoint} does not exist; train "
                              "without resuming (it is written after every epoch).")
-        saved, saved_best = load_checkpoint(self.checkpoint, self.net, self.optimizer, self.rng)
+        saved, saved_best = load_checkpoint(self.checkpoint, self.net, self.optimizer, self.rng,
+                                            patch_shape=self.sampler.patch_shape)
         self.step, self.batch_size, self.history = saved.step, saved.batch_size, saved.history
         self.start -= saved.seconds  # the budget counts the whole run
         self.best.update(state=saved_best, metrics=saved.best_metrics, step=saved.best_step, ap=saved.best_ap)
@@ -126,7 +129,7 @@ class Run:
             return
         best = self.best
         state = TrainingState(self.step, time.perf_counter() - self.start, self.batch_size, best["step"], best["ap"],
-                              best["metrics"], self.history)
+                              best["metrics"], self.history, tuple(self.sampler.patch_shape))
         try:
             save_checkpoint(self.checkpoint, self.net, self.optimizer, state, best["state"], self.rng)
         except OSError as exc:  # the run matters more than its resume state

@@ -362,6 +362,9 @@ class FinetuneWidget(JobWidget):
         if self._new_chart:
             self.plot.clear()
             self._new_chart = False
+        if event.phase:  # seconds of work after training (the post-processing), no step
+            self.status.value = f"step {event.step}: {event.phase}"
+            return
         if event.step == 0:
             if event.val_ap is not None:
                 self.plot.set_baseline(event.val_ap)

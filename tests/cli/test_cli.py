@@ -128,6 +128,12 @@ def test_train_resume_continues_where_the_last_epoch_ended(train_folders, make_r
     assert "resuming from tuned.safetensors.resume" in out
     assert "step 40:" in out and "step 20:" not in out  # only the second epoch ran
     assert load_model(t / "tuned.safetensors").config["provenance"]["steps"] == 40  # 20 before, 20 after
+    assert "choosing the post-processing on the held-out regions…" in out  # the seconds after training, said
+    # a run resumed with other patches would mix two runs: refused, the model and its run state kept
+    before = (t / "tuned.safetensors").read_bytes()
+    assert main([*args[:-4], "--patch-size", "32", "--batch-size", "2", "--epochs", "3", "--resume"]) == 2
+    assert "trained on patches of 64 x 64 px, this one asks for 32 x 32 px" in capsys.readouterr().err
+    assert (t / "tuned.safetensors").read_bytes() == before and (t / "tuned.safetensors.resume").is_file()
 
 
 @pytest.mark.parametrize("breakage,message", [

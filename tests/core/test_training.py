@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import threading
 
@@ -324,6 +325,19 @@ def test_resume_without_a_checkpoint_or_with_another_network_is_refused(nuclei_p
     with pytest.raises(ValueError, match="belongs to another network"):
         next(train_iter(other, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, device="cpu",
                         resume=True, checkpoint=tmp_path / "c.safetensors"))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="patches of 64 x 64 px, this one asks for 32 x 32 px"):
+        next(train_iter(net, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=32, batch_size=1,
+                        device="cpu", resume=True, checkpoint=tmp_path / "c.safetensors"))
+    for key, value in before.items():  # refused before anything was restored
+        torch.testing.assert_close(net.state_dict()[key], value, rtol=0, atol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["napari_unet_checkpoint"])["patch_shape"] == [64, 64]
+    result = run_to_end(train_iter(net, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, batch_size=1,
+                                   device="cpu", resume=True, checkpoint=tmp_path / "c.safetensors"))
+    assert result.steps == 2  # the same patch resumes
 
 
 def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp_path, one_thread):

@@ -302,10 +302,20 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
     widget.model.value = tiny_in_list  # a base that declares no object size (one that estimates sizes would still be
     widget.minutes.value = 0.2  # saved, made for the corrections' size: test_finetune_keep.py)
     assert widget.only_if_better.value  # the default
+    shown, on_progress = [], widget._on_progress  # every status line the run's events show
+
+    def record(event):
+        on_progress(event)
+        shown.append(widget.status.value)
+
+    widget._on_progress = record  # (monkeypatch's undo would remove it as a magicgui widget)
     click(widget.train_button)
     qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
     result = widget.last_result
     assert result.path is None and result.steps > 0 and calls  # validated (3+ times: test_finetune_keep.py)
+    # after training, the seconds the base model's post-processing takes are said, not a frozen "0.0 min left"
+    assert f"step {result.steps}: the base model validates better: choosing its post-processing on the reviewed " \
+           "regions…" in shown
     assert set(user_models()) == models_before and not widget.run_button.enabled
     status = widget.status.value
     assert "is not above" in status and "the base model's 0.800 plus one held-out object" in status
