@@ -364,6 +364,8 @@ class FinetuneWidget(JobWidget):
             self._new_chart = False
         if event.phase:  # seconds of work after training (the post-processing), no step
             self.status.value = f"step {event.step}: {event.phase}"
+            if self._progress is not None:  # napari's activity dock says it too
+                self._progress.set_description(f"napari-unet: {event.phase.split(': ')[-1].rstrip('…')}")
             return
         if event.step == 0:
             if event.val_ap is not None:

@@ -307,6 +307,7 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
     def record(event):
         on_progress(event)
         shown.append(widget.status.value)
+        shown.append(widget._progress.desc)  # napari's activity dock
 
     widget._on_progress = record  # (monkeypatch's undo would remove it as a magicgui widget)
     click(widget.train_button)
@@ -316,6 +317,7 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
     # after training, the seconds the base model's post-processing takes are said, not a frozen "0.0 min left"
     assert f"step {result.steps}: the base model validates better: choosing its post-processing on the reviewed " \
            "regions…" in shown
+    assert any(line.startswith("napari-unet: choosing its post-processing on the reviewed regions") for line in shown)
     assert set(user_models()) == models_before and not widget.run_button.enabled
     status = widget.status.value
     assert "is not above" in status and "the base model's 0.800 plus one held-out object" in status
