@@ -75,7 +75,7 @@ def main():
     on_progress = widget._on_progress
 
     def record_step(event):
-        if event.step > 0:
+        if event.step > 0 and not event.phase:
             steps.append(time.perf_counter())
         on_progress(event)
 

@@ -381,7 +381,7 @@ class FinetuneRun:
         def phase(text):
             return TrainingEvent(result.steps, 0, float("nan"), None, 0.0, None, phase=text)
 
-        data, stop, stopped = self.data, self.stop, result.stopped
+        data, stop = self.data, self.stop
         stopped_by_user = stop is not None and stop.is_set()
         if result.metrics and data.val and not stopped_by_user:
             yield phase("choosing the post-processing on the held-out regions…")
@@ -399,7 +399,9 @@ class FinetuneRun:
                 else:
                     self.postprocess, self.tuned = self.loaded.postprocess, round(result.metrics["ap50"], 4)
             except PredictionCancelled:
-                self.postprocess, stopped = self.loaded.postprocess, "stopped by user"
+                self.postprocess, stopped_by_user = self.loaded.postprocess, True
+        if stopped_by_user and not result.stopped.startswith("non-finite"):  # also after the last step
+            result = replace(result, stopped="stopped by user")
         discarded, best = "", None
         if result.metrics:
             best = max(result.metrics["ap50"], self.tuned if self.tuned is not None else -1.0)
@@ -418,10 +420,10 @@ class FinetuneRun:
             yield phase("the base model validates better: choosing its post-processing on the reviewed regions…")
             if not self.choose_base_postprocess():
                 discarded += "; stopped while the base model's post-processing was chosen"
-                stopped = "stopped by user"
+                result = replace(result, stopped="stopped by user")
             elif self.base.postprocess is not None or (self.loaded.estimates_size and data.diameter):
                 discarded, weights = self.keep_base(result, best), "base"
-        return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, stopped, result.steps,
+        return FinetuneResult(self.saved, self.name, result.metrics, self.baseline, result.stopped, result.steps,
                               result.seconds, result.history, list(result.warnings), dict(self.postprocess),
                               self.tuned, result.best_step, discarded, weights, data.scale, data.diameter)
 

@@ -115,6 +115,9 @@ class Run:
                              "without resuming (it is written after every epoch).")
         saved, saved_best = load_checkpoint(self.checkpoint, self.net, self.optimizer, self.rng,
                                             patch_shape=self.sampler.patch_shape)
+        if saved.patch_shape is None:  # written before checkpoints recorded it
+            self.warnings.append(f"The checkpoint {self.checkpoint} does not say which patches its run trained on: "
+                                 f"resumed with patches of {' x '.join(map(str, self.sampler.patch_shape))} px.")
         self.step, self.batch_size, self.history = saved.step, saved.batch_size, saved.history
         self.start -= saved.seconds  # the budget counts the whole run
         self.best.update(state=saved_best, metrics=saved.best_metrics, step=saved.best_step, ap=saved.best_ap)

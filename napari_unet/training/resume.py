@@ -54,7 +54,11 @@ def run_key(base, triples: Sequence, settings, name: str | None) -> str:
 
     from ..catalog import resolve_model_path
 
-    digest = hashlib.sha256(repr((str(base), name or "", sorted(asdict(settings).items()))).encode())
+    from .finetune import PATCHES
+
+    # the default patches stand for None: a run interrupted before they changed is not resumed with others
+    digest = hashlib.sha256(repr((str(base), name or "", sorted(asdict(settings).items()),
+                                  sorted(PATCHES.items()))).encode())
     try:
         digest.update(str(resolve_model_path(str(base)).stat().st_mtime_ns).encode())
     except (OSError, ValueError, TypeError, AttributeError):

@@ -331,3 +331,36 @@ def test_scores_that_differ_are_written_so():
     assert _distinct(0.96151, 0.96149) == ["0.962", "0.961"]
     assert _distinct(0.961549, 0.96151) == ["0.96155", "0.96151"]
     assert _distinct(0.5, 0.25) == ["0.500", "0.250"] and _distinct(0.5, 0.5) == ["0.500", "0.500"]
+
+
+@pytest.mark.parametrize("only_if_better", [True, False])
+def test_a_cancel_while_the_post_processing_is_tuned_stops_there(crops, make_random_model, tmp_path, one_thread,
+                                                                 monkeypatch, only_if_better):
+    """Cancel after training, while the fine-tuned model's post-processing is chosen: nothing more
+    runs (not the base's own choice either), the result and the saved card say the user stopped."""
+    import threading
+
+    from napari_unet.jobs import PredictionCancelled
+    from napari_unet.training import basescore, validation
+
+    stop, chosen = threading.Event(), []
+    real = basescore.score_base
+    monkeypatch.setattr(basescore, "score_base",  # an unbeatable base, when it is a bar
+                        lambda *a, **k: replace(real(*a, **k), bar=1.0 if k["tune"] else None))
+
+    def tune_postprocess(*args, **kwargs):
+        stop.set()
+        raise PredictionCancelled()
+
+    monkeypatch.setattr(validation, "tune_postprocess", tune_postprocess)
+    monkeypatch.setattr(basescore, "base_postprocess", lambda *a: chosen.append(1))
+    events = []
+    result = run_to_end(finetune_iter(str(make_random_model("tuned-base")), crops,
+                                      _settings(only_if_better=only_if_better), out_dir=tmp_path, name="cut",
+                                      stop=stop), events.append)
+    assert result.stopped == "stopped by user" and chosen == [] and result.steps > 0
+    assert [e.phase for e in events if e.phase] == ["choosing the post-processing on the held-out regions…"]
+    if only_if_better:  # the base won, and the user stopped before its post-processing was chosen: nothing saved
+        assert result.path is None and result.discarded.startswith("not saved")
+    else:  # the fine-tuned weights are kept (with the base's post-processing), and their card says why they stopped
+        assert result.path is not None and load_model(result.path).config["provenance"]["stopped"] == "stopped by user"

@@ -254,6 +254,9 @@ def test_stop_event_and_nan_guard(nuclei_pairs):
     def broken(logits, target, weights=None):
         return logits.sum() * float("nan"), {}
 
+    with torch.no_grad():  # weights other than the checkpoint's, which a refused resume must leave
+        for param in net.parameters():
+            param.add_(1.0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     result = run_to_end(train_iter(net, nuclei_pairs[:1], patch_size=32, batch_size=1, epochs=1, seed=0,
                                    device="cpu", loss=broken))
@@ -325,6 +328,9 @@ def test_resume_without_a_checkpoint_or_with_another_network_is_refused(nuclei_p
     with pytest.raises(ValueError, match="belongs to another network"):
         next(train_iter(other, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, device="cpu",
                         resume=True, checkpoint=tmp_path / "c.safetensors"))
+    with torch.no_grad():  # weights other than the checkpoint's, which a refused resume must leave
+        for param in net.parameters():
+            param.add_(1.0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match="patches of 64 x 64 px, this one asks for 32 x 32 px"):
         next(train_iter(net, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=32, batch_size=1,
@@ -337,7 +343,19 @@ def test_resume_without_a_checkpoint_or_with_another_network_is_refused(nuclei_p
         assert json.loads(f.metadata()["napari_unet_checkpoint"])["patch_shape"] == [64, 64]
     result = run_to_end(train_iter(net, nuclei_pairs[:1], epochs=2, steps_per_epoch=1, patch_size=64, batch_size=1,
                                    device="cpu", resume=True, checkpoint=tmp_path / "c.safetensors"))
-    assert result.steps == 2  # the same patch resumes
+    assert result.steps == 2 and not result.warnings  # the same patch resumes
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tmp_path / "c.safetensors"), framework="pt") as f:  # as written before the patch was recorded
+        meta = json.loads(f.metadata()["napari_unet_checkpoint"])
+    del meta["patch_shape"]
+    save_file(load_file(tmp_path / "c.safetensors"), tmp_path / "old.safetensors",
+              metadata={"napari_unet_checkpoint": json.dumps(meta)})
+    result = run_to_end(train_iter(net, nuclei_pairs[:1], epochs=3, steps_per_epoch=1, patch_size=32, batch_size=1,
+                                   device="cpu", resume=True, checkpoint=tmp_path / "old.safetensors"))
+    assert result.steps == 3 and result.warnings == [
+        f"The checkpoint {tmp_path / 'old.safetensors'} does not say which patches its run trained on: resumed with "
+        "patches of 32 x 32 px."]
 
 
 def test_finetune_stores_the_post_processing_chosen_on_its_validation_region(tmp_path, one_thread):
