@@ -536,3 +536,18 @@ def test_freeze_norm_keeps_batch_norm_statistics_while_the_weights_learn(nuclei_
     moved = [k for k in stats if not torch.equal(state[k], stats[k])]
     assert (moved == []) == freeze, moved  # frozen: no statistic moved, not even across the validation
     assert all(not torch.equal(state[k], weights[k]) for k in weights)  # normalisation's scale learns too
+
+
+def test_a_runs_resume_key_changes_with_the_default_patches(monkeypatch):
+    """Settings that leave the patches to the defaults (None) stand for those defaults: a run
+    interrupted before they change is not offered for resuming with other patches."""
+    from napari_unet.finetune import FinetuneSettings
+    from napari_unet.training import finetune
+    from napari_unet.training.resume import run_key
+
+    image = np.zeros((64, 64), np.float32)
+    triples = [(image, np.zeros((64, 64), np.int32), None)]
+    key = run_key("unet", triples, FinetuneSettings(), "run")
+    assert run_key("unet", triples, FinetuneSettings(), "run") == key
+    monkeypatch.setitem(finetune.PATCHES, 2, ((256, 256), 4))
+    assert run_key("unet", triples, FinetuneSettings(), "run") != key
