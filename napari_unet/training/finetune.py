@@ -417,7 +417,8 @@ class FinetuneRun:
             self.saved = self.save(self.net.eval(), self.config(result.stopped, result.metrics, result.best_step,
                                                                 result.steps, result.seconds))
         elif discarded and not stopped_by_user:  # the base won: saved if its settings or its size are new
-            yield phase("the base model validates better: choosing its post-processing on the reviewed regions…")
+            yield phase("the fine-tuned weights did not beat the base model: "
+                        "choosing its post-processing on the reviewed regions…")
             if not self.choose_base_postprocess():
                 discarded += "; stopped while the base model's post-processing was chosen"
                 result = replace(result, stopped="stopped by user")

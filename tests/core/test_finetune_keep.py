@@ -312,7 +312,8 @@ def test_with_no_fully_reviewed_region_the_base_is_scored_on_the_held_out_part(c
     first = run_to_end(finetune_iter(str(base), holed, _settings(), out_dir=tmp_path, name="holed"), events.append)
     phases = [e.phase for e in events if e.phase]  # what the status says while the seconds after training pass
     assert phases == ["choosing the post-processing on the held-out regions…",
-                      "the base model validates better: choosing its post-processing on the reviewed regions…"]
+                      "the fine-tuned weights did not beat the base model: choosing its post-processing on the "
+                      "reviewed regions…"]
     assert events[-1].phase and events[-1].step == first.steps and first.stopped != "stopped by user"
     assert seen == [[(64, 256)] * 2] and first.weights == "base" and first.path == tmp_path / "holed.safetensors"
     assert "chosen on the held-out regions (AP@0.5 0.900 there, 0.500 with its own)" in first.discarded

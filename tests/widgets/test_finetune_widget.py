@@ -315,8 +315,8 @@ def test_a_model_no_better_than_its_base_is_not_saved_and_the_status_says_so(fin
     result = widget.last_result
     assert result.path is None and result.steps > 0 and calls  # validated (3+ times: test_finetune_keep.py)
     # after training, the seconds the base model's post-processing takes are said, not a frozen "0.0 min left"
-    assert f"step {result.steps}: the base model validates better: choosing its post-processing on the reviewed " \
-           "regions…" in shown
+    assert (f"step {result.steps}: the fine-tuned weights did not beat the base model: choosing its post-processing "
+            "on the reviewed regions…") in shown
     assert any(line.startswith("napari-unet: choosing its post-processing on the reviewed regions") for line in shown)
     assert set(user_models()) == models_before and not widget.run_button.enabled
     status = widget.status.value
