@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict
 
-import numpy as np
 
 from ..modelfile import make_config
 
@@ -36,7 +35,6 @@ def _provenance(run, stopped, metrics, best_step, steps, seconds, base_weights: 
     loaded, data, settings = run.loaded, run.data, run.settings
     # the patches and batch the run began with (a batch halved when memory ran out is in its warnings)
     patch, batch = settings.patches(loaded.spatial_dims, loaded.net.size_divisor)
-    patch = [int(p) for p in ((patch,) * loaded.spatial_dims if np.ndim(patch) == 0 else patch)]
     return {
         "trained": True, "fine_tuned": not base_weights, "base_model": loaded.name,
         "weights": "the base model's, unchanged (fine-tuning did not beat them)" if base_weights else "fine-tuned",
@@ -44,7 +42,8 @@ def _provenance(run, stopped, metrics, best_step, steps, seconds, base_weights: 
         "data": run.source or "corrections", "train_images": len(data.train), "val_regions": len(data.val),
         "loss": run.spec, "loss_preset": settings.loss, "weight_map": run.weight_map, "target": run.target,
         "settings": asdict(settings), "steps": steps,
-        **({} if base_weights else {"patch_size": patch, "batch_size": int(batch)}), "best_step": best_step, "stopped": stopped,
+        **({} if base_weights else {"patch_size": list(patch), "batch_size": int(batch)}),
+        "best_step": best_step, "stopped": stopped,
         "val_ap50": metrics.get("ap50"), "val_metrics": metrics, "baseline_val_ap50": run.baseline.get("ap50"),
         "seconds": round(seconds, 1), "date": dt.datetime.now().isoformat(timespec="seconds"),
         "postprocess": run.postprocess, "postprocess_tuned": run.tuned is not None,

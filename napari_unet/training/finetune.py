@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -105,14 +106,18 @@ class FinetuneSettings:
         kind = self.loss_spec()[1] if self.weights is None else (None if self.weights == "none" else self.weights)
         return weight_map_params(kind, self.w0, self.sigma)
 
-    def patches(self, spatial_dims: int, divisor: Sequence[int] | None = None) -> tuple:
-        """``(patch size, batch size)`` for a network of ``spatial_dims``: the settings', else
-        :data:`PATCHES`' (rounded up to a multiple of the network's ``divisor`` when given)."""
+    def patches(self, spatial_dims: int, divisor: Sequence[int] | None = None) -> tuple[tuple[int, ...], int]:
+        """``(patch shape, batch size)`` for a network of ``spatial_dims``, the shape one int per
+        axis: the settings' (a single ``patch_size`` on every axis), else :data:`PATCHES`' (rounded
+        up to a multiple of the network's ``divisor`` when given; the trainer checks the settings')."""
         patch, batch = PATCHES[spatial_dims]
         if divisor is not None:
             patch = tuple(-(-p // d) * d for p, d in zip(patch, divisor))
-        return (patch if self.patch_size is None else self.patch_size,
-                batch if self.batch_size is None else self.batch_size)
+        if isinstance(self.patch_size, numbers.Integral):
+            patch = (int(self.patch_size),) * spatial_dims
+        elif self.patch_size is not None:
+            patch = tuple(int(p) for p in self.patch_size)
+        return patch, batch if self.batch_size is None else self.batch_size
 
     def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool, net):
         """The trainer's settings (:class:`~.trainer.TrainSettings`) for this fine-tuning of ``net``

@@ -113,7 +113,7 @@ def test_2d_fine_tuning_defaults_to_batches_of_8_patches_of_128_px(crops, make_r
     monkeypatch.setattr(trainer, "train_iter", train_iter)
     defaults = FinetuneSettings()
     assert defaults.patches(2) == ((128, 128), 8) and defaults.patches(3) == ((16, 64, 64), 4)
-    assert FinetuneSettings(patch_size=96, batch_size=2).patches(2) == (96, 2)
+    assert FinetuneSettings(patch_size=96, batch_size=2).patches(2) == ((96, 96), 2)
     settings = _settings(patch_size=None, batch_size=None, steps_per_epoch=1, only_if_better=False)
     result = run_to_end(finetune_iter(str(make_random_model("patch-base")), crops, settings, out_dir=tmp_path,
                                       name="patches"))
