@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict
 
-
 from ..modelfile import make_config
 
 

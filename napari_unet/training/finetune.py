@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import numbers
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -113,10 +112,11 @@ class FinetuneSettings:
         patch, batch = PATCHES[spatial_dims]
         if divisor is not None:
             patch = tuple(-(-p // d) * d for p, d in zip(patch, divisor))
-        if isinstance(self.patch_size, numbers.Integral):
-            patch = (int(self.patch_size),) * spatial_dims
-        elif self.patch_size is not None:
-            patch = tuple(int(p) for p in self.patch_size)
+        if self.patch_size is not None:
+            try:
+                patch = tuple(int(p) for p in self.patch_size)
+            except TypeError:  # one size (an int, a float, a numpy scalar) for every axis
+                patch = (int(self.patch_size),) * spatial_dims
         return patch, batch if self.batch_size is None else self.batch_size
 
     def train_settings(self, normalization: dict, target: str, postprocess: dict, focus: bool, net):
@@ -125,8 +125,8 @@ class FinetuneSettings:
         from . import trainer
 
         patch_size, batch_size = self.patches(net.spatial_dims, net.size_divisor)
-        return trainer.TrainSettings(
-            patch_size=patch_size, batch_size=batch_size, lr=self.lr, epochs=self.epochs,
+        return trainer.TrainSettings(  # a size of the settings' as given: the trainer checks it and says why
+            patch_size=patch_size if self.patch_size is None else self.patch_size, batch_size=batch_size, lr=self.lr, epochs=self.epochs,
             minutes=self.minutes, steps_per_epoch=self.steps_per_epoch, seed=self.seed, normalization=normalization,
             device=self.device, weight_map=self.weight_map(), target=target, postprocess=postprocess,
             augment=self.augment, patience=self.patience, focus_bias=self.focus if focus else 0.0,

@@ -114,6 +114,8 @@ def test_2d_fine_tuning_defaults_to_batches_of_8_patches_of_128_px(crops, make_r
     defaults = FinetuneSettings()
     assert defaults.patches(2) == ((128, 128), 8) and defaults.patches(3) == ((16, 64, 64), 4)
     assert FinetuneSettings(patch_size=96, batch_size=2).patches(2) == ((96, 96), 2)
+    assert FinetuneSettings(patch_size=96.0).patches(2) == ((96, 96), 8)
+    assert FinetuneSettings(patch_size=(16, 32, 48)).patches(3) == ((16, 32, 48), 4)
     settings = _settings(patch_size=None, batch_size=None, steps_per_epoch=1, only_if_better=False)
     result = run_to_end(finetune_iter(str(make_random_model("patch-base")), crops, settings, out_dir=tmp_path,
                                       name="patches"))
@@ -365,3 +367,23 @@ def test_a_cancel_while_the_post_processing_is_tuned_stops_there(crops, make_ran
         assert result.path is None and result.discarded.startswith("not saved")
     else:  # the fine-tuned weights are kept (with the base's post-processing), and their card says why they stopped
         assert result.path is not None and load_model(result.path).config["provenance"]["stopped"] == "stopped by user"
+
+
+def test_a_patch_size_given_as_one_int_reaches_the_trainer_as_given_and_the_card_per_axis(crops, make_random_model,
+                                                                                          tmp_path, one_thread,
+                                                                                          monkeypatch):
+    """The trainer checks the user's size itself (its message names the int); the card lists one size per axis."""
+    from napari_unet.training import trainer
+
+    seen, real = [], trainer.train_iter
+
+    def train_iter(net, train, val, settings, **kwargs):
+        seen.append(settings.patch_size)
+        return (yield from real(net, train, val, settings, **kwargs))
+
+    monkeypatch.setattr(trainer, "train_iter", train_iter)
+    settings = _settings(patch_size=64, batch_size=2, steps_per_epoch=1, only_if_better=False)
+    result = run_to_end(finetune_iter(str(make_random_model("int-patch-base")), crops, settings, out_dir=tmp_path,
+                                      name="int-patch"))
+    assert seen == [64]
+    assert load_model(result.path).config["provenance"]["patch_size"] == [64, 64]
