@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import train_bundled as tb  # noqa: E402
 from bench_weightmap_cells import touching_scores  # noqa: E402
 
-from napari_unet.inference.postprocess import probabilities_to_labels  # noqa: E402
+from napari_unet.inference.postprocess import _remove_small, probabilities_to_labels  # noqa: E402
 from napari_unet.io import atomic_write  # noqa: E402
 from napari_unet.metrics import evaluate, mean_metrics  # noqa: E402
 from napari_unet.modelfile import DEFAULT_NORMALIZATION, load_model  # noqa: E402
@@ -85,16 +85,14 @@ def training_image(image, labels, patch):
 
 
 def with_distance_head(net: torch.nn.Module) -> torch.nn.Module:
-    """The binary network with a third output channel, started as a soft copy of its foreground."""
-    old = net.head
-    new = torch.nn.Conv2d(old.in_channels, 3, 1)
+    """The binary network with a third output channel (:meth:`set_out_channels`), the first two
+    kept and the third started as a soft copy of its foreground."""
+    weight, bias = net.head.weight.detach().clone(), net.head.bias.detach().clone()
+    net.set_out_channels(3)
     with torch.no_grad():
-        new.weight[:2] = old.weight
-        new.bias[:2] = old.bias
-        new.weight[2] = 0.5 * (old.weight[1] - old.weight[0])
-        new.bias[2] = 0.5 * (old.bias[1] - old.bias[0]) - 1.0
-    net.head = new
-    net.out_channels = 3
+        net.head.weight[:2], net.head.bias[:2] = weight, bias
+        net.head.weight[2] = 0.5 * (weight[1] - weight[0])
+        net.head.bias[2] = 0.5 * (bias[1] - bias[0]) - 1.0
     return net
 
 
@@ -133,19 +131,11 @@ def decode_distance(fg, dist, threshold: float, seed: float, min_size: int) -> n
     without a seed keep one label each."""
     mask = fg > threshold
     markers, _ = ndi.label((dist > seed) & mask)
-    sizes = np.bincount(markers.ravel())
-    small = sizes < max(1, min_size // 4)
-    small[0] = False
-    markers[small[markers]] = 0
-    markers, n = ndi.label(markers > 0)
+    markers, n = ndi.label(_remove_small(markers, min_size // 4) > 0)
     labels = watershed(-dist, markers, mask=mask)
     rest, _ = ndi.label(mask & (labels == 0))
     labels = np.where(rest > 0, rest + n, labels).astype(np.int32)
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    labels[small[labels]] = 0
-    return relabel_sequential(labels)[0].astype(np.int32)
+    return relabel_sequential(_remove_small(labels, min_size))[0].astype(np.int32)
 
 
 def data(args):

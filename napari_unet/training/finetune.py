@@ -125,8 +125,10 @@ class FinetuneSettings:
         from . import trainer
 
         patch_size, batch_size = self.patches(net.spatial_dims, net.size_divisor)
-        return trainer.TrainSettings(  # a size of the settings' as given: the trainer checks it and says why
-            patch_size=patch_size if self.patch_size is None else self.patch_size, batch_size=batch_size, lr=self.lr, epochs=self.epochs,
+        if self.patch_size is not None:  # the user's size as given: the trainer checks it and its message names it
+            patch_size = self.patch_size
+        return trainer.TrainSettings(
+            patch_size=patch_size, batch_size=batch_size, lr=self.lr, epochs=self.epochs,
             minutes=self.minutes, steps_per_epoch=self.steps_per_epoch, seed=self.seed, normalization=normalization,
             device=self.device, weight_map=self.weight_map(), target=target, postprocess=postprocess,
             augment=self.augment, patience=self.patience, focus_bias=self.focus if focus else 0.0,
